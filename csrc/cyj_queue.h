@@ -1,0 +1,132 @@
+/* A blocking FIFO of opaque pointers, shared by a pool's worker threads.
+ *
+ * The queue never looks inside its items: the cyjob core stores owned
+ * references to Batch objects here, taking the reference with the GIL before
+ * pushing and releasing it with the GIL after popping.  Push and pop need no
+ * GIL.  Workers spin briefly before parking, and a push wakes a worker only if
+ * one is parked, so a steady stream of batches costs no wake-ups at all.
+ */
+#ifndef CYJ_QUEUE_H
+#define CYJ_QUEUE_H
+
+#include <stdlib.h>
+#include <string.h>
+#include "cyj_sync.h"
+
+typedef struct {
+    cyj_monitor monitor;
+    void **items;
+    int64_t capacity;
+    int64_t head;          /* index of the oldest item */
+    int64_t count;         /* items queued; also read lock-free by spinners */
+    int64_t n_sleeping;    /* workers parked on the condition variable */
+    int64_t closed;
+} cyj_queue;
+
+static inline int cyj_queue_init(cyj_queue *q, int64_t capacity)
+{
+    if (capacity < 16)
+        capacity = 16;
+    q->items = (void **)malloc(sizeof(void *) * (size_t)capacity);
+    if (q->items == NULL)
+        return -1;
+    q->capacity = capacity;
+    q->head = q->count = q->n_sleeping = q->closed = 0;
+    if (cyj_monitor_init(&q->monitor) != 0) {
+        free(q->items);
+        q->items = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static inline void cyj_queue_destroy(cyj_queue *q)
+{
+    cyj_monitor_destroy(&q->monitor);
+    free(q->items);
+    q->items = NULL;
+}
+
+/* Called with the mutex held. */
+static inline int cyj_queue__grow(cyj_queue *q)
+{
+    int64_t i, cap = q->capacity * 2;
+    void **items = (void **)malloc(sizeof(void *) * (size_t)cap);
+    if (items == NULL)
+        return -1;
+    for (i = 0; i < q->count; i++)
+        items[i] = q->items[(q->head + i) % q->capacity];
+    free(q->items);
+    q->items = items;
+    q->capacity = cap;
+    q->head = 0;
+    return 0;
+}
+
+/* Returns 0, or -1 when out of memory or closed (the item was not queued). */
+static inline int cyj_queue_push(cyj_queue *q, void *item)
+{
+    int wake;
+    cyj_lock(&q->monitor);
+    if (q->closed || (q->count == q->capacity && cyj_queue__grow(q) != 0)) {
+        cyj_unlock(&q->monitor);
+        return -1;
+    }
+    q->items[(q->head + q->count) % q->capacity] = item;
+    __atomic_store_n(&q->count, q->count + 1, __ATOMIC_RELEASE);
+    wake = q->n_sleeping > 0;
+    cyj_unlock(&q->monitor);
+    if (wake)
+        cyj_signal(&q->monitor);
+    return 0;
+}
+
+/* Blocks until an item is available; returns NULL once the queue is closed.
+ * Spins up to spin_ns on the lock-free count before parking. */
+static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
+{
+    void *item;
+    if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed))
+        cyj_spin_while_equal(&q->count, 0, spin_ns);
+    cyj_lock(&q->monitor);
+    while (q->count == 0 && !q->closed) {
+        q->n_sleeping++;
+        cyj_wait(&q->monitor);
+        q->n_sleeping--;
+    }
+    if (q->closed) {
+        cyj_unlock(&q->monitor);
+        return NULL;
+    }
+    item = q->items[q->head];
+    q->head = (q->head + 1) % q->capacity;
+    __atomic_store_n(&q->count, q->count - 1, __ATOMIC_RELEASE);
+    cyj_unlock(&q->monitor);
+    return item;
+}
+
+/* Non-blocking pop for draining: returns NULL when empty. */
+static inline void *cyj_queue_try_pop(cyj_queue *q)
+{
+    void *item = NULL;
+    cyj_lock(&q->monitor);
+    if (q->count > 0) {
+        item = q->items[q->head];
+        q->head = (q->head + 1) % q->capacity;
+        __atomic_store_n(&q->count, q->count - 1, __ATOMIC_RELEASE);
+    }
+    cyj_unlock(&q->monitor);
+    return item;
+}
+
+/* Wakes every worker; pops return NULL from now on.  Items still queued stay
+ * there for the owner to drain with cyj_queue_try_pop (to drop references). */
+static inline void cyj_queue_close(cyj_queue *q)
+{
+    cyj_lock(&q->monitor);
+    __atomic_store_n(&q->closed, 1, __ATOMIC_RELEASE);
+    cyj_unlock(&q->monitor);
+    cyj_broadcast(&q->monitor);
+}
+
+#endif /* CYJ_QUEUE_H */

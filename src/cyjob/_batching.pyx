@@ -1,0 +1,116 @@
+# cython: language_level=3
+"""The auto batch-size rule: a pure function of what has been measured.
+
+No clock lives here.  Whoever runs a batch reports ``observe(size, duration)``
+and the dispatcher asks ``next_size(remaining)``; tests drive the same object
+with synthetic durations (tests/batching_model.py holds a Python twin).
+
+The rule, for ``n_workers`` workers:
+
+* Start with batches of one task, so the first results come back fast and every
+  worker gets work while nothing is known about the cost of a task.
+* Then aim for batches of ``target`` seconds (half a second by default), using
+  a smoothed per-task cost, but
+  - grow at most ``GROWTH``-fold from one batch to the next (a cheap first task
+    must not produce one huge batch),
+  - never plan a batch longer than ``1 / TAIL_SHARE`` of the work measured so
+    far per worker: a run's last batch then costs a bounded fraction of the
+    whole run, even when the input's length is unknown,
+  - never exceed ``max_size`` tasks, so progress stays visible and results keep
+    streaming.
+* When the number of tasks left is known (a sequence, or a lazy input whose end
+  has been pulled into the look-ahead buffer), cap the batch at
+  ``remaining / (BALANCE * n_workers)``: guided self-scheduling, so batches
+  shrink towards the end and the workers finish together.
+"""
+
+from libc.math cimport ceil
+
+# Tuned with benchmarks/bench_batching.py (heavy tail, fast-then-slow).
+cdef double GROWTH = 2.0
+cdef double TAIL_SHARE = 8.0
+cdef double BALANCE = 2.0
+# Weight of the newest batch in the smoothed per-task cost: one outlier batch
+# moves the estimate by a third of its excess, two in a row by more than half.
+cdef double SMOOTHING = 0.35
+
+DEFAULT_MAX_BATCH_SIZE = 10_000
+DEFAULT_TARGET_SECONDS = 0.5
+
+
+cdef class BatchSizer:
+    """Decides how many tasks go into the next batch.
+
+    Parameters
+    ----------
+    n_workers : int
+        Workers that run batches at the same time.
+    fixed_size : int, default=0
+        A positive value forces that batch size (``batch_size=<int>``).
+    max_size : int, default=10_000
+        Upper bound on an automatic batch.
+    target_seconds : float, default=0.5
+        Wanted duration of one batch once the cost of a task is known.
+    """
+
+    def __init__(self, Py_ssize_t n_workers, Py_ssize_t fixed_size=0,
+                 Py_ssize_t max_size=DEFAULT_MAX_BATCH_SIZE,
+                 double target_seconds=DEFAULT_TARGET_SECONDS):
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        if fixed_size < 0:
+            raise ValueError(f"fixed_size must be >= 0, got {fixed_size}")
+        if max_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_size}")
+        if not target_seconds > 0:
+            raise ValueError(f"target_seconds must be > 0, got {target_seconds}")
+        self.n_workers = n_workers
+        self.fixed_size = fixed_size
+        self.max_size = max_size
+        self.target_ns = target_seconds * 1e9
+        self.ns_per_task = 0.0
+        self.work_ns = 0.0
+        self.n_observed = 0
+        self.last_size = 0
+
+    cpdef void observe(self, Py_ssize_t size, double duration_ns):
+        """Record that a batch of ``size`` tasks took ``duration_ns``."""
+        cdef double per_task
+        if size <= 0:
+            return
+        if duration_ns < 1.0:
+            duration_ns = 1.0
+        per_task = duration_ns / size
+        if self.n_observed == 0:
+            self.ns_per_task = per_task
+        else:
+            self.ns_per_task += SMOOTHING * (per_task - self.ns_per_task)
+        self.work_ns += duration_ns
+        self.n_observed += 1
+
+    cpdef Py_ssize_t next_size(self, Py_ssize_t remaining):
+        """Size of the next batch; ``remaining`` is -1 when unknown."""
+        cdef double size, budget
+        if remaining == 0:
+            return 0
+        if self.fixed_size > 0:
+            size = self.fixed_size
+        elif self.n_observed == 0:
+            size = 1
+        else:
+            budget = self.work_ns / (TAIL_SHARE * self.n_workers)
+            if budget > self.target_ns:
+                budget = self.target_ns
+            size = budget / self.ns_per_task
+            if self.last_size > 0 and size > GROWTH * self.last_size:
+                size = GROWTH * self.last_size
+            if size > self.max_size:
+                size = self.max_size
+            if remaining > 0 and size > ceil(remaining / (BALANCE * self.n_workers)):
+                size = ceil(remaining / (BALANCE * self.n_workers))
+            if size < 1:
+                size = 1
+        if remaining > 0 and size > remaining:
+            size = remaining
+        self.last_size = <Py_ssize_t>size
+        return self.last_size

@@ -1,0 +1,79 @@
+from libc.stdint cimport int64_t
+from cyjob._sync cimport cyj_monitor, cyj_queue
+from cyjob._batching cimport BatchSizer
+
+
+cdef class Batch:
+    cdef readonly Call call
+    cdef readonly list tasks
+    cdef readonly Py_ssize_t start
+    cdef readonly Py_ssize_t size
+    cdef public list results
+    cdef public object error
+    cdef public bint done
+    cdef public bint claimed
+    cdef public double duration_ns
+
+
+cdef class Executor:
+    cdef readonly Py_ssize_t n_workers
+    cdef readonly bint caller_may_help
+    cpdef submit(self, Batch batch)
+
+
+cdef class ThreadPool(Executor):
+    cdef cyj_queue queue
+    cdef bint queue_ready
+    cdef readonly list threads
+    cdef readonly bint closed
+    cdef readonly long owner_pid
+
+
+cdef class Call:
+    # Read by workers (with the GIL) between tasks; an int64 so it can be
+    # read atomically from C as well.
+    cdef int64_t aborted
+    # Completion events: bumped by whoever finishes a batch, waited on by
+    # the caller with the GIL released.
+    cdef int64_t n_events
+    cdef int64_t caller_waiting
+    cdef cyj_monitor monitor
+    cdef bint monitor_ready
+
+    cdef readonly Executor executor
+    cdef readonly BatchSizer sizer
+    cdef readonly bint ordered
+    cdef readonly double timeout
+    cdef readonly object error
+    cdef object progress
+
+    # Input: a sequence sliced in place, or an iterator read into `ahead`.
+    cdef object source
+    cdef object iterator
+    cdef list ahead
+    cdef Py_ssize_t ahead_pos
+    cdef readonly Py_ssize_t n_total       # -1 while unknown
+    cdef readonly Py_ssize_t n_taken
+
+    cdef readonly Py_ssize_t window
+    cdef readonly Py_ssize_t n_dispatched_batches
+    cdef readonly Py_ssize_t n_done_batches
+    cdef readonly Py_ssize_t n_dispatched_tasks
+    cdef readonly Py_ssize_t n_completed_tasks
+    cdef object pending       # deque of dispatched batches, input order
+    cdef object completed     # deque of finished batches, completion order
+    cdef object unclaimed     # dispatched batches the caller may run itself
+    cdef bint helps
+    cdef readonly bint finished
+
+    cdef Py_ssize_t _remaining(self)
+    cdef list _take(self, Py_ssize_t size)
+    cdef int _dispatch(self) except -1
+    cdef int _fill(self) except -1
+    cdef bint _help(self) except -1
+    cdef int _wait(self, int64_t seen) except -1
+    cdef void _notify(self) noexcept nogil
+    cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
+    cpdef Batch next_batch(self)
+    cdef void _report(self) except *
+    cpdef void abort(self)

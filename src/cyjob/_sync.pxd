@@ -1,0 +1,30 @@
+# Every C declaration the core uses, in one place (csrc/ holds the code).
+from libc.stdint cimport int64_t
+
+cdef extern from "cyj_sync.h" nogil:
+    ctypedef struct cyj_monitor:
+        pass
+    int cyj_monitor_init(cyj_monitor *m)
+    void cyj_monitor_destroy(cyj_monitor *m)
+    void cyj_lock(cyj_monitor *m)
+    void cyj_unlock(cyj_monitor *m)
+    void cyj_signal(cyj_monitor *m)
+    void cyj_broadcast(cyj_monitor *m)
+    void cyj_wait(cyj_monitor *m)
+    int cyj_wait_until(cyj_monitor *m, int64_t deadline_ns)
+    int64_t cyj_now_ns()
+    int64_t cyj_load(const int64_t *p)
+    void cyj_store(int64_t *p, int64_t v)
+    int64_t cyj_add(int64_t *p, int64_t v)
+    int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns)
+
+cdef extern from "cyj_queue.h" nogil:
+    ctypedef struct cyj_queue:
+        int64_t count
+        int64_t closed
+    int cyj_queue_init(cyj_queue *q, int64_t capacity)
+    void cyj_queue_destroy(cyj_queue *q)
+    int cyj_queue_push(cyj_queue *q, void *item)
+    void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
+    void *cyj_queue_try_pop(cyj_queue *q)
+    void cyj_queue_close(cyj_queue *q)

@@ -1,0 +1,63 @@
+"""Backends by name: where batches run.
+
+joblib's names are accepted: "threading", "sequential", and the process
+backends "loky", "multiprocessing" (plus cyjob's "processes").
+"""
+
+from cyjob.backends.base import Backend
+from cyjob.backends.sequential import SequentialBackend
+from cyjob.backends.threads import ThreadingBackend
+
+PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
+
+BACKENDS = {
+    "threading": ThreadingBackend,
+    "sequential": SequentialBackend,
+}
+
+_default_backend = ["threading"]
+
+
+def register_parallel_backend(name, factory, make_default=False):
+    """Make ``backend=name`` build its backend with ``factory(**backend_params)``.
+
+    Parameters
+    ----------
+    name : str
+    factory : callable
+        Returns a :class:`cyjob.backends.base.Backend` instance.
+    make_default : bool, default=False
+        Use this backend when ``Parallel`` is given none.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    BACKENDS[name] = factory
+    if make_default:
+        _default_backend[0] = name
+
+
+def default_backend_name():
+    return _default_backend[0]
+
+
+def get_backend(backend, **backend_params):
+    """A Backend instance for a name or an instance; ValueError if unknown."""
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+    factory = BACKENDS.get(backend)
+    if factory is None:
+        if backend in PROCESS_BACKEND_NAMES:
+            raise NotImplementedError(
+                f"backend={backend!r} (a process pool) is not available in this "
+                "version of cyjob yet; use backend='threading' or 'sequential'")
+        raise ValueError(f"Invalid backend: {backend!r}, expected one of "
+                         f"{sorted(set(BACKENDS) | set(PROCESS_BACKEND_NAMES))}")
+    instance = factory(**backend_params)
+    if not isinstance(instance, Backend):
+        raise TypeError(f"the factory registered for backend {backend!r} returned "
+                        f"{type(instance).__name__}, not a cyjob Backend")
+    return instance

@@ -1,0 +1,152 @@
+"""Measure cyjob against its peers, fairly: contenders interleaved in one run.
+
+Used by ``python -m cyjob bench`` and by the scripts in ``benchmarks/``.
+Every figure is a ratio measured in the same run (the machine is shared and
+noisy): contenders run A, B, C, A, B, C, ... and each keeps its median.
+"""
+
+import statistics
+import sys
+import time
+
+__all__ = ["interleaved", "Report"]
+
+
+def interleaved(contenders, rounds=5, warmup=1):
+    """Run each ``name -> fn()`` in turn, ``rounds`` times; return medians (s).
+
+    Each fn is called ``warmup`` times first (warm pools against warm pools).
+    """
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+class Report:
+    """Collects measured figures and their targets; prints a table."""
+
+    def __init__(self, title):
+        self.title = title
+        self.rows = []
+
+    def add(self, name, value, target=None, unit="x", better="lower"):
+        """Record a figure; ``target`` is the bound it must meet, if any."""
+        ok = None
+        if target is not None:
+            ok = value <= target if better == "lower" else value >= target
+        self.rows.append((name, value, target, unit, ok))
+        return ok
+
+    @property
+    def failed(self):
+        return [row for row in self.rows if row[4] is False]
+
+    def markdown(self):
+        lines = [f"### {self.title}", "", "| measure | value | target | |",
+                 "|---|---:|---:|---|"]
+        for name, value, target, unit, ok in self.rows:
+            tgt = "" if target is None else f"<= {target:g}{unit}"
+            mark = "" if ok is None else ("ok" if ok else "MISSED")
+            lines.append(f"| {name} | {value:.3g}{unit} | {tgt} | {mark} |")
+        return "\n".join(lines)
+
+    def print(self, file=None):
+        print(self.markdown(), file=file or sys.stdout, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Workloads shared by ``python -m cyjob bench`` and benchmarks/
+
+def inc(x):
+    return x + 1
+
+
+def sin_sum(a):
+    import numpy as np
+
+    return float(np.sin(a).sum())
+
+
+def tiny_tasks(parallel_cls, delayed_fn, n_tasks, **kwargs):
+    """n tiny tasks ``delayed(inc)(x) for x in range(n)``: overhead per task."""
+    return lambda: parallel_cls(**kwargs)(delayed_fn(inc)(x) for x in range(n_tasks))
+
+
+def plain_loop(delayed_fn, n_tasks):
+    """The limit for GIL-bound tiny tasks: the delayed generator consumed in a
+    list comprehension, in one thread."""
+    return lambda: [f(*a, **k) for f, a, k in (delayed_fn(inc)(x) for x in range(n_tasks))]
+
+
+def small_calls(parallel_cls, delayed_fn, n_calls, n_tasks=10, **kwargs):
+    """Many calls of a few tiny tasks (a library's inner loop)."""
+    def run():
+        for _ in range(n_calls):
+            parallel_cls(**kwargs)(delayed_fn(inc)(x) for x in range(n_tasks))
+    return run
+
+
+def numpy_tasks(parallel_cls, delayed_fn, arrays, **kwargs):
+    return lambda: parallel_cls(**kwargs)(delayed_fn(sin_sum)(a) for a in arrays)
+
+
+def numpy_sequential(arrays):
+    return lambda: [sin_sum(a) for a in arrays]
+
+
+def overhead_report(n_tiny=200_000, n_calls=300, n_arrays=16, array_size=1_000_000,
+                    rounds=5, joblib_calls=30):
+    """The foundation benchmark (issue 2): returns a Report."""
+    import numpy as np
+
+    import cyjob
+
+    report = Report(f"cyjob overhead, n_jobs=2 ({cyjob.cpu_count()} CPUs)")
+    try:
+        import joblib
+    except ImportError:
+        joblib = None
+
+    contenders = {
+        "cyjob": tiny_tasks(cyjob.Parallel, cyjob.delayed, n_tiny, n_jobs=2),
+        "loop": plain_loop(cyjob.delayed, n_tiny),
+    }
+    if joblib is not None:
+        contenders["joblib"] = tiny_tasks(joblib.Parallel, joblib.delayed, n_tiny, n_jobs=2)
+    t = interleaved(contenders, rounds=rounds)
+    report.add(f"{n_tiny:,} tiny tasks: cyjob / plain loop", t["cyjob"] / t["loop"], 1.5)
+    if joblib is not None:
+        report.add(f"{n_tiny:,} tiny tasks: cyjob / joblib (loky)", t["cyjob"] / t["joblib"], 0.1)
+    report.add(f"{n_tiny:,} tiny tasks: cyjob ns per task", t["cyjob"] / n_tiny * 1e9, unit=" ns")
+
+    contenders = {"cyjob": small_calls(cyjob.Parallel, cyjob.delayed, n_calls, n_jobs=2)}
+    if joblib is not None:
+        contenders["joblib"] = small_calls(joblib.Parallel, joblib.delayed, joblib_calls, n_jobs=2)
+    t = interleaved(contenders, rounds=rounds)
+    per_call = t["cyjob"] / n_calls * 1e6
+    report.add(f"{n_calls} calls x 10 tiny tasks: cyjob us per call", per_call, 100, unit=" us")
+    if joblib is not None:
+        report.add("10 tiny tasks: joblib us per call", t["joblib"] / joblib_calls * 1e6, unit=" us")
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.random(array_size) for _ in range(n_arrays)]
+    contenders = {
+        "cyjob": numpy_tasks(cyjob.Parallel, cyjob.delayed, arrays, n_jobs=2),
+        "sequential": numpy_sequential(arrays),
+    }
+    if joblib is not None:
+        contenders["joblib"] = numpy_tasks(joblib.Parallel, joblib.delayed, arrays, n_jobs=2)
+    t = interleaved(contenders, rounds=rounds)
+    report.add(f"{n_arrays} x np.sin(1M floats).sum(): cyjob / (sequential / 2)",
+               t["cyjob"] / (t["sequential"] / 2), 1.2)
+    if joblib is not None:
+        report.add(f"{n_arrays} x np.sin(1M floats).sum(): joblib / (sequential / 2)",
+                   t["joblib"] / (t["sequential"] / 2))
+    return report

@@ -1,0 +1,166 @@
+"""``Parallel``: joblib's API over the cyjob core.
+
+Everything here runs once per call: check the parameters, pick the backend and
+its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
+"""
+
+from cyjob import _validation as check
+from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
+from cyjob._core import Call, in_worker_thread
+from cyjob._progress import VerboseReporter
+from cyjob.backends import default_backend_name, get_backend
+from cyjob.backends.sequential import SequentialBackend
+from cyjob.config import default, get_config, is_default, resolve
+
+__all__ = ["Parallel"]
+
+_SEQUENTIAL = SequentialBackend()
+# Window used with pre_dispatch="all": every batch may be in flight at once.
+_UNBOUNDED = 1 << 40
+
+
+def _choose_backend(backend, prefer, require, backend_params):
+    """joblib's precedence: explicit backend, then parallel_config's, then the
+    default; require="sharedmem" forces a backend that shares memory."""
+    if backend is not None:
+        chosen = get_backend(backend, **backend_params)
+        if require == "sharedmem" and not chosen.supports_sharedmem:
+            raise ValueError(f"Backend {chosen.name!r} does not support shared memory "
+                             "(require='sharedmem')")
+        return chosen
+    config = get_config()
+    if config["backend"] is not None:
+        chosen = get_backend(config["backend"], **{**config["backend_params"], **backend_params})
+        if require != "sharedmem" or chosen.supports_sharedmem:
+            return chosen
+        return get_backend("threading")
+    if require == "sharedmem":
+        return get_backend("threading")
+    # prefer="processes" is a soft hint: honoured once a process backend exists.
+    return get_backend(default_backend_name(), **backend_params)
+
+
+class Parallel:
+    """Run ``delayed`` tasks in parallel; a drop-in for ``joblib.Parallel``.
+
+    Parameters
+    ----------
+    n_jobs : int or None, default=None
+        Workers.  None takes ``parallel_config``'s value, else 1 (run in the
+        caller's thread).  Negative values count from the CPUs: -1 is all of
+        them, -2 all but one.  0 is an error.
+    backend : str or Backend, default=None
+        "threading" (cyjob's default: Cython worker threads), "sequential",
+        or a name given to ``register_parallel_backend``.
+    return_as : {"list", "generator", "generator_unordered"}, default="list"
+        A list of results in input order, a lazy generator in input order, or
+        a generator in completion order.
+    verbose : int, default=0
+        Progress messages on stderr (stdout from 50), more often as it grows.
+    timeout : float or None
+        Raise :class:`cyjob.TimeoutError` (also a ``multiprocessing.TimeoutError``)
+        when no result arrives for that many seconds.
+    pre_dispatch : {"all", int, str}, default="2 * n_jobs"
+        Batches in flight ahead of the results; an arithmetic expression of
+        ``n_jobs`` is evaluated safely (never with ``eval``).
+    batch_size : "auto" or int, default="auto"
+        Tasks per batch; "auto" sizes batches from measured task durations.
+    temp_folder, max_nbytes, mmap_mode
+        Large-array sharing for process backends (accepted and checked here).
+    prefer : {"threads", "processes", None}
+        Soft hint for the default backend.
+    require : {"sharedmem", None}
+        "sharedmem" forces a backend whose tasks share the caller's memory.
+    max_batch_size : int or None, default=None
+        Upper bound on automatic batches (cyjob extension; default 10,000).
+    **backend_kwargs
+        Passed to the backend's constructor.
+    """
+
+    def __init__(self, n_jobs=default(None), backend=default(None), return_as="list",
+                 verbose=default(0), timeout=None, pre_dispatch="2 * n_jobs",
+                 batch_size="auto", temp_folder=default(None),
+                 max_nbytes=default("1M"), mmap_mode=default("r"),
+                 prefer=default(None), require=default(None),
+                 max_batch_size=None, **backend_kwargs):
+        if n_jobs is None:
+            n_jobs = default(None)
+        self.n_jobs = check.check_n_jobs(resolve("n_jobs", n_jobs))
+        self.verbose = check.check_verbose(resolve("verbose", verbose))
+        self.return_as = check.check_choice("return_as", return_as, check.RETURN_AS)
+        self.timeout = check.check_timeout(timeout)
+        self.pre_dispatch = pre_dispatch
+        self._pre_dispatch = check.check_pre_dispatch(pre_dispatch)
+        self.batch_size = batch_size
+        self._fixed_batch_size = check.check_batch_size(batch_size)
+        self._max_batch_size = check.check_max_batch_size(max_batch_size) or DEFAULT_MAX_BATCH_SIZE
+        self.prefer = check.check_choice("prefer", resolve("prefer", prefer), check.PREFER)
+        self.require = check.check_choice("require", resolve("require", require), check.REQUIRE)
+        self.temp_folder = check.check_temp_folder(resolve("temp_folder", temp_folder))
+        self.max_nbytes = check.check_max_nbytes(resolve("max_nbytes", max_nbytes))
+        self.mmap_mode = check.check_choice("mmap_mode", resolve("mmap_mode", mmap_mode),
+                                            check.MMAP_MODES)
+        explicit_backend = None if is_default(backend) else backend
+        self._backend = _choose_backend(explicit_backend, self.prefer, self.require,
+                                        backend_kwargs)
+        self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
+        self._executor = None  # kept warm between calls inside `with`
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n_jobs={self.n_jobs})"
+
+    def __enter__(self):
+        self._executor = self._make_executor()[0]
+        return self
+
+    def __exit__(self, *exc_info):
+        self._executor = None
+
+    def _make_executor(self):
+        backend, n_workers = self._backend, self._n_workers
+        if n_workers > 1 and in_worker_thread():
+            # Nested inside one of our threads: the outer call already keeps
+            # every core busy, and waiting on the same pool could deadlock.
+            backend, n_workers = backend.nested_backend(), 1
+        if n_workers == 1:
+            backend = _SEQUENTIAL
+        return backend.executor(n_workers, self), backend
+
+    def __call__(self, iterable):
+        """Run the tasks of ``iterable``; return their results as ``return_as`` says."""
+        executor = self._executor
+        if executor is None or in_worker_thread():
+            executor, backend = self._make_executor()
+        n_workers = executor.n_workers
+        lazy = self.return_as != "list"
+        if self._pre_dispatch is None:
+            iterable = list(iterable)
+            window = _UNBOUNDED
+        else:
+            window = self._pre_dispatch(n_workers)
+        fixed = self._fixed_batch_size
+        if n_workers == 1 and lazy and not fixed:
+            fixed = 1  # a sequential generator computes each result on demand
+        sizer = BatchSizer(n_workers, fixed, self._max_batch_size)
+        progress = None
+        if self.verbose:
+            progress = VerboseReporter(repr(self), self.verbose)
+        call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
+                    self.timeout, progress)
+        if not lazy:
+            return call.collect()
+        call.start()
+        return _results(call)
+
+
+def _results(call):
+    try:
+        while True:
+            batch = call.next_batch()
+            if batch is None:
+                return
+            yield from batch.results
+    finally:
+        # Closed or garbage-collected halfway: cancel what is left.
+        if not call.finished:
+            call.abort()
