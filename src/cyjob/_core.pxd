@@ -19,6 +19,7 @@ cdef class Executor:
     cdef readonly Py_ssize_t n_workers
     cdef readonly bint caller_may_help
     cpdef submit(self, Batch batch)
+    cpdef call_finished(self, Call call)
 
 
 cdef class ThreadPool(Executor):

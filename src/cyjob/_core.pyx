@@ -336,6 +336,12 @@ cdef class Executor:
     cpdef submit(self, Batch batch):
         raise NotImplementedError
 
+    cpdef call_finished(self, Call call):
+        """Called once when ``call`` ends: completed, failed, timed out,
+        interrupted or abandoned (``call.was_aborted`` tells which).  Process
+        and distributed executors stop the call's running work and free its
+        resources (temp files) here."""
+
 
 cdef class InlineExecutor(Executor):
     """Runs each batch in the caller's thread as soon as it is submitted."""
@@ -507,6 +513,11 @@ cdef class Call:
     @property
     def n_in_flight(self):
         return self.n_dispatched_batches - self.n_done_batches
+
+    @property
+    def was_aborted(self):
+        """True if the call stopped before its end (error, time-out, Ctrl-C, closed)."""
+        return cyj_load(&self.aborted) != 0
 
     @property
     def dispatch_finished(self):
@@ -703,6 +714,7 @@ cdef class Call:
             self.abort()
             raise
         self.finished = True
+        self.executor.call_finished(self)
         self._report()
         return None
 
@@ -723,8 +735,11 @@ cdef class Call:
     cpdef void abort(self):
         """Stop dispatching; workers skip this call's queued batches and stop
         running batches at their next check (every few tasks)."""
+        cdef bint was_finished = self.finished
         cyj_store(&self.aborted, 1)
         self.finished = True
         self.iterator = None
         self.source = None
         self.ahead = None
+        if not was_finished:
+            self.executor.call_finished(self)
