@@ -21,7 +21,6 @@ class CythonBuildExt(build_ext):
     """Runs cythonize at build time, so generated C never lives in the repo."""
 
     def finalize_options(self):
-        super().finalize_options()
         debug, sanitize = _flag("CYJOB_DEBUG"), _flag("CYJOB_SANITIZE")
         cflags = ["-O0", "-g3"] if debug or sanitize else ["-O3"]
         ldflags = []
@@ -41,6 +40,7 @@ class CythonBuildExt(build_ext):
             annotate=_flag("CYJOB_ANNOTATE"),
             force=debug or sanitize,
         )
+        super().finalize_options()
 
 
 def _ext(name):
