@@ -386,16 +386,20 @@ cdef class ThreadPool(Executor):
             raise MemoryError("cannot allocate the cyjob work queue")
         self.queue_ready = True
 
-    def __init__(self, Py_ssize_t n_workers, str name="cyjob-worker"):
-        if n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-        self.n_workers = n_workers
-        # The caller runs its own queued batches while it waits: with tiny
-        # tasks that saves a GIL hand-off (~15-50 us) per batch.
-        self.caller_may_help = True
+    def __init__(self, Py_ssize_t n_threads, bint caller_helps=False,
+                 str name="cyjob-worker"):
+        """``n_threads`` worker threads.  With ``caller_helps``, a caller
+        runs its own batches while it waits and counts as one more worker
+        (``n_workers == n_threads + 1``): at most n_jobs batches of a call run
+        at once either way, and tiny tasks save a GIL hand-off (~15-50 us)
+        per batch that the caller runs itself."""
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        self.n_workers = n_threads + caller_helps
+        self.caller_may_help = caller_helps
         self.owner_pid = os.getpid()
         self.threads = []
-        for i in range(n_workers):
+        for i in range(n_threads):
             t = threading.Thread(target=_worker_main, args=(self,),
                                  name=f"{name}-{i}", daemon=True)
             t.start()
@@ -494,8 +498,7 @@ cdef class Call:
         self.pending = deque()
         self.completed = deque()
         self.unclaimed = deque()
-        # A caller busy running a task could not notice a time-out.
-        self.helps = executor.caller_may_help and self.timeout < 0
+        self.helps = executor.caller_may_help
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
             self.ahead = []

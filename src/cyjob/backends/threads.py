@@ -7,21 +7,24 @@ import threading
 from cyjob._core import ThreadPool
 from cyjob.backends.base import Backend
 
-# Pools by worker count, started on first use and shared by every call (and
-# every Python thread) that asks for that many workers.
+# Pools by (threads, caller helps), started on first use and shared by every
+# call (and every Python thread) that asks for the same.
 _pools = {}
 _pools_lock = threading.Lock()
 
 
-def get_pool(n_workers):
-    pool = _pools.get(n_workers)
+def get_pool(n_workers, caller_helps=False):
+    """A shared pool running ``n_workers`` batches of a call at once: with
+    ``caller_helps``, n_workers - 1 threads plus the waiting caller."""
+    key = (n_workers - caller_helps, caller_helps)
+    pool = _pools.get(key)
     if pool is not None:
         return pool
     with _pools_lock:
-        pool = _pools.get(n_workers)
+        pool = _pools.get(key)
         if pool is None or not pool.alive():
-            pool = ThreadPool(n_workers)
-            _pools[n_workers] = pool
+            pool = ThreadPool(key[0], caller_helps)
+            _pools[key] = pool
     return pool
 
 
@@ -55,4 +58,9 @@ class ThreadingBackend(Backend):
     in_process = True
 
     def executor(self, n_workers, parallel=None):
-        return get_pool(n_workers)
+        # A caller that returns a list has nothing else to do while it waits,
+        # so it works as one of the n_jobs workers.  A generator's caller is
+        # busy with the results, and a caller running a task could not notice
+        # a time-out: those get n_jobs threads of their own.
+        helps = (parallel is None or (parallel.return_as == "list" and parallel.timeout is None))
+        return get_pool(n_workers, helps and n_workers > 1)
