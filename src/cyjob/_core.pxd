@@ -13,11 +13,16 @@ cdef class Batch:
     cdef public bint done
     cdef public bint claimed
     cdef public double duration_ns
+    # Where it ran in this process: monotonic start and end, and the CPU time
+    # of the thread that ran it (how the auto backend sees GIL contention).
+    cdef public int64_t started_ns
+    cdef public int64_t finished_ns
+    cdef public int64_t cpu_ns
 
 
 cdef class Executor:
     cdef readonly Py_ssize_t n_workers
-    cdef readonly bint caller_may_help
+    cdef public bint caller_may_help
     cpdef submit(self, Batch batch)
     cpdef call_finished(self, Call call)
 

@@ -33,7 +33,7 @@ from libc.stdint cimport int64_t
 from cyjob._batching cimport BatchSizer
 from cyjob._sync cimport (
     cyj_add, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_now_ns, cyj_thread_cpu_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_signal,
     cyj_spin_while_equal, cyj_store, cyj_unlock, cyj_wait_until,
 )
@@ -296,16 +296,20 @@ cdef void _execute(Batch batch):
     a call may run its own batches while it waits, so whoever gets to a batch
     first claims it; the GIL makes claiming atomic."""
     cdef Call call = batch.call
-    cdef int64_t t0
+    cdef int64_t t0, cpu0
     if batch.claimed:
         return
     batch.claimed = True
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
         return
+    cpu0 = cyj_thread_cpu_ns()
     t0 = cyj_now_ns()
     results, error = _run(batch.tasks, &call.aborted)
-    call.batch_done(batch, results, error, <double>(cyj_now_ns() - t0))
+    batch.finished_ns = cyj_now_ns()
+    batch.started_ns = t0
+    batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
+    call.batch_done(batch, results, error, <double>(batch.finished_ns - t0))
 
 
 # --------------------------------------------------------------------------

@@ -34,9 +34,13 @@ def _choose_backend(backend, prefer, require, backend_params):
         if require != "sharedmem" or chosen.supports_sharedmem:
             return chosen
         return get_backend("threading")
-    if require == "sharedmem":
+    if require == "sharedmem" or prefer == "threads":
         return get_backend("threading")
-    # prefer="processes" is a soft hint: honoured once a process backend exists.
+    if prefer == "processes":
+        try:
+            return get_backend("processes", **backend_params)
+        except NotImplementedError:
+            pass  # a soft hint: fall back to the default
     return get_backend(default_backend_name(), **backend_params)
 
 
@@ -104,17 +108,17 @@ class Parallel:
         self._backend = _choose_backend(explicit_backend, self.prefer, self.require,
                                         backend_kwargs)
         self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
-        self._executor = None  # kept warm between calls inside `with`
+        self._warm = None  # inside `with`: an executor kept alive between calls
 
     def __repr__(self):
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
 
     def __enter__(self):
-        self._executor = self._make_executor()[0]
+        self._warm = self._make_executor()  # start the workers now
         return self
 
     def __exit__(self, *exc_info):
-        self._executor = None
+        self._warm = None
 
     def _make_executor(self):
         backend, n_workers = self._backend, self._n_workers
@@ -124,13 +128,11 @@ class Parallel:
             backend, n_workers = backend.nested_backend(), 1
         if n_workers == 1:
             backend = _SEQUENTIAL
-        return backend.executor(n_workers, self), backend
+        return backend.executor(n_workers, self)
 
     def __call__(self, iterable):
         """Run the tasks of ``iterable``; return their results as ``return_as`` says."""
-        executor = self._executor
-        if executor is None or in_worker_thread():
-            executor, backend = self._make_executor()
+        executor = self._make_executor()
         n_workers = executor.n_workers
         lazy = self.return_as != "list"
         if self._pre_dispatch is None:

@@ -1,9 +1,11 @@
 """Backends by name: where batches run.
 
 joblib's names are accepted: "threading", "sequential", and the process
-backends "loky", "multiprocessing" (plus cyjob's "processes").
+backends "loky", "multiprocessing" (plus cyjob's "processes").  With none
+given, "auto" measures the first batches and picks (backends/auto.py).
 """
 
+from cyjob.backends.auto import AutoBackend
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
@@ -11,11 +13,12 @@ from cyjob.backends.threads import ThreadingBackend
 PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
 
 BACKENDS = {
+    "auto": AutoBackend,
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
 }
 
-_default_backend = ["threading"]
+_default_backend = ["auto"]
 
 
 def register_parallel_backend(name, factory, make_default=False):
