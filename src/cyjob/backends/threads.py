@@ -1,6 +1,7 @@
 """Threads: the Cython pool of nogil workers, shared by every call."""
 
 import atexit
+import itertools
 import os
 import threading
 
@@ -11,6 +12,7 @@ from cyjob.backends.base import Backend
 # call (and every Python thread) that asks for the same.
 _pools = {}
 _pools_lock = threading.Lock()
+_pool_ids = itertools.count()
 
 
 def get_pool(n_workers, caller_helps=False):
@@ -23,7 +25,7 @@ def get_pool(n_workers, caller_helps=False):
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None or not pool.alive():
-            pool = ThreadPool(key[0], caller_helps)
+            pool = ThreadPool(key[0], caller_helps, name=f"cyjob-worker-{next(_pool_ids)}")
             _pools[key] = pool
     return pool
 
