@@ -77,7 +77,7 @@ cdef class Call:
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef bint _help(self) except -1
-    cdef int _wait(self, int64_t seen) except -1
+    cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
     cpdef Batch next_batch(self)

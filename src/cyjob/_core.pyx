@@ -637,12 +637,11 @@ cdef class Call:
 
     # -- the caller's side --------------------------------------------------
 
-    cdef int _wait(self, int64_t seen) except -1:
-        """Block with the GIL released until a batch finishes after `seen`."""
-        cdef int64_t deadline = -1, slice_end
+    cdef int _wait(self, int64_t seen, int64_t deadline) except -1:
+        """Block with the GIL released until a batch finishes after `seen`,
+        or raise TimeoutError once the monotonic `deadline` (-1: none) passes."""
+        cdef int64_t slice_end
         cdef bint changed = False
-        if self.timeout >= 0:
-            deadline = cyj_now_ns() + <int64_t>(self.timeout * 1e9)
         while True:
             with nogil:
                 changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS)
@@ -685,10 +684,14 @@ cdef class Call:
         """The next finished batch (input or completion order), or None at
         the end.  Raises the first task error, TimeoutError or
         KeyboardInterrupt, after aborting what is left of the call."""
-        cdef int64_t seen
+        cdef int64_t seen, deadline = -1
         cdef Batch batch
         if self.finished:
             return None
+        if self.timeout >= 0:
+            # The time-out counts the wait for this result, whatever other
+            # batches finish meanwhile (joblib's meaning).
+            deadline = cyj_now_ns() + <int64_t>(self.timeout * 1e9)
         try:
             while True:
                 seen = cyj_load(&self.n_events)
@@ -716,7 +719,7 @@ cdef class Call:
                     raise self.error
                 if self.helps and self._help():
                     continue
-                self._wait(seen)
+                self._wait(seen, deadline)
         except BaseException:
             self.abort()
             raise
