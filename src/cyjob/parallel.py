@@ -7,7 +7,7 @@ its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 from cyjob import _validation as check
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
 from cyjob._core import Call, in_worker_thread
-from cyjob._progress import VerboseReporter
+from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.config import default, get_config, is_default, resolve
@@ -77,6 +77,9 @@ class Parallel:
         "sharedmem" forces a backend whose tasks share the caller's memory.
     max_batch_size : int or None, default=None
         Upper bound on automatic batches (cyjob extension; default 10,000).
+    progress : bool, default=False
+        Show a progress bar on stderr (tqdm if installed, else a built-in
+        one), updated once per batch (cyjob extension).
     **backend_kwargs
         Passed to the backend's constructor.
     """
@@ -86,13 +89,16 @@ class Parallel:
                  batch_size="auto", temp_folder=default(None),
                  max_nbytes=default("1M"), mmap_mode=default("r"),
                  prefer=default(None), require=default(None),
-                 max_batch_size=None, **backend_kwargs):
+                 max_batch_size=None, progress=False, **backend_kwargs):
         if n_jobs is None:
             n_jobs = default(None)
         self.n_jobs = check.check_n_jobs(resolve("n_jobs", n_jobs))
         self.verbose = check.check_verbose(resolve("verbose", verbose))
         self.return_as = check.check_choice("return_as", return_as, check.RETURN_AS)
         self.timeout = check.check_timeout(timeout)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        self.progress = progress
         self.pre_dispatch = pre_dispatch
         self._pre_dispatch = check.check_pre_dispatch(pre_dispatch)
         self.batch_size = batch_size
@@ -144,9 +150,8 @@ class Parallel:
         if n_workers == 1 and lazy and not fixed:
             fixed = 1  # a sequential generator computes each result on demand
         sizer = BatchSizer(n_workers, fixed, self._max_batch_size)
-        progress = None
-        if self.verbose:
-            progress = VerboseReporter(repr(self), self.verbose)
+        progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
+                           ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
                     self.timeout, progress)
         if not lazy:
