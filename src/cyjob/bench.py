@@ -150,3 +150,23 @@ def overhead_report(n_tiny=200_000, n_calls=300, n_arrays=16, array_size=1_000_0
         report.add(f"{n_arrays} x np.sin(1M floats).sum(): joblib / (sequential / 2)",
                    t["joblib"] / (t["sequential"] / 2))
     return report
+
+
+def gil_work(n=20_000):
+    """Pure-Python arithmetic holding the GIL (~2 ms for the default n here)."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def calibrate_gil_work(target_s=0.002):
+    """The n for which gil_work(n) takes about target_s here."""
+    n = 2000
+    while True:
+        t0 = time.perf_counter()
+        gil_work(n)
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0.0005:
+            return max(1, int(n * target_s / elapsed))
+        n *= 2
