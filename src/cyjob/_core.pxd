@@ -64,14 +64,18 @@ cdef class Call:
     cdef readonly Py_ssize_t window
     cdef readonly Py_ssize_t n_dispatched_batches
     cdef readonly Py_ssize_t n_done_batches
+    cdef readonly Py_ssize_t n_returned_batches
     cdef readonly Py_ssize_t n_dispatched_tasks
     cdef readonly Py_ssize_t n_completed_tasks
     cdef object pending       # deque of dispatched batches, input order
     cdef object completed     # deque of finished batches, completion order
     cdef object unclaimed     # dispatched batches the caller may run itself
     cdef bint helps
+    cdef bint caller_busy     # the caller is running one of its batches
+    cdef bint filling         # inside _fill (guards the input against re-entry)
     cdef readonly bint finished
 
+    cdef int _pull(self, Py_ssize_t wanted) except -1
     cdef Py_ssize_t _remaining(self)
     cdef list _take(self, Py_ssize_t size)
     cdef int _dispatch(self) except -1

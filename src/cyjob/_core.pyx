@@ -21,6 +21,7 @@ touches a Python object.
 
 import itertools
 import os
+from collections.abc import Mapping
 import sys
 import threading
 from collections import deque
@@ -114,6 +115,16 @@ cdef class DelayedFunction:
         return getattr(self.func, "__module__", None)
 
     def __reduce__(self):
+        # As a decorator, the module attribute named like the function is
+        # this wrapper: pickle it by name, as pickle does plain functions.
+        module = sys.modules.get(getattr(self.func, "__module__", None) or "")
+        name = getattr(self.func, "__qualname__", None)
+        if module is not None and name and "<" not in name:
+            obj = module
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if obj is self:
+                return name
         return (DelayedFunction, (self.func,))
 
     def __repr__(self):
@@ -176,13 +187,11 @@ cdef tuple _coerce_task(object t, Py_ssize_t index):
     if type(kwargs) is not dict:
         if kwargs is None:
             kwargs = {}
+        elif isinstance(kwargs, Mapping):
+            kwargs = dict(kwargs)
         else:
-            try:
-                kwargs = dict(kwargs)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"task {index}: kwargs must be a mapping, got {type(kwargs).__name__}"
-                ) from None
+            raise TypeError(
+                f"task {index}: kwargs must be a mapping, got {type(kwargs).__name__}")
     return (func, args, kwargs)
 
 
@@ -324,6 +333,11 @@ cdef class Batch:
     def __len__(self):
         return self.size
 
+    def task_tuples(self):
+        """The tasks as a list of ``(func, args, kwargs)`` tuples."""
+        flat = self.tasks
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
     def __repr__(self):
         return f"<Batch start={self.start} size={self.size} done={self.done}>"
 
@@ -418,10 +432,17 @@ cdef class ThreadPool(Executor):
         rc = cyj_queue_push(&self.queue, <void *>batch)
         if rc != 0:
             Py_DECREF(batch)
-            raise PoolShutdownError("the cyjob thread pool has been shut down")
+            if not self.closed:
+                raise MemoryError("cannot grow the cyjob work queue")
+            # Shut down (at exit, say) under a caller that still runs: the
+            # work is done in the caller's thread rather than failed.
+            _execute(batch)
 
-    def shutdown(self, bint wait=True, timeout=None):
-        """Stop the workers; batches still queued are reported as failed."""
+    def shutdown(self, bint wait=True, timeout=None, bint at_exit=False):
+        """Stop the workers.  Batches still queued are reported as failed,
+        except at exit: then only daemon threads can be waiting for them,
+        and they are about to be frozen, so the batches are just dropped
+        (a failure would print a traceback from each of those threads)."""
         cdef void *item
         cdef Batch batch
         if self.closed:
@@ -436,7 +457,7 @@ cdef class ThreadPool(Executor):
                 break
             batch = <Batch>item
             Py_DECREF(batch)
-            if not batch.claimed:
+            if not batch.claimed and not at_exit:
                 batch.claimed = True
                 batch.call.batch_done(
                     batch, None,
@@ -533,22 +554,28 @@ cdef class Call:
 
     # -- input ------------------------------------------------------------
 
-    cdef Py_ssize_t _remaining(self):
-        cdef Py_ssize_t lookahead, have, got = 0, index
+    cdef int _pull(self, Py_ssize_t wanted) except -1:
+        """Read a lazy input until `wanted` tasks wait in `ahead`, or its end."""
+        cdef Py_ssize_t have, got = 0, index
         cdef list ahead = self.ahead
-        if self.iterator is not None:
-            # Keep enough tasks read ahead that the end of a lazy input is
-            # seen while the last batches can still be cut smaller.
-            lookahead = self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1)
-            have = (len(ahead) - self.ahead_pos) // 3
-            if have < lookahead:
-                index = self.n_taken + have
-                for task in _islice(self.iterator, lookahead - have):
-                    _append_task(ahead, task, index + got)
-                    got += 1
-                if got < lookahead - have:
-                    self.iterator = None
-                    self.n_total = self.n_taken + have + got
+        if self.iterator is None:
+            return 0
+        have = (len(ahead) - self.ahead_pos) // 3
+        if have >= wanted:
+            return 0
+        index = self.n_taken + have
+        for task in _islice(self.iterator, wanted - have):
+            _append_task(ahead, task, index + got)
+            got += 1
+        if got < wanted - have:
+            self.iterator = None
+            self.n_total = self.n_taken + have + got
+        return 0
+
+    cdef Py_ssize_t _remaining(self):
+        # Keep enough tasks read ahead that the end of a lazy input is seen
+        # while the last batches can still be cut smaller.
+        self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
         if self.n_total < 0:
             return -1
         return self.n_total - self.n_taken
@@ -561,6 +588,7 @@ cdef class Call:
             for i in range(start, min(start + size, self.n_total)):
                 _append_task(flat, self.source[i], i)
         else:
+            self._pull(size)
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
             self.ahead_pos += len(flat)
             if self.ahead_pos > 3 * 4096 and 2 * self.ahead_pos >= len(self.ahead):
@@ -599,7 +627,16 @@ cdef class Call:
         while self.unclaimed:
             batch = <Batch>self.unclaimed.popleft()
             if not batch.claimed:
-                _execute(batch)
+                # While it runs a task the caller is a worker: a nested call
+                # made by that task must not add workers of its own.
+                previous = getattr(_worker_state, "pool", None)
+                _worker_state.pool = self.executor
+                self.caller_busy = True
+                try:
+                    _execute(batch)
+                finally:
+                    self.caller_busy = False
+                    _worker_state.pool = previous
                 return True
         return False
 
@@ -626,6 +663,16 @@ cdef class Call:
             self.sizer.observe(len(results), duration_ns)
         if not self.ordered:
             self.completed.append(batch)
+        if self.caller_busy and not cyj_load(&self.aborted):
+            # The caller is running one of our tasks, which may wait for
+            # later tasks of this call (threads share memory): dispatch for it,
+            # as joblib's callbacks do.
+            try:
+                self._fill()
+            except BaseException as exc:
+                if self.error is None:
+                    self.error = exc
+                cyj_store(&self.aborted, 1)
         self._notify()  # with the GIL, as in submit()
 
     cdef void _notify(self) noexcept nogil:
@@ -665,10 +712,21 @@ cdef class Call:
                     f"no result arrived within timeout={self.timeout:g} seconds")
 
     cdef int _fill(self) except -1:
-        while (self.n_dispatched_batches - self.n_done_batches < self.window
-               and not cyj_load(&self.aborted)):
-            if not self._dispatch():
-                break
+        # `window` batches may be running; finished ones waiting to be handed
+        # back (behind a slow batch, or an inline executor that finishes at
+        # once) count against twice that, so the input is read only so far
+        # ahead of the results.
+        if self.filling:
+            return 0  # a generator must not be resumed while it runs
+        self.filling = True
+        try:
+            while (self.n_dispatched_batches - self.n_done_batches < self.window
+                   and self.n_dispatched_batches - self.n_returned_batches < 2 * self.window
+                   and not cyj_load(&self.aborted)):
+                if not self._dispatch():
+                    break
+        finally:
+            self.filling = False
         return 0
 
     def start(self):
@@ -703,6 +761,7 @@ cdef class Call:
                         batch = <Batch>self.pending[0]
                         if batch.done and batch.error is None:
                             self.pending.popleft()
+                            self.n_returned_batches += 1
                             self._report()
                             return batch
                     elif self.dispatch_finished:
@@ -711,6 +770,7 @@ cdef class Call:
                     if self.completed:
                         batch = <Batch>self.completed.popleft()
                         if batch.error is None:
+                            self.n_returned_batches += 1
                             self._report()
                             return batch
                     elif self.dispatch_finished and self.n_done_batches == self.n_dispatched_batches:

@@ -47,6 +47,8 @@ class VerboseReporter:
             self._print(f"Done {done:{width}d} out of {done:{width}d} | elapsed: "
                         f"{short_format_time(elapsed)} finished")
             return
+        if total and done >= total:
+            return  # the "finished" line follows (joblib prints only that one)
         index = self.n_reports
         self.n_reports += 1
         if _verbosity_filter(index, self.verbose):

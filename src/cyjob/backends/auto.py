@@ -242,7 +242,8 @@ class AutoExecutor(Executor):
     def _say(self, message):
         verbose = getattr(self.parallel, "verbose", 0) if self.parallel is not None else 0
         if verbose >= 10:
-            sys.stderr.write(f"[{self.parallel!r}]: {message}\n")
+            stream = sys.stderr if verbose < 50 else sys.stdout  # joblib's rule
+            stream.write(f"[{self.parallel!r}]: {message}\n")
 
 
 def _process_executor(n_workers, parallel):

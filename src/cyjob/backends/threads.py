@@ -13,6 +13,7 @@ from cyjob.backends.base import Backend
 _pools = {}
 _pools_lock = threading.Lock()
 _pool_ids = itertools.count()
+_exiting = False
 
 
 def get_pool(n_workers, caller_helps=False):
@@ -22,6 +23,13 @@ def get_pool(n_workers, caller_helps=False):
     pool = _pools.get(key)
     if pool is not None:
         return pool
+    if _exiting:
+        # Daemon threads still calling Parallel during exit: run their tasks
+        # in their own thread instead of starting workers that would be
+        # frozen mid-task.
+        from cyjob.backends.sequential import SequentialBackend
+
+        return SequentialBackend().executor(1)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None or not pool.alive():
@@ -30,13 +38,19 @@ def get_pool(n_workers, caller_helps=False):
     return pool
 
 
-def shutdown_pools(wait=True, timeout=2.0):
+def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
     """Stop every worker thread (at exit, or to free them in a test)."""
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
     for pool in pools:
-        pool.shutdown(wait=wait, timeout=timeout)
+        pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
+
+
+def _shutdown_at_exit():
+    global _exiting
+    _exiting = True
+    shutdown_pools(at_exit=True)
 
 
 def _forget_pools_after_fork():
@@ -51,7 +65,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
 # Workers must be stopped before finalisation: a thread that takes the GIL
 # once the interpreter is finalising hangs or crashes (CORE_NOTES).
-atexit.register(shutdown_pools)
+atexit.register(_shutdown_at_exit)
 
 
 class ThreadingBackend(Backend):
