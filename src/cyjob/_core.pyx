@@ -542,6 +542,11 @@ cdef class Call:
     def n_in_flight(self):
         return self.n_dispatched_batches - self.n_done_batches
 
+    def use_sizer(self, BatchSizer sizer):
+        """Size the coming batches with another sizer (an executor that has
+        just moved the call elsewhere knows better)."""
+        self.sizer = sizer
+
     @property
     def was_aborted(self):
         """True if the call stopped before its end (error, time-out, Ctrl-C, closed)."""

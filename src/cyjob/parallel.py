@@ -10,7 +10,7 @@ from cyjob._core import Call, in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.config import default, get_config, is_default, resolve
+from cyjob.config import default, get_config, is_default
 
 __all__ = ["Parallel"]
 
@@ -90,10 +90,12 @@ class Parallel:
                  max_nbytes=default("1M"), mmap_mode=default("r"),
                  prefer=default(None), require=default(None),
                  max_batch_size=None, progress=False, **backend_kwargs):
-        if n_jobs is None:
-            n_jobs = default(None)
-        self.n_jobs = check.check_n_jobs(resolve("n_jobs", n_jobs))
-        self.verbose = check.check_verbose(resolve("verbose", verbose))
+        # Libraries build a Parallel per call in inner loops: keep this lean.
+        config = get_config()
+        if n_jobs is None or is_default(n_jobs):
+            n_jobs = config["n_jobs"]
+        self.n_jobs = check.check_n_jobs(n_jobs)
+        self.verbose = check.check_verbose(config["verbose"] if is_default(verbose) else verbose)
         self.return_as = check.check_choice("return_as", return_as, check.RETURN_AS)
         self.timeout = check.check_timeout(timeout)
         if not isinstance(progress, bool):
@@ -104,12 +106,18 @@ class Parallel:
         self.batch_size = batch_size
         self._fixed_batch_size = check.check_batch_size(batch_size)
         self._max_batch_size = check.check_max_batch_size(max_batch_size) or DEFAULT_MAX_BATCH_SIZE
-        self.prefer = check.check_choice("prefer", resolve("prefer", prefer), check.PREFER)
-        self.require = check.check_choice("require", resolve("require", require), check.REQUIRE)
-        self.temp_folder = check.check_temp_folder(resolve("temp_folder", temp_folder))
-        self.max_nbytes = check.check_max_nbytes(resolve("max_nbytes", max_nbytes))
-        self.mmap_mode = check.check_choice("mmap_mode", resolve("mmap_mode", mmap_mode),
-                                            check.MMAP_MODES)
+        pick = config.get
+        self.prefer = check.check_choice(
+            "prefer", pick("prefer") if is_default(prefer) else prefer, check.PREFER)
+        self.require = check.check_choice(
+            "require", pick("require") if is_default(require) else require, check.REQUIRE)
+        self.temp_folder = check.check_temp_folder(
+            pick("temp_folder") if is_default(temp_folder) else temp_folder)
+        self.max_nbytes = check.check_max_nbytes(
+            pick("max_nbytes") if is_default(max_nbytes) else max_nbytes)
+        self.mmap_mode = check.check_choice(
+            "mmap_mode", pick("mmap_mode") if is_default(mmap_mode) else mmap_mode,
+            check.MMAP_MODES)
         explicit_backend = None if is_default(backend) else backend
         self._backend = _choose_backend(explicit_backend, self.prefer, self.require,
                                         backend_kwargs)

@@ -19,6 +19,8 @@ BACKENDS = {
 }
 
 _default_backend = ["auto"]
+# Built-in backends hold no state: one instance each serves every call.
+_SHARED = {name: cls() for name, cls in BACKENDS.items()}
 
 
 def register_parallel_backend(name, factory, make_default=False):
@@ -51,6 +53,10 @@ def get_backend(backend, **backend_params):
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+    if not backend_params:
+        shared = _SHARED.get(backend)
+        if shared is not None and BACKENDS.get(backend) is type(shared):
+            return shared
     factory = BACKENDS.get(backend)
     if factory is None:
         if backend in PROCESS_BACKEND_NAMES:

@@ -24,6 +24,7 @@ import sys
 import threading
 import weakref
 
+from cyjob._batching import BatchSizer
 from cyjob._core import Executor, InlineExecutor
 from cyjob.backends.base import Backend
 
@@ -120,6 +121,7 @@ class _Memo:
 
 
 memo = _Memo()
+_INLINE = InlineExecutor(1)
 
 
 class AutoExecutor(Executor):
@@ -133,7 +135,7 @@ class AutoExecutor(Executor):
         # The caller helps only with thread batches; batches sent to a
         # process are marked claimed so it never runs them too.
         self.caller_may_help = threads.caller_may_help
-        self.inline = None
+        self.call = None
         self.target = None          # executor chosen, None while probing
         self.choice = None          # (kind, ns_per_task, reason)
         self.function = None
@@ -146,6 +148,7 @@ class AutoExecutor(Executor):
 
     def submit(self, batch):
         if self.function is None:
+            self.call = batch.call
             self.function = batch.tasks[0]
             kind = getattr(self.function, _MARKER, None)
             if kind is not None:
@@ -231,7 +234,12 @@ class AutoExecutor(Executor):
             else:
                 self.out_of_process = True
         elif kind == INLINE:
-            target = self.inline = self.inline or InlineExecutor(1)
+            target = _INLINE
+            if self.parallel is not None and self.parallel.return_as == "list" \
+                    and not self.parallel._fixed_batch_size:
+                # Balance means nothing in one thread: batches as large as allowed.
+                self.call.use_sizer(BatchSizer(1, self.parallel._max_batch_size,
+                                               self.parallel._max_batch_size))
         else:
             target = self.threads
         self.target, self.choice = target, (kind, ns_per_task, reason)
