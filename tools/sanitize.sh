@@ -11,6 +11,8 @@ git ls-files -z | xargs -0 -I{} cp --parents {} "$work"
 cd "$work"
 CYJOB_SANITIZE=1 python setup.py -q build_ext --inplace
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+# A small quarantine: the default (256 MB) would count as growth in the
+# bounded-memory streaming test.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 PYTHONPATH=src python -m pytest -q -p no:cacheprovider "${@:-tests}"
