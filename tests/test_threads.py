@@ -16,8 +16,9 @@ import warnings
 import joblib
 import pytest
 
+import cyjob
 from cyjob import Parallel, delayed
-from helpers import Counter, LazyInput, add, assert_runs_concurrently, ident
+from helpers import Counter, LazyInput, add, assert_runs_concurrently, ident, wait_at
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -108,7 +109,7 @@ def test_a_task_waiting_for_later_tasks_of_its_call_does_not_stall_them():
 
     expected = ["ok"] + list(range(n_fast))
     assert run(joblib) == expected  # the oracle
-    assert run(sys.modules["cyjob"]) == expected
+    assert run(cyjob) == expected
 
 
 # --------------------------------------------------------------------------
@@ -381,8 +382,6 @@ def test_worker_threads_are_named_and_visible_to_threading():
     assert all(t.is_alive() for t in workers)
     # Tasks that wait for each other must run on those threads.
     barrier = threading.Barrier(2, timeout=10)
-    from helpers import wait_at
-
     names = Parallel(n_jobs=2, batch_size=1)(delayed(wait_at)(barrier) for _ in range(2))
     me = threading.current_thread().name
     assert any(n.startswith("cyjob-worker") for n in names), names
