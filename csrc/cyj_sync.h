@@ -53,6 +53,14 @@ static inline int64_t cyj_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* CPU time consumed by the calling thread (not the process). */
+static inline int64_t cyj_thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 /* Wait with the mutex held until signalled or the absolute monotonic deadline
  * passes.  Returns 0 when signalled (or spuriously woken), 1 on time-out. */
 static inline int cyj_wait_until(cyj_monitor *m, int64_t deadline_ns)

@@ -8,6 +8,7 @@
 
 from cyjob._core import delayed
 from cyjob.backends import register_parallel_backend
+from cyjob.backends.auto import gil_bound, nogil
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
@@ -24,4 +25,6 @@ __all__ = [
     "effective_n_jobs",
     "TimeoutError",
     "TerminatedWorkerError",
+    "nogil",
+    "gil_bound",
 ]

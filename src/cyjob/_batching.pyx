@@ -14,8 +14,9 @@ The rule, for ``n_workers`` workers:
   - grow at most ``GROWTH``-fold from one batch to the next (a cheap first task
     must not produce one huge batch),
   - never plan a batch longer than ``1 / TAIL_SHARE`` of the work measured so
-    far per worker: a run's last batch then costs a bounded fraction of the
-    whole run, even when the input's length is unknown,
+    far per worker (or ``MIN_BATCH`` if that is longer): a run's last batch
+    then costs a bounded fraction of the whole run, even when the input's
+    length is unknown,
   - never exceed ``max_size`` tasks, so progress stays visible and results keep
     streaming.
 * When the number of tasks left is known (a sequence, or a lazy input whose end
@@ -30,6 +31,9 @@ from libc.math cimport ceil
 cdef double GROWTH = 2.0
 cdef double TAIL_SHARE = 8.0
 cdef double BALANCE = 2.0
+# Batches shorter than this are always allowed: the imbalance they can cause
+# is negligible, and a batch costs ~5-10 us of dispatch (200k tiny tasks).
+cdef double MIN_BATCH_NS = 2e6
 # Weight of the newest batch in the smoothed per-task cost: one outlier batch
 # moves the estimate by a third of its excess, two in a row by more than half.
 cdef double SMOOTHING = 0.35
@@ -99,6 +103,8 @@ cdef class BatchSizer:
             size = 1
         else:
             budget = self.work_ns / (TAIL_SHARE * self.n_workers)
+            if budget < MIN_BATCH_NS:
+                budget = MIN_BATCH_NS
             if budget > self.target_ns:
                 budget = self.target_ns
             size = budget / self.ns_per_task

@@ -13,11 +13,16 @@ cdef class Batch:
     cdef public bint done
     cdef public bint claimed
     cdef public double duration_ns
+    # Where it ran in this process: monotonic start and end, and the CPU time
+    # of the thread that ran it (how the auto backend sees GIL contention).
+    cdef public int64_t started_ns
+    cdef public int64_t finished_ns
+    cdef public int64_t cpu_ns
 
 
 cdef class Executor:
     cdef readonly Py_ssize_t n_workers
-    cdef readonly bint caller_may_help
+    cdef public bint caller_may_help
     cpdef submit(self, Batch batch)
     cpdef call_finished(self, Call call)
 
@@ -59,20 +64,24 @@ cdef class Call:
     cdef readonly Py_ssize_t window
     cdef readonly Py_ssize_t n_dispatched_batches
     cdef readonly Py_ssize_t n_done_batches
+    cdef readonly Py_ssize_t n_returned_batches
     cdef readonly Py_ssize_t n_dispatched_tasks
     cdef readonly Py_ssize_t n_completed_tasks
     cdef object pending       # deque of dispatched batches, input order
     cdef object completed     # deque of finished batches, completion order
     cdef object unclaimed     # dispatched batches the caller may run itself
     cdef bint helps
+    cdef bint caller_busy     # the caller is running one of its batches
+    cdef bint filling         # inside _fill (guards the input against re-entry)
     cdef readonly bint finished
 
+    cdef int _pull(self, Py_ssize_t wanted) except -1
     cdef Py_ssize_t _remaining(self)
     cdef list _take(self, Py_ssize_t size)
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef bint _help(self) except -1
-    cdef int _wait(self, int64_t seen) except -1
+    cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
     cpdef Batch next_batch(self)

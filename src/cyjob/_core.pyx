@@ -21,6 +21,7 @@ touches a Python object.
 
 import itertools
 import os
+from collections.abc import Mapping
 import sys
 import threading
 from collections import deque
@@ -33,7 +34,7 @@ from libc.stdint cimport int64_t
 from cyjob._batching cimport BatchSizer
 from cyjob._sync cimport (
     cyj_add, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_now_ns, cyj_thread_cpu_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_signal,
     cyj_spin_while_equal, cyj_store, cyj_unlock, cyj_wait_until,
 )
@@ -114,6 +115,16 @@ cdef class DelayedFunction:
         return getattr(self.func, "__module__", None)
 
     def __reduce__(self):
+        # As a decorator, the module attribute named like the function is
+        # this wrapper: pickle it by name, as pickle does plain functions.
+        module = sys.modules.get(getattr(self.func, "__module__", None) or "")
+        name = getattr(self.func, "__qualname__", None)
+        if module is not None and name and "<" not in name:
+            obj = module
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if obj is self:
+                return name
         return (DelayedFunction, (self.func,))
 
     def __repr__(self):
@@ -176,13 +187,11 @@ cdef tuple _coerce_task(object t, Py_ssize_t index):
     if type(kwargs) is not dict:
         if kwargs is None:
             kwargs = {}
+        elif isinstance(kwargs, Mapping):
+            kwargs = dict(kwargs)
         else:
-            try:
-                kwargs = dict(kwargs)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"task {index}: kwargs must be a mapping, got {type(kwargs).__name__}"
-                ) from None
+            raise TypeError(
+                f"task {index}: kwargs must be a mapping, got {type(kwargs).__name__}")
     return (func, args, kwargs)
 
 
@@ -296,16 +305,20 @@ cdef void _execute(Batch batch):
     a call may run its own batches while it waits, so whoever gets to a batch
     first claims it; the GIL makes claiming atomic."""
     cdef Call call = batch.call
-    cdef int64_t t0
+    cdef int64_t t0, cpu0
     if batch.claimed:
         return
     batch.claimed = True
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
         return
+    cpu0 = cyj_thread_cpu_ns()
     t0 = cyj_now_ns()
     results, error = _run(batch.tasks, &call.aborted)
-    call.batch_done(batch, results, error, <double>(cyj_now_ns() - t0))
+    batch.finished_ns = cyj_now_ns()
+    batch.started_ns = t0
+    batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
+    call.batch_done(batch, results, error, <double>(batch.finished_ns - t0))
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +332,11 @@ cdef class Batch:
 
     def __len__(self):
         return self.size
+
+    def task_tuples(self):
+        """The tasks as a list of ``(func, args, kwargs)`` tuples."""
+        flat = self.tasks
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
     def __repr__(self):
         return f"<Batch start={self.start} size={self.size} done={self.done}>"
@@ -386,16 +404,20 @@ cdef class ThreadPool(Executor):
             raise MemoryError("cannot allocate the cyjob work queue")
         self.queue_ready = True
 
-    def __init__(self, Py_ssize_t n_workers, str name="cyjob-worker"):
-        if n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-        self.n_workers = n_workers
-        # The caller runs its own queued batches while it waits: with tiny
-        # tasks that saves a GIL hand-off (~15-50 us) per batch.
-        self.caller_may_help = True
+    def __init__(self, Py_ssize_t n_threads, bint caller_helps=False,
+                 str name="cyjob-worker"):
+        """``n_threads`` worker threads.  With ``caller_helps``, a caller
+        runs its own batches while it waits and counts as one more worker
+        (``n_workers == n_threads + 1``): at most n_jobs batches of a call run
+        at once either way, and tiny tasks save a GIL hand-off (~15-50 us)
+        per batch that the caller runs itself."""
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        self.n_workers = n_threads + caller_helps
+        self.caller_may_help = caller_helps
         self.owner_pid = os.getpid()
         self.threads = []
-        for i in range(n_workers):
+        for i in range(n_threads):
             t = threading.Thread(target=_worker_main, args=(self,),
                                  name=f"{name}-{i}", daemon=True)
             t.start()
@@ -410,10 +432,17 @@ cdef class ThreadPool(Executor):
         rc = cyj_queue_push(&self.queue, <void *>batch)
         if rc != 0:
             Py_DECREF(batch)
-            raise PoolShutdownError("the cyjob thread pool has been shut down")
+            if not self.closed:
+                raise MemoryError("cannot grow the cyjob work queue")
+            # Shut down (at exit, say) under a caller that still runs: the
+            # work is done in the caller's thread rather than failed.
+            _execute(batch)
 
-    def shutdown(self, bint wait=True, timeout=None):
-        """Stop the workers; batches still queued are reported as failed."""
+    def shutdown(self, bint wait=True, timeout=None, bint at_exit=False):
+        """Stop the workers.  Batches still queued are reported as failed,
+        except at exit: then only daemon threads can be waiting for them,
+        and they are about to be frozen, so the batches are just dropped
+        (a failure would print a traceback from each of those threads)."""
         cdef void *item
         cdef Batch batch
         if self.closed:
@@ -428,7 +457,7 @@ cdef class ThreadPool(Executor):
                 break
             batch = <Batch>item
             Py_DECREF(batch)
-            if not batch.claimed:
+            if not batch.claimed and not at_exit:
                 batch.claimed = True
                 batch.call.batch_done(
                     batch, None,
@@ -494,8 +523,7 @@ cdef class Call:
         self.pending = deque()
         self.completed = deque()
         self.unclaimed = deque()
-        # A caller busy running a task could not notice a time-out.
-        self.helps = executor.caller_may_help and self.timeout < 0
+        self.helps = executor.caller_may_help
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
             self.ahead = []
@@ -514,6 +542,11 @@ cdef class Call:
     def n_in_flight(self):
         return self.n_dispatched_batches - self.n_done_batches
 
+    def use_sizer(self, BatchSizer sizer):
+        """Size the coming batches with another sizer (an executor that has
+        just moved the call elsewhere knows better)."""
+        self.sizer = sizer
+
     @property
     def was_aborted(self):
         """True if the call stopped before its end (error, time-out, Ctrl-C, closed)."""
@@ -526,22 +559,28 @@ cdef class Call:
 
     # -- input ------------------------------------------------------------
 
-    cdef Py_ssize_t _remaining(self):
-        cdef Py_ssize_t lookahead, have, got = 0, index
+    cdef int _pull(self, Py_ssize_t wanted) except -1:
+        """Read a lazy input until `wanted` tasks wait in `ahead`, or its end."""
+        cdef Py_ssize_t have, got = 0, index
         cdef list ahead = self.ahead
-        if self.iterator is not None:
-            # Keep enough tasks read ahead that the end of a lazy input is
-            # seen while the last batches can still be cut smaller.
-            lookahead = self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1)
-            have = (len(ahead) - self.ahead_pos) // 3
-            if have < lookahead:
-                index = self.n_taken + have
-                for task in _islice(self.iterator, lookahead - have):
-                    _append_task(ahead, task, index + got)
-                    got += 1
-                if got < lookahead - have:
-                    self.iterator = None
-                    self.n_total = self.n_taken + have + got
+        if self.iterator is None:
+            return 0
+        have = (len(ahead) - self.ahead_pos) // 3
+        if have >= wanted:
+            return 0
+        index = self.n_taken + have
+        for task in _islice(self.iterator, wanted - have):
+            _append_task(ahead, task, index + got)
+            got += 1
+        if got < wanted - have:
+            self.iterator = None
+            self.n_total = self.n_taken + have + got
+        return 0
+
+    cdef Py_ssize_t _remaining(self):
+        # Keep enough tasks read ahead that the end of a lazy input is seen
+        # while the last batches can still be cut smaller.
+        self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
         if self.n_total < 0:
             return -1
         return self.n_total - self.n_taken
@@ -554,6 +593,7 @@ cdef class Call:
             for i in range(start, min(start + size, self.n_total)):
                 _append_task(flat, self.source[i], i)
         else:
+            self._pull(size)
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
             self.ahead_pos += len(flat)
             if self.ahead_pos > 3 * 4096 and 2 * self.ahead_pos >= len(self.ahead):
@@ -592,7 +632,16 @@ cdef class Call:
         while self.unclaimed:
             batch = <Batch>self.unclaimed.popleft()
             if not batch.claimed:
-                _execute(batch)
+                # While it runs a task the caller is a worker: a nested call
+                # made by that task must not add workers of its own.
+                previous = getattr(_worker_state, "pool", None)
+                _worker_state.pool = self.executor
+                self.caller_busy = True
+                try:
+                    _execute(batch)
+                finally:
+                    self.caller_busy = False
+                    _worker_state.pool = previous
                 return True
         return False
 
@@ -619,6 +668,16 @@ cdef class Call:
             self.sizer.observe(len(results), duration_ns)
         if not self.ordered:
             self.completed.append(batch)
+        if self.caller_busy and not cyj_load(&self.aborted):
+            # The caller is running one of our tasks, which may wait for
+            # later tasks of this call (threads share memory): dispatch for it,
+            # as joblib's callbacks do.
+            try:
+                self._fill()
+            except BaseException as exc:
+                if self.error is None:
+                    self.error = exc
+                cyj_store(&self.aborted, 1)
         self._notify()  # with the GIL, as in submit()
 
     cdef void _notify(self) noexcept nogil:
@@ -630,12 +689,11 @@ cdef class Call:
 
     # -- the caller's side --------------------------------------------------
 
-    cdef int _wait(self, int64_t seen) except -1:
-        """Block with the GIL released until a batch finishes after `seen`."""
-        cdef int64_t deadline = -1, slice_end
+    cdef int _wait(self, int64_t seen, int64_t deadline) except -1:
+        """Block with the GIL released until a batch finishes after `seen`,
+        or raise TimeoutError once the monotonic `deadline` (-1: none) passes."""
+        cdef int64_t slice_end
         cdef bint changed = False
-        if self.timeout >= 0:
-            deadline = cyj_now_ns() + <int64_t>(self.timeout * 1e9)
         while True:
             with nogil:
                 changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS)
@@ -659,10 +717,21 @@ cdef class Call:
                     f"no result arrived within timeout={self.timeout:g} seconds")
 
     cdef int _fill(self) except -1:
-        while (self.n_dispatched_batches - self.n_done_batches < self.window
-               and not cyj_load(&self.aborted)):
-            if not self._dispatch():
-                break
+        # `window` batches may be running; finished ones waiting to be handed
+        # back (behind a slow batch, or an inline executor that finishes at
+        # once) count against twice that, so the input is read only so far
+        # ahead of the results.
+        if self.filling:
+            return 0  # a generator must not be resumed while it runs
+        self.filling = True
+        try:
+            while (self.n_dispatched_batches - self.n_done_batches < self.window
+                   and self.n_dispatched_batches - self.n_returned_batches < 2 * self.window
+                   and not cyj_load(&self.aborted)):
+                if not self._dispatch():
+                    break
+        finally:
+            self.filling = False
         return 0
 
     def start(self):
@@ -678,10 +747,14 @@ cdef class Call:
         """The next finished batch (input or completion order), or None at
         the end.  Raises the first task error, TimeoutError or
         KeyboardInterrupt, after aborting what is left of the call."""
-        cdef int64_t seen
+        cdef int64_t seen, deadline = -1
         cdef Batch batch
         if self.finished:
             return None
+        if self.timeout >= 0:
+            # The time-out counts the wait for this result, whatever other
+            # batches finish meanwhile (joblib's meaning).
+            deadline = cyj_now_ns() + <int64_t>(self.timeout * 1e9)
         try:
             while True:
                 seen = cyj_load(&self.n_events)
@@ -693,6 +766,7 @@ cdef class Call:
                         batch = <Batch>self.pending[0]
                         if batch.done and batch.error is None:
                             self.pending.popleft()
+                            self.n_returned_batches += 1
                             self._report()
                             return batch
                     elif self.dispatch_finished:
@@ -701,6 +775,7 @@ cdef class Call:
                     if self.completed:
                         batch = <Batch>self.completed.popleft()
                         if batch.error is None:
+                            self.n_returned_batches += 1
                             self._report()
                             return batch
                     elif self.dispatch_finished and self.n_done_batches == self.n_dispatched_batches:
@@ -709,7 +784,7 @@ cdef class Call:
                     raise self.error
                 if self.helps and self._help():
                     continue
-                self._wait(seen)
+                self._wait(seen, deadline)
         except BaseException:
             self.abort()
             raise

@@ -47,6 +47,8 @@ class VerboseReporter:
             self._print(f"Done {done:{width}d} out of {done:{width}d} | elapsed: "
                         f"{short_format_time(elapsed)} finished")
             return
+        if total and done >= total:
+            return  # the "finished" line follows (joblib prints only that one)
         index = self.n_reports
         self.n_reports += 1
         if _verbosity_filter(index, self.verbose):
@@ -57,3 +59,67 @@ class VerboseReporter:
         else:
             pad = " " * (len("out of ") + width - len("tasks"))
             self._print(f"Done {done:{width}d} tasks {pad}{fmt_time}")
+
+
+class ProgressBar:
+    """A progress bar on stderr, updated once per finished batch: tqdm when it
+    is installed, else a small built-in bar (count, rate, ETA)."""
+
+    def __init__(self, file=None, min_interval=0.1, use_tqdm=True):
+        self.file = file if file is not None else sys.stderr
+        self.min_interval = min_interval
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.tqdm = None
+        if use_tqdm:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.tqdm = tqdm(total=None, file=self.file, unit="task", leave=True)
+
+    def __call__(self, call):
+        total = call.n_total if call.n_total >= 0 else None
+        done = call.n_completed_tasks
+        if self.tqdm is not None:
+            if total is not None and self.tqdm.total != total:
+                self.tqdm.total = total
+                self.tqdm.refresh()
+            self.tqdm.update(done - self.tqdm.n)
+            if call.finished:
+                self.tqdm.close()
+            return
+        now = time.monotonic()
+        if not call.finished and now - self.last_draw < self.min_interval:
+            return
+        self.last_draw = now
+        self.file.write("\r" + self.line(done, total, now - self.start))
+        if call.finished:
+            self.file.write("\n")
+        self.file.flush()
+
+    @staticmethod
+    def line(done, total, elapsed, width=30):
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if total:
+            filled = int(width * done / total)
+            bar = "#" * filled + "." * (width - filled)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
+            return f"[{bar}] {done}/{total} tasks | {rate:,.1f} tasks/s | ETA {eta_text}"
+        return f"{done} tasks | {rate:,.1f} tasks/s | elapsed {elapsed:.1f}s"
+
+
+def combine(*callbacks):
+    """One progress callback calling each of the given ones (None are skipped)."""
+    callbacks = [cb for cb in callbacks if cb is not None]
+    if not callbacks:
+        return None
+    if len(callbacks) == 1:
+        return callbacks[0]
+
+    def report(call):
+        for cb in callbacks:
+            cb(call)
+    return report

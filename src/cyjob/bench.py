@@ -114,39 +114,66 @@ def overhead_report(n_tiny=200_000, n_calls=300, n_arrays=16, array_size=1_000_0
     except ImportError:
         joblib = None
 
+    threads = dict(n_jobs=2, backend="threading")
     contenders = {
-        "cyjob": tiny_tasks(cyjob.Parallel, cyjob.delayed, n_tiny, n_jobs=2),
+        "cyjob": tiny_tasks(cyjob.Parallel, cyjob.delayed, n_tiny, **threads),
         "loop": plain_loop(cyjob.delayed, n_tiny),
     }
     if joblib is not None:
         contenders["joblib"] = tiny_tasks(joblib.Parallel, joblib.delayed, n_tiny, n_jobs=2)
     t = interleaved(contenders, rounds=rounds)
-    report.add(f"{n_tiny:,} tiny tasks: cyjob / plain loop", t["cyjob"] / t["loop"], 1.5)
+    report.add(f"{n_tiny:,} tiny tasks: cyjob threads / plain loop", t["cyjob"] / t["loop"], 1.5)
     if joblib is not None:
-        report.add(f"{n_tiny:,} tiny tasks: cyjob / joblib (loky)", t["cyjob"] / t["joblib"], 0.1)
-    report.add(f"{n_tiny:,} tiny tasks: cyjob ns per task", t["cyjob"] / n_tiny * 1e9, unit=" ns")
+        report.add(f"{n_tiny:,} tiny tasks: cyjob threads / joblib default (loky)",
+                   t["cyjob"] / t["joblib"], 0.1)
+    report.add(f"{n_tiny:,} tiny tasks: cyjob threads, ns per task", t["cyjob"] / n_tiny * 1e9,
+               unit=" ns")
 
-    contenders = {"cyjob": small_calls(cyjob.Parallel, cyjob.delayed, n_calls, n_jobs=2)}
+    contenders = {"cyjob": small_calls(cyjob.Parallel, cyjob.delayed, n_calls, **threads),
+                  "cyjob default": small_calls(cyjob.Parallel, cyjob.delayed, n_calls, n_jobs=2)}
     if joblib is not None:
         contenders["joblib"] = small_calls(joblib.Parallel, joblib.delayed, joblib_calls, n_jobs=2)
     t = interleaved(contenders, rounds=rounds)
     per_call = t["cyjob"] / n_calls * 1e6
-    report.add(f"{n_calls} calls x 10 tiny tasks: cyjob us per call", per_call, 100, unit=" us")
+    report.add(f"{n_calls} calls x 10 tiny tasks: cyjob threads, us per call", per_call, 100,
+               unit=" us")
+    report.add(f"{n_calls} calls x 10 tiny tasks: cyjob default backend, us per call",
+               t["cyjob default"] / n_calls * 1e6, 100, unit=" us")
     if joblib is not None:
         report.add("10 tiny tasks: joblib us per call", t["joblib"] / joblib_calls * 1e6, unit=" us")
 
     rng = np.random.default_rng(0)
     arrays = [rng.random(array_size) for _ in range(n_arrays)]
     contenders = {
-        "cyjob": numpy_tasks(cyjob.Parallel, cyjob.delayed, arrays, n_jobs=2),
+        "cyjob": numpy_tasks(cyjob.Parallel, cyjob.delayed, arrays, **threads),
         "sequential": numpy_sequential(arrays),
     }
     if joblib is not None:
         contenders["joblib"] = numpy_tasks(joblib.Parallel, joblib.delayed, arrays, n_jobs=2)
     t = interleaved(contenders, rounds=rounds)
-    report.add(f"{n_arrays} x np.sin(1M floats).sum(): cyjob / (sequential / 2)",
+    report.add(f"{n_arrays} x np.sin(1M floats).sum(): cyjob threads / (sequential / 2)",
                t["cyjob"] / (t["sequential"] / 2), 1.2)
     if joblib is not None:
         report.add(f"{n_arrays} x np.sin(1M floats).sum(): joblib / (sequential / 2)",
                    t["joblib"] / (t["sequential"] / 2))
     return report
+
+
+def gil_work(n=20_000):
+    """Pure-Python arithmetic holding the GIL (~2 ms for the default n here)."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def calibrate_gil_work(target_s=0.002):
+    """The n for which gil_work(n) takes about target_s here."""
+    n = 2000
+    while True:
+        t0 = time.perf_counter()
+        gil_work(n)
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0.0005:
+            return max(1, int(n * target_s / elapsed))
+        n *= 2

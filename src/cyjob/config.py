@@ -25,7 +25,7 @@ def default(value):
 
 
 def is_default(value):
-    return isinstance(value, _Default)
+    return type(value) is _Default
 
 
 DEFAULTS = {

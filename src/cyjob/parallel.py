@@ -7,10 +7,10 @@ its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 from cyjob import _validation as check
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
 from cyjob._core import Call, in_worker_thread
-from cyjob._progress import VerboseReporter
+from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.config import default, get_config, is_default, resolve
+from cyjob.config import default, get_config, is_default
 
 __all__ = ["Parallel"]
 
@@ -34,9 +34,13 @@ def _choose_backend(backend, prefer, require, backend_params):
         if require != "sharedmem" or chosen.supports_sharedmem:
             return chosen
         return get_backend("threading")
-    if require == "sharedmem":
+    if require == "sharedmem" or prefer == "threads":
         return get_backend("threading")
-    # prefer="processes" is a soft hint: honoured once a process backend exists.
+    if prefer == "processes":
+        try:
+            return get_backend("processes", **backend_params)
+        except NotImplementedError:
+            pass  # a soft hint: fall back to the default
     return get_backend(default_backend_name(), **backend_params)
 
 
@@ -73,6 +77,9 @@ class Parallel:
         "sharedmem" forces a backend whose tasks share the caller's memory.
     max_batch_size : int or None, default=None
         Upper bound on automatic batches (cyjob extension; default 10,000).
+    progress : bool, default=False
+        Show a progress bar on stderr (tqdm if installed, else a built-in
+        one), updated once per batch (cyjob extension).
     **backend_kwargs
         Passed to the backend's constructor.
     """
@@ -82,39 +89,50 @@ class Parallel:
                  batch_size="auto", temp_folder=default(None),
                  max_nbytes=default("1M"), mmap_mode=default("r"),
                  prefer=default(None), require=default(None),
-                 max_batch_size=None, **backend_kwargs):
-        if n_jobs is None:
-            n_jobs = default(None)
-        self.n_jobs = check.check_n_jobs(resolve("n_jobs", n_jobs))
-        self.verbose = check.check_verbose(resolve("verbose", verbose))
+                 max_batch_size=None, progress=False, **backend_kwargs):
+        # Libraries build a Parallel per call in inner loops: keep this lean.
+        config = get_config()
+        if n_jobs is None or is_default(n_jobs):
+            n_jobs = config["n_jobs"]
+        self.n_jobs = check.check_n_jobs(n_jobs)
+        self.verbose = check.check_verbose(config["verbose"] if is_default(verbose) else verbose)
         self.return_as = check.check_choice("return_as", return_as, check.RETURN_AS)
         self.timeout = check.check_timeout(timeout)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        self.progress = progress
         self.pre_dispatch = pre_dispatch
         self._pre_dispatch = check.check_pre_dispatch(pre_dispatch)
         self.batch_size = batch_size
         self._fixed_batch_size = check.check_batch_size(batch_size)
         self._max_batch_size = check.check_max_batch_size(max_batch_size) or DEFAULT_MAX_BATCH_SIZE
-        self.prefer = check.check_choice("prefer", resolve("prefer", prefer), check.PREFER)
-        self.require = check.check_choice("require", resolve("require", require), check.REQUIRE)
-        self.temp_folder = check.check_temp_folder(resolve("temp_folder", temp_folder))
-        self.max_nbytes = check.check_max_nbytes(resolve("max_nbytes", max_nbytes))
-        self.mmap_mode = check.check_choice("mmap_mode", resolve("mmap_mode", mmap_mode),
-                                            check.MMAP_MODES)
+        pick = config.get
+        self.prefer = check.check_choice(
+            "prefer", pick("prefer") if is_default(prefer) else prefer, check.PREFER)
+        self.require = check.check_choice(
+            "require", pick("require") if is_default(require) else require, check.REQUIRE)
+        self.temp_folder = check.check_temp_folder(
+            pick("temp_folder") if is_default(temp_folder) else temp_folder)
+        self.max_nbytes = check.check_max_nbytes(
+            pick("max_nbytes") if is_default(max_nbytes) else max_nbytes)
+        self.mmap_mode = check.check_choice(
+            "mmap_mode", pick("mmap_mode") if is_default(mmap_mode) else mmap_mode,
+            check.MMAP_MODES)
         explicit_backend = None if is_default(backend) else backend
         self._backend = _choose_backend(explicit_backend, self.prefer, self.require,
                                         backend_kwargs)
         self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
-        self._executor = None  # kept warm between calls inside `with`
+        self._warm = None  # inside `with`: an executor kept alive between calls
 
     def __repr__(self):
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
 
     def __enter__(self):
-        self._executor = self._make_executor()[0]
+        self._warm = self._make_executor()  # start the workers now
         return self
 
     def __exit__(self, *exc_info):
-        self._executor = None
+        self._warm = None
 
     def _make_executor(self):
         backend, n_workers = self._backend, self._n_workers
@@ -124,13 +142,11 @@ class Parallel:
             backend, n_workers = backend.nested_backend(), 1
         if n_workers == 1:
             backend = _SEQUENTIAL
-        return backend.executor(n_workers, self), backend
+        return backend.executor(n_workers, self)
 
     def __call__(self, iterable):
         """Run the tasks of ``iterable``; return their results as ``return_as`` says."""
-        executor = self._executor
-        if executor is None or in_worker_thread():
-            executor, backend = self._make_executor()
+        executor = self._make_executor()
         n_workers = executor.n_workers
         lazy = self.return_as != "list"
         if self._pre_dispatch is None:
@@ -142,9 +158,8 @@ class Parallel:
         if n_workers == 1 and lazy and not fixed:
             fixed = 1  # a sequential generator computes each result on demand
         sizer = BatchSizer(n_workers, fixed, self._max_batch_size)
-        progress = None
-        if self.verbose:
-            progress = VerboseReporter(repr(self), self.verbose)
+        progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
+                           ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
                     self.timeout, progress)
         if not lazy:

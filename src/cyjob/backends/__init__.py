@@ -1,9 +1,11 @@
 """Backends by name: where batches run.
 
 joblib's names are accepted: "threading", "sequential", and the process
-backends "loky", "multiprocessing" (plus cyjob's "processes").
+backends "loky", "multiprocessing" (plus cyjob's "processes").  With none
+given, "auto" measures the first batches and picks (backends/auto.py).
 """
 
+from cyjob.backends.auto import AutoBackend
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
@@ -11,11 +13,14 @@ from cyjob.backends.threads import ThreadingBackend
 PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
 
 BACKENDS = {
+    "auto": AutoBackend,
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
 }
 
-_default_backend = ["threading"]
+_default_backend = ["auto"]
+# Built-in backends hold no state: one instance each serves every call.
+_SHARED = {name: cls() for name, cls in BACKENDS.items()}
 
 
 def register_parallel_backend(name, factory, make_default=False):
@@ -48,6 +53,10 @@ def get_backend(backend, **backend_params):
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+    if not backend_params:
+        shared = _SHARED.get(backend)
+        if shared is not None and BACKENDS.get(backend) is type(shared):
+            return shared
     factory = BACKENDS.get(backend)
     if factory is None:
         if backend in PROCESS_BACKEND_NAMES:

@@ -8,9 +8,12 @@ class Backend:
     that return instances of subclasses.
 
     A backend provides an :class:`cyjob._core.Executor` for a number of workers.
-    The executor's ``submit(batch)`` starts running ``batch.tasks`` (a list of
-    ``(func, args, kwargs)`` tuples) and, once done, reports from any thread
-    with the GIL held: ``batch.call.batch_done(batch, results, error, duration_ns)``.
+    The executor's ``submit(batch)`` starts running the batch's tasks —
+    ``batch.tasks`` is flat, ``[f0, args0, kwargs0, f1, ...]``;
+    ``batch.task_tuples()`` gives ``(func, args, kwargs)`` tuples, and
+    ``cyjob._core.run_tasks(batch.tasks)`` runs them — and, once done,
+    reports from any thread with the GIL held:
+    ``batch.call.batch_done(batch, results, error, duration_ns)``.
     Batching, ordering, errors, time-outs and progress are the core's job.
     """
 

@@ -1,37 +1,56 @@
 """Threads: the Cython pool of nogil workers, shared by every call."""
 
 import atexit
+import itertools
 import os
 import threading
 
 from cyjob._core import ThreadPool
 from cyjob.backends.base import Backend
 
-# Pools by worker count, started on first use and shared by every call (and
-# every Python thread) that asks for that many workers.
+# Pools by (threads, caller helps), started on first use and shared by every
+# call (and every Python thread) that asks for the same.
 _pools = {}
 _pools_lock = threading.Lock()
+_pool_ids = itertools.count()
+_exiting = False
 
 
-def get_pool(n_workers):
-    pool = _pools.get(n_workers)
+def get_pool(n_workers, caller_helps=False):
+    """A shared pool running ``n_workers`` batches of a call at once: with
+    ``caller_helps``, n_workers - 1 threads plus the waiting caller."""
+    key = (n_workers - caller_helps, caller_helps)
+    pool = _pools.get(key)
     if pool is not None:
         return pool
+    if _exiting:
+        # Daemon threads still calling Parallel during exit: run their tasks
+        # in their own thread instead of starting workers that would be
+        # frozen mid-task.
+        from cyjob.backends.sequential import SequentialBackend
+
+        return SequentialBackend().executor(1)
     with _pools_lock:
-        pool = _pools.get(n_workers)
+        pool = _pools.get(key)
         if pool is None or not pool.alive():
-            pool = ThreadPool(n_workers)
-            _pools[n_workers] = pool
+            pool = ThreadPool(key[0], caller_helps, name=f"cyjob-worker-{next(_pool_ids)}")
+            _pools[key] = pool
     return pool
 
 
-def shutdown_pools(wait=True, timeout=2.0):
+def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
     """Stop every worker thread (at exit, or to free them in a test)."""
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
     for pool in pools:
-        pool.shutdown(wait=wait, timeout=timeout)
+        pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
+
+
+def _shutdown_at_exit():
+    global _exiting
+    _exiting = True
+    shutdown_pools(at_exit=True)
 
 
 def _forget_pools_after_fork():
@@ -46,7 +65,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
 # Workers must be stopped before finalisation: a thread that takes the GIL
 # once the interpreter is finalising hangs or crashes (CORE_NOTES).
-atexit.register(shutdown_pools)
+atexit.register(_shutdown_at_exit)
 
 
 class ThreadingBackend(Backend):
@@ -55,4 +74,9 @@ class ThreadingBackend(Backend):
     in_process = True
 
     def executor(self, n_workers, parallel=None):
-        return get_pool(n_workers)
+        # A caller that returns a list has nothing else to do while it waits,
+        # so it works as one of the n_jobs workers.  A generator's caller is
+        # busy with the results, and a caller running a task could not notice
+        # a time-out: those get n_jobs threads of their own.
+        helps = (parallel is None or (parallel.return_as == "list" and parallel.timeout is None))
+        return get_pool(n_workers, helps and n_workers > 1)

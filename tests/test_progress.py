@@ -1,0 +1,41 @@
+"""progress=True: a bar on stderr, tqdm or built-in, for list and generator returns."""
+
+import sys
+
+import pytest
+
+from cyjob import Parallel, delayed
+
+
+def square(x):
+    return x * x
+
+
+@pytest.fixture(params=["tqdm", "builtin"])
+def bar_kind(request, monkeypatch):
+    if request.param == "tqdm":
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+    return request.param
+
+
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_bar_counts_every_task(bar_kind, return_as, capfd):
+    out = Parallel(n_jobs=2, progress=True, return_as=return_as)(
+        delayed(square)(x) for x in range(500))
+    assert sorted(out) == [x * x for x in range(500)]
+    err = capfd.readouterr().err
+    assert "500/500" in err
+    if bar_kind == "builtin":
+        assert "tasks/s" in err and "ETA" in err
+
+
+def test_no_bar_by_default(capfd):
+    Parallel(n_jobs=2)(delayed(square)(x) for x in range(100))
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_must_be_bool():
+    with pytest.raises(TypeError, match="progress"):
+        Parallel(n_jobs=2, progress="yes")

@@ -1,0 +1,108 @@
+"""Nothing leaks, memory stays bounded while streaming (issue 7)."""
+
+import gc
+import os
+import resource
+import threading
+
+import pytest
+
+from cyjob import Parallel, delayed
+
+IN_PROCESS_BACKENDS = ["threading", "sequential", None]  # None: the default (auto)
+
+
+def inc(x):
+    return x + 1
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise ValueError(x)
+    return x
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _children():
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return len(f.read().split())
+    except OSError:
+        return 0
+
+
+def _os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def _snapshot():
+    gc.collect()
+    return {"python threads": threading.active_count(), "os threads": _os_threads(),
+            "fds": _fds(), "children": _children()}
+
+
+def _kwargs(backend):
+    return {"backend": backend} if backend else {}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", IN_PROCESS_BACKENDS)
+def test_300_calls_leave_nothing_behind(backend):
+    kwargs = _kwargs(backend)
+    for return_as in ("list", "generator", "generator_unordered"):  # start every pool first
+        list(Parallel(n_jobs=2, return_as=return_as, **kwargs)(delayed(inc)(i) for i in range(20)))
+    before = _snapshot()
+    for i in range(300):
+        return_as = ("list", "generator", "generator_unordered")[i % 3]
+        out = Parallel(n_jobs=2, return_as=return_as, **kwargs)(delayed(inc)(j) for j in range(20))
+        if i % 7 == 0:
+            next(iter(out), None)
+            if return_as != "list":
+                out.close()  # abandoned halfway
+        else:
+            list(out)
+        if i % 11 == 0:
+            with pytest.raises(ValueError):
+                Parallel(n_jobs=2, **kwargs)(delayed(fail_on)(j, 5) for j in range(20))
+    after = _snapshot()
+    assert after == before
+
+
+@pytest.mark.timeout(120)
+def test_10000_calls_leak_no_python_objects():
+    def run(n):
+        for _ in range(n):
+            Parallel(n_jobs=2, backend="threading")(delayed(inc)(j) for j in range(4))
+
+    run(200)
+    gc.collect()
+    before = len(gc.get_objects())
+    run(10_000)
+    gc.collect()
+    growth = len(gc.get_objects()) - before
+    assert growth < 200, f"{growth} more live objects after 10,000 calls"
+
+
+def _max_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.timeout(180)
+def test_streaming_3_million_tasks_keeps_memory_bounded():
+    n = 3_000_000
+    # Warm up the pools and the allocator first, so the peak measured below
+    # is the stream's own.
+    for _ in Parallel(n_jobs=2, return_as="generator_unordered")(delayed(inc)(i) for i in range(100_000)):
+        pass
+    start = _max_rss_mb()
+    total = count = 0
+    for r in Parallel(n_jobs=2, return_as="generator_unordered")(delayed(inc)(i) for i in range(n)):
+        total += r
+        count += 1
+    growth = _max_rss_mb() - start
+    assert count == n and total == n * (n + 1) // 2
+    assert growth < 150, f"peak memory grew by {growth:.0f} MB while streaming"
