@@ -3,6 +3,7 @@ Parallel's results and return_as, input forms, n_jobs, errors, time-outs and
 progress messages."""
 
 import builtins
+import functools
 import inspect
 import multiprocessing
 import pickle
@@ -24,6 +25,9 @@ from helpers import (
     assert_runs_in_caller_thread,
     ident,
 )
+
+# The thread pool, named explicitly (the default backend measures and picks).
+threads = functools.partial(Parallel, backend="threading")
 
 BACKENDS = ["threading", "sequential"]
 RETURN_AS = ["list", "generator", "generator_unordered"]
@@ -112,7 +116,7 @@ def test_delayed_works_as_a_decorator():
     assert task[1:] == ((1,), {"b": 2})
     func, args, kwargs = task
     assert func(*args, **kwargs) == 3
-    assert Parallel(n_jobs=2)(decorated_add(i, b=i) for i in range(10)) == [2 * i for i in range(10)]
+    assert threads(n_jobs=2)(decorated_add(i, b=i) for i in range(10)) == [2 * i for i in range(10)]
 
 
 def test_delayed_keeps_name_doc_and_wrapped():
@@ -129,7 +133,7 @@ def test_delayed_keeps_name_doc_and_wrapped():
 def test_delayed_accepts_builtins_and_callable_objects():
     counter = Counter()
     assert delayed(pow)(2, 5) == (pow, (2, 5), {})
-    assert Parallel(n_jobs=2)([delayed(pow)(2, 5), delayed(counter)(7)]) == [32, 7]
+    assert threads(n_jobs=2)([delayed(pow)(2, 5), delayed(counter)(7)]) == [32, 7]
     assert counter.value == 1
 
 
@@ -199,7 +203,7 @@ def test_generator_unordered_yields_in_completion_order():
 
     tasks = [delayed(slow)()] + [delayed(fast)(i) for i in range(n_fast)]
     # pre_dispatch="all": every task is queued at once, whoever runs `slow`.
-    results = list(Parallel(n_jobs=2, batch_size=1, pre_dispatch="all",
+    results = list(threads(n_jobs=2, batch_size=1, pre_dispatch="all",
                             return_as="generator_unordered")(tasks))
     assert results[-1] == "slow", results
     assert sorted(results[:-1]) == list(range(n_fast))
@@ -311,7 +315,7 @@ def test_context_manager_reuses_the_parallel_across_calls(backend):
 
 
 def test_context_manager_with_generator_output():
-    with Parallel(n_jobs=2, return_as="generator") as parallel:
+    with threads(n_jobs=2, return_as="generator") as parallel:
         for k in range(5):
             results = parallel(delayed(add)(i, b=k) for i in range(100))
             assert list(results) == [i + k for i in range(100)]
@@ -336,24 +340,24 @@ def test_sequential_backend_runs_in_the_caller_thread():
 
 @pytest.mark.parametrize("n_jobs", [2, 3])
 def test_threading_backend_runs_tasks_concurrently(n_jobs):
-    assert_runs_concurrently(lambda: Parallel(n_jobs=n_jobs, batch_size=1), parties=n_jobs)
+    assert_runs_concurrently(lambda: threads(n_jobs=n_jobs, batch_size=1), parties=n_jobs)
 
 
 @pytest.mark.parametrize("n_jobs", [-100, -cpu_count()])
 def test_negative_n_jobs_below_minus_cpus_means_one_worker(n_jobs):
-    assert_runs_in_caller_thread(lambda: Parallel(n_jobs=n_jobs))
+    assert_runs_in_caller_thread(lambda: threads(n_jobs=n_jobs))
 
 
 def test_n_jobs_minus_one_uses_every_cpu():
     if cpu_count() < 2:
         pytest.skip("needs at least 2 CPUs")
     parties = min(cpu_count(), 4)
-    assert_runs_concurrently(lambda: Parallel(n_jobs=-1, batch_size=1), parties=parties)
+    assert_runs_concurrently(lambda: threads(n_jobs=-1, batch_size=1), parties=parties)
 
 
 def test_negative_n_jobs_honours_the_cpu_limit(monkeypatch):
     monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
-    assert_runs_in_caller_thread(lambda: Parallel(n_jobs=-1))
+    assert_runs_in_caller_thread(lambda: threads(n_jobs=-1))
 
 
 # --------------------------------------------------------------------------
@@ -407,7 +411,7 @@ def test_parallel_is_usable_after_a_failure(backend):
             parallel(delayed(fail_on)(i) for i in range(10))
         assert parallel(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
     if backend == "threading":
-        assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+        assert_runs_concurrently(lambda: threads(n_jobs=2, batch_size=1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -437,16 +441,25 @@ def test_timeout_raises_builtin_and_multiprocessing_timeout_error(return_as):
     release = threading.Event()
     try:
         with pytest.raises(multiprocessing.TimeoutError) as info:
-            results_as_list(Parallel(n_jobs=2, timeout=0.2, return_as=return_as)(
+            results_as_list(threads(n_jobs=2, timeout=0.2, return_as=return_as)(
                 delayed(block_until)(release, i) for i in range(4)), return_as)
     finally:
         release.set()
     assert isinstance(info.value, builtins.TimeoutError)
-    assert Parallel(n_jobs=2)(delayed(ident)(i) for i in range(10)) == list(range(10))
+    assert threads(n_jobs=2)(delayed(ident)(i) for i in range(10)) == list(range(10))
+
+
+def test_timeout_limits_tasks_not_automatic_batches():
+    # joblib's timeout bounds the wait for one task; every task here takes
+    # 10 ms, so automatic batching must not turn them into a wait of more
+    # than 0.15 s (joblib 1.6 runs this without a TimeoutError).
+    results = threads(n_jobs=2, timeout=0.15)(
+        delayed(sleep_then_return)(0.01, i) for i in range(600))
+    assert results == list(range(600))
 
 
 def test_timeout_does_not_fire_when_results_keep_coming():
-    results = Parallel(n_jobs=2, timeout=30)(delayed(sleep_then_return)(0.001, i) for i in range(200))
+    results = threads(n_jobs=2, timeout=30)(delayed(sleep_then_return)(0.001, i) for i in range(200))
     assert results == list(range(200))
 
 
@@ -480,7 +493,7 @@ def test_verbose_0_prints_nothing(capfd, backend, return_as):
 
 
 def test_verbose_50_and_more_prints_to_stdout(capsys):
-    Parallel(n_jobs=2, verbose=50)(delayed(ident)(i) for i in range(10))
+    threads(n_jobs=2, verbose=50)(delayed(ident)(i) for i in range(10))
     out, err = capsys.readouterr()
     assert err == ""
     assert "[Parallel(n_jobs=2)]: Done" in out

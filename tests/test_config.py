@@ -23,7 +23,20 @@ from helpers import Counter, assert_runs_concurrently, assert_runs_in_caller_thr
 
 
 def threaded():
+    """Threads, with n_jobs from the config."""
+    return Parallel(backend="threading", batch_size=1)
+
+
+def from_config():
+    """Backend and n_jobs from the config."""
     return Parallel(batch_size=1)
+
+
+def threads_unless_configured():
+    """Two threads, unless the config's backend runs tasks in the caller:
+    require="sharedmem" keeps a backend that shares memory, and makes the
+    default one threads."""
+    return Parallel(n_jobs=2, batch_size=1, require="sharedmem")
 
 
 # --------------------------------------------------------------------------
@@ -57,8 +70,8 @@ def test_config_is_restored_after_the_block():
         pass
     assert_runs_in_caller_thread(lambda: Parallel())
     with parallel_config(backend="sequential"):
-        pass
-    assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+        assert_runs_in_caller_thread(threads_unless_configured)
+    assert_runs_concurrently(threads_unless_configured)
 
 
 def test_config_is_restored_after_an_exception_in_the_block():
@@ -66,14 +79,14 @@ def test_config_is_restored_after_an_exception_in_the_block():
         with parallel_config(backend="sequential", n_jobs=2):
             1 / 0
     assert_runs_in_caller_thread(lambda: Parallel())
-    assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+    assert_runs_concurrently(threads_unless_configured)
 
 
 def test_nested_configs_restore_in_order():
     with parallel_config(backend="threading", n_jobs=2):
         with parallel_config(backend="sequential"):
             assert_runs_in_caller_thread(lambda: Parallel())
-        assert_runs_concurrently(threaded)
+        assert_runs_concurrently(from_config)
     assert_runs_in_caller_thread(lambda: Parallel())
 
 
@@ -83,7 +96,7 @@ def test_config_does_not_leak_into_other_threads():
 
     def other_thread():
         try:
-            assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+            assert_runs_concurrently(threads_unless_configured)
             seen.append("ok")
         except BaseException as exc:  # reported by the assertion below
             seen.append(exc)
@@ -97,11 +110,11 @@ def test_config_does_not_leak_into_other_threads():
 
 def test_verbose_is_taken_from_the_config(capsys):
     with parallel_config(verbose=10):
-        Parallel(n_jobs=2)(delayed(ident)(i) for i in range(10))
+        Parallel(n_jobs=2, backend="threading")(delayed(ident)(i) for i in range(10))
         assert "[Parallel(n_jobs=2)]: Done" in capsys.readouterr().err
-        Parallel(n_jobs=2, verbose=0)(delayed(ident)(i) for i in range(10))
+        Parallel(n_jobs=2, backend="threading", verbose=0)(delayed(ident)(i) for i in range(10))
         assert capsys.readouterr().err == ""
-    Parallel(n_jobs=2)(delayed(ident)(i) for i in range(10))
+    Parallel(n_jobs=2, backend="threading")(delayed(ident)(i) for i in range(10))
     assert capsys.readouterr().err == ""
 
 
@@ -122,7 +135,7 @@ def test_parallel_backend_defaults_to_every_cpu():
         assert_runs_in_caller_thread(lambda: Parallel())
     if cpu_count() >= 2:
         with parallel_backend("threading"):
-            assert_runs_concurrently(threaded, parties=min(cpu_count(), 4))
+            assert_runs_concurrently(from_config, parties=min(cpu_count(), 4))
     with parallel_backend("threading", n_jobs=1):
         assert_runs_in_caller_thread(lambda: Parallel())
     assert_runs_in_caller_thread(lambda: Parallel())
@@ -138,7 +151,7 @@ def test_prefer_and_require_hints_run_the_tasks(backend, hints):
 
 def test_require_sharedmem_shares_memory():
     box = []
-    Parallel(n_jobs=2, require="sharedmem")(delayed(box.append)(i) for i in range(20))
+    Parallel(n_jobs=2, require="sharedmem", batch_size=1)(delayed(box.append)(i) for i in range(20))
     assert sorted(box) == list(range(20))
 
 
@@ -190,8 +203,8 @@ def test_backend_instance_can_be_passed_directly():
 
 class RecordingExecutor(Executor):
     """An executor written from the contract in cyjob/backends/base.py:
-    ``submit(batch)`` runs ``batch.tasks`` (``(func, args, kwargs)`` tuples)
-    and reports with ``batch.call.batch_done(batch, results, error, duration_ns)``."""
+    ``submit(batch)`` runs ``batch.task_tuples()`` (``(func, args, kwargs)``
+    tuples) and reports with ``batch.call.batch_done(batch, results, error, duration_ns)``."""
 
     def __init__(self, n_workers):
         super().__init__(n_workers)
@@ -202,7 +215,7 @@ class RecordingExecutor(Executor):
         start = time.perf_counter_ns()
         results = []
         try:
-            for func, args, kwargs in batch.tasks:
+            for func, args, kwargs in batch.task_tuples():
                 results.append(func(*args, **kwargs))
         except Exception as exc:
             batch.call.batch_done(batch, None, exc, 0.0)

@@ -86,7 +86,8 @@ def run(module, tasks, lazy, **params):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tasks=task_lists(),
-    backend=st.sampled_from(["threading", "sequential"]),
+    # None: cyjob's default backend (it measures and picks), against joblib's threads.
+    backend=st.sampled_from(["threading", "sequential", None]),
     n_jobs=st.sampled_from([1, 2, 3]),
     batch_size=st.sampled_from(["auto", 1, 3]),
     pre_dispatch=st.sampled_from(["2 * n_jobs", "n_jobs", "all", 1, 5]),
@@ -94,9 +95,11 @@ def run(module, tasks, lazy, **params):
     lazy=st.booleans(),
 )
 def test_cyjob_matches_joblib(tasks, backend, n_jobs, batch_size, pre_dispatch, return_as, lazy):
-    params = dict(backend=backend, n_jobs=n_jobs, batch_size=batch_size,
-                  pre_dispatch=pre_dispatch, return_as=return_as)
-    expected = run(joblib, tasks, lazy, **params)
+    params = dict(n_jobs=n_jobs, batch_size=batch_size, pre_dispatch=pre_dispatch,
+                  return_as=return_as)
+    expected = run(joblib, tasks, lazy, backend=backend or "threading", **params)
+    if backend is not None:
+        params["backend"] = backend
     actual = run(cyjob, tasks, lazy, **params)
     assert actual == expected
 

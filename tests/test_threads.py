@@ -2,6 +2,7 @@
 nested calls, fork, interpreter exit, abandoned generators, worker names and
 Ctrl-C."""
 
+import functools
 import gc
 import os
 import select
@@ -19,6 +20,9 @@ import pytest
 import cyjob
 from cyjob import Parallel, delayed
 from helpers import Counter, LazyInput, add, assert_runs_concurrently, ident, wait_at
+
+# The thread pool, named explicitly (the default backend measures and picks).
+threads = functools.partial(Parallel, backend="threading")
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -49,25 +53,25 @@ def test_several_python_threads_call_parallel_at_once():
                 return_as = ("list", "generator", "generator_unordered")[(j + k) % 3]
                 batch_size = ("auto", 1, 7)[k % 3]
                 expected = [k * 1000 + i for i in range(300)]
-                results = list(Parallel(n_jobs=n_jobs, return_as=return_as, batch_size=batch_size)(
+                results = list(threads(n_jobs=n_jobs, return_as=return_as, batch_size=batch_size)(
                     delayed(add)(i, b=k * 1000) for i in range(300)))
                 if return_as == "generator_unordered":
                     results.sort()
                 assert results == expected, (k, j, return_as)
                 try:
-                    Parallel(n_jobs=2)(delayed(fail_on)(i) for i in range(100))
+                    threads(n_jobs=2)(delayed(fail_on)(i) for i in range(100))
                     raise AssertionError("a failing call did not raise")
                 except TaskError:
                     pass
         except BaseException as exc:  # reported below
             errors.append((k, exc))
 
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(n_threads)]
-    for t in threads:
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(n_threads)]
+    for t in callers:
         t.start()
-    for t in threads:
+    for t in callers:
         t.join(40)
-    assert not any(t.is_alive() for t in threads), "a calling thread is stuck"
+    assert not any(t.is_alive() for t in callers), "a calling thread is stuck"
     assert errors == []
 
 
@@ -75,13 +79,13 @@ def test_calls_from_other_threads_use_the_workers():
     results = []
 
     def caller():
-        assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+        assert_runs_concurrently(lambda: threads(n_jobs=2, batch_size=1))
         results.append("ok")
 
-    threads = [threading.Thread(target=caller) for _ in range(3)]
-    for t in threads:
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for t in callers:
         t.start()
-    for t in threads:
+    for t in callers:
         t.join(30)
     assert results == ["ok"] * 3
 
@@ -120,38 +124,38 @@ def _thread_name(_):
 
 
 def _inner(x, n_jobs=2):
-    return sum(Parallel(n_jobs=n_jobs)(delayed(add)(x, b=i) for i in range(x + 1)))
+    return sum(threads(n_jobs=n_jobs)(delayed(add)(x, b=i) for i in range(x + 1)))
 
 
 def _middle(x):
-    return sum(Parallel(n_jobs=2)(delayed(_inner)(i) for i in range(x)))
+    return sum(threads(n_jobs=2)(delayed(_inner)(i) for i in range(x)))
 
 
 def _inner_names(x):
-    return Parallel(n_jobs=2)(delayed(_thread_name)(i) for i in range(5))
+    return threads(n_jobs=2)(delayed(_thread_name)(i) for i in range(5))
 
 
 def _middle_names(x):
-    return [n for names in Parallel(n_jobs=2)(delayed(_inner_names)(i) for i in range(3))
+    return [n for names in threads(n_jobs=2)(delayed(_inner_names)(i) for i in range(3))
             for n in names]
 
 
 def test_nested_parallel_two_levels():
     expected = [sum(x + i for i in range(x + 1)) for x in range(20)]
-    assert Parallel(n_jobs=2)(delayed(_inner)(x) for x in range(20)) == expected
-    assert list(Parallel(n_jobs=2, return_as="generator")(
+    assert threads(n_jobs=2)(delayed(_inner)(x) for x in range(20)) == expected
+    assert list(threads(n_jobs=2, return_as="generator")(
         delayed(_inner)(x) for x in range(20))) == expected
 
 
 def test_nested_parallel_three_levels():
     expected = [sum(sum(i + j for j in range(i + 1)) for i in range(x)) for x in range(8)]
-    assert Parallel(n_jobs=2)(delayed(_middle)(x) for x in range(8)) == expected
+    assert threads(n_jobs=2)(delayed(_middle)(x) for x in range(8)) == expected
 
 
 def test_nested_parallel_starts_no_new_threads():
-    Parallel(n_jobs=2)(delayed(ident)(i) for i in range(10))  # the pool exists
+    threads(n_jobs=2)(delayed(ident)(i) for i in range(10))  # the pool exists
     n_threads = threading.active_count()
-    names = [n for names in Parallel(n_jobs=2)(delayed(_middle_names)(i) for i in range(4))
+    names = [n for names in threads(n_jobs=2)(delayed(_middle_names)(i) for i in range(4))
              for n in names]
     assert len(names) == 4 * 3 * 5
     me = threading.current_thread().name
@@ -174,7 +178,7 @@ def _busy_leaf(x):
 
 
 def _busy_middle(n_inner):
-    return sum(Parallel(n_jobs=n_inner)(delayed(_busy_leaf)(i) for i in range(12)))
+    return sum(threads(n_jobs=n_inner)(delayed(_busy_leaf)(i) for i in range(12)))
 
 
 def test_nested_parallel_does_not_oversubscribe():
@@ -182,7 +186,7 @@ def test_nested_parallel_does_not_oversubscribe():
     # threads on top of the outer call's: at most the outer workers and the
     # caller run tasks at the same time.
     _busy["peak"] = 0
-    results = Parallel(n_jobs=2)(delayed(_busy_middle)(3) for _ in range(4))
+    results = threads(n_jobs=2)(delayed(_busy_middle)(3) for _ in range(4))
     assert results == [66] * 4
     assert _busy["peak"] <= 2 + 1, f"{_busy['peak']} tasks ran at once"
 
@@ -209,8 +213,8 @@ def _fork_and_run_parallel():
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
-            ok = Parallel(n_jobs=2)(delayed(add)(i, b=1) for i in range(500)) == list(range(1, 501))
-            gen = Parallel(n_jobs=2, return_as="generator")(delayed(ident)(i) for i in range(50))
+            ok = threads(n_jobs=2)(delayed(add)(i, b=1) for i in range(500)) == list(range(1, 501))
+            gen = threads(n_jobs=2, return_as="generator")(delayed(ident)(i) for i in range(50))
             ok = ok and list(gen) == list(range(50))
             code = 0 if ok else 3
         except BaseException:
@@ -223,7 +227,7 @@ def _fork_and_run_parallel():
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_can_run_parallel():
-    Parallel(n_jobs=2)(delayed(ident)(i) for i in range(1000))  # workers are running
+    threads(n_jobs=2)(delayed(ident)(i) for i in range(1000))  # workers are running
     assert _fork_and_run_parallel() == 0
 
 
@@ -234,7 +238,7 @@ def test_fork_while_another_thread_runs_calls():
 
     def busy():
         while not stop.is_set():
-            Parallel(n_jobs=2, batch_size=1)(delayed(ident)(i) for i in range(200))
+            threads(n_jobs=2, batch_size=1)(delayed(ident)(i) for i in range(200))
 
     t = threading.Thread(target=busy)
     t.start()
@@ -261,16 +265,16 @@ def _run_python(code, timeout=30):
 EXIT_SCRIPTS = {
     "pools-alive": """
         from cyjob import Parallel, delayed
-        Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(1000))
-        Parallel(n_jobs=3)(delayed(abs)(-i) for i in range(1000))
-        p = Parallel(n_jobs=2).__enter__()   # a `with` block never left
+        Parallel(backend="threading", n_jobs=2)(delayed(abs)(-i) for i in range(1000))
+        Parallel(backend="threading", n_jobs=3)(delayed(abs)(-i) for i in range(1000))
+        p = Parallel(backend="threading", n_jobs=2).__enter__()   # a `with` block never left
         p(delayed(abs)(-i) for i in range(10))
         print("done")
     """,
     "generator-half-consumed": """
         import time
         from cyjob import Parallel, delayed
-        gen = Parallel(n_jobs=2, return_as="generator")(
+        gen = Parallel(backend="threading", n_jobs=2, return_as="generator")(
             delayed(time.sleep)(0.01) for i in range(10_000))
         next(gen); next(gen)
         print("done")
@@ -278,7 +282,7 @@ EXIT_SCRIPTS = {
     "unordered-generator-half-consumed": """
         import time
         from cyjob import Parallel, delayed
-        gen = Parallel(n_jobs=3, return_as="generator_unordered", batch_size=1)(
+        gen = Parallel(backend="threading", n_jobs=3, return_as="generator_unordered", batch_size=1)(
             delayed(time.sleep)(0.01) for i in range(10_000))
         for _ in range(5):
             next(gen)
@@ -287,14 +291,14 @@ EXIT_SCRIPTS = {
     "generator-never-started": """
         import time
         from cyjob import Parallel, delayed
-        gen = Parallel(n_jobs=2, return_as="generator")(
+        gen = Parallel(backend="threading", n_jobs=2, return_as="generator")(
             delayed(time.sleep)(0.01) for i in range(10_000))
         print("done")
     """,
     "tasks-still-running": """
         import time
         from cyjob import Parallel, delayed
-        gen = Parallel(n_jobs=2, return_as="generator", batch_size=1)(
+        gen = Parallel(backend="threading", n_jobs=2, return_as="generator", batch_size=1)(
             delayed(time.sleep)(0.3) for i in range(100))
         next(gen)
         print("done")
@@ -305,7 +309,7 @@ EXIT_SCRIPTS = {
         from cyjob import Parallel, delayed
         def loop():
             while True:
-                Parallel(n_jobs=2, batch_size=1)(delayed(abs)(-i) for i in range(1000))
+                Parallel(backend="threading", n_jobs=2, batch_size=1)(delayed(abs)(-i) for i in range(1000))
         for _ in range(3):
             threading.Thread(target=loop, daemon=True).start()
         time.sleep(0.3)
@@ -344,7 +348,7 @@ def test_abandoned_generator_stops_dispatching_and_leaves_the_pool_healthy(how, 
             pulled[0] += 1
             yield delayed(_started)(started, i)
 
-    gen = Parallel(n_jobs=2, batch_size=1, return_as=return_as)(tasks())
+    gen = threads(n_jobs=2, batch_size=1, return_as=return_as)(tasks())
     for _ in range(10):
         next(gen)
     if how == "close":
@@ -357,42 +361,42 @@ def test_abandoned_generator_stops_dispatching_and_leaves_the_pool_healthy(how, 
     time.sleep(0.3)
     assert (pulled[0], started.value) == after, "work went on after the generator was closed"
     assert after[0] < 100 and after[1] < 100
-    assert Parallel(n_jobs=2)(delayed(ident)(i) for i in range(100)) == list(range(100))
-    assert_runs_concurrently(lambda: Parallel(n_jobs=2, batch_size=1))
+    assert threads(n_jobs=2)(delayed(ident)(i) for i in range(100)) == list(range(100))
+    assert_runs_concurrently(lambda: threads(n_jobs=2, batch_size=1))
 
 
 def test_generator_closed_before_its_first_result():
     source = LazyInput(ident, n=1_000_000)
-    gen = Parallel(n_jobs=2, return_as="generator")(source)
+    gen = threads(n_jobs=2, return_as="generator")(source)
     gen.close()
     pulled = source.pulled
     time.sleep(0.2)
     assert source.pulled == pulled < 1000
-    assert Parallel(n_jobs=2)(delayed(ident)(i) for i in range(10)) == list(range(10))
+    assert threads(n_jobs=2)(delayed(ident)(i) for i in range(10)) == list(range(10))
 
 
 # --------------------------------------------------------------------------
 # worker threads
 
 def test_worker_threads_are_named_and_visible_to_threading():
-    names = Parallel(n_jobs=2, batch_size=1)(delayed(_thread_name)(i) for i in range(1))
+    names = threads(n_jobs=2, batch_size=1)(delayed(_thread_name)(i) for i in range(1))
     assert names
     workers = [t for t in threading.enumerate() if t.name.startswith("cyjob-worker")]
-    assert len(workers) >= 2
+    assert workers  # (a list call's caller may be one of the n_jobs workers)
     assert all(t.is_alive() for t in workers)
     # Tasks that wait for each other must run on those threads.
     barrier = threading.Barrier(2, timeout=10)
-    names = Parallel(n_jobs=2, batch_size=1)(delayed(wait_at)(barrier) for _ in range(2))
+    names = threads(n_jobs=2, batch_size=1)(delayed(wait_at)(barrier) for _ in range(2))
     me = threading.current_thread().name
     assert any(n.startswith("cyjob-worker") for n in names), names
     assert all(n == me or n.startswith("cyjob-worker") for n in names), names
 
 
 def test_pool_is_reused_across_calls():
-    Parallel(n_jobs=2)(delayed(ident)(i) for i in range(100))
+    threads(n_jobs=2)(delayed(ident)(i) for i in range(100))
     before = {t.ident for t in threading.enumerate() if t.name.startswith("cyjob-worker")}
     for _ in range(20):
-        Parallel(n_jobs=2)(delayed(ident)(i) for i in range(100))
+        threads(n_jobs=2)(delayed(ident)(i) for i in range(100))
     after = {t.ident for t in threading.enumerate() if t.name.startswith("cyjob-worker")}
     assert after == before
 
@@ -406,7 +410,7 @@ from cyjob import Parallel, delayed
 print("ready", flush=True)
 start = time.monotonic()
 try:
-    results = Parallel(n_jobs=2, {params})(delayed(time.sleep)(2) for i in range(20))
+    results = Parallel(backend="threading", n_jobs=2, {params})(delayed(time.sleep)(2) for i in range(20))
     list(results)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
