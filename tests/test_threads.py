@@ -206,14 +206,15 @@ def _wait_for_child(pid, timeout):
     return "hung"
 
 
-def _fork_and_run_parallel():
+def _fork_and_run_parallel(parallel=None):
+    parallel = parallel or threads(n_jobs=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
-            ok = threads(n_jobs=2)(delayed(add)(i, b=1) for i in range(500)) == list(range(1, 501))
+            ok = parallel(delayed(add)(i, b=1) for i in range(500)) == list(range(1, 501))
             gen = threads(n_jobs=2, return_as="generator")(delayed(ident)(i) for i in range(50))
             ok = ok and list(gen) == list(range(50))
             code = 0 if ok else 3
@@ -229,6 +230,14 @@ def _fork_and_run_parallel():
 def test_forked_child_can_run_parallel():
     threads(n_jobs=2)(delayed(ident)(i) for i in range(1000))  # workers are running
     assert _fork_and_run_parallel() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_can_use_a_parallel_kept_warm_by_the_parent():
+    with threads(n_jobs=2) as parallel:
+        assert parallel(delayed(ident)(i) for i in range(100)) == list(range(100))
+        assert _fork_and_run_parallel(parallel) == 0
 
 
 @pytest.mark.timeout(60)
