@@ -1,0 +1,89 @@
+"""Small task functions and probes shared by the test modules.
+
+Everything here is module-level so that tasks pickle by reference.
+"""
+
+import threading
+import time
+
+from cyjob import delayed
+
+
+class Counter:
+    """A task function that counts its calls (thread-safe) and returns its argument."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def __call__(self, x=None, *args, **kwargs):
+        with self._lock:
+            self.value += 1
+        return x
+
+
+class InputDrained(Exception):
+    """Raised by LazyInput when more items were pulled than a test allows."""
+
+
+class LazyInput:
+    """A long lazy input of ``delayed(func)(i)`` tasks that counts how many
+    items have been pulled from it.
+
+    With ``limit``, pulling more than ``limit`` items raises InputDrained, so
+    that a scheduler that drains its input fails the test at once instead of
+    spending minutes on ten million tasks.
+    """
+
+    def __init__(self, func, n=10_000_000, limit=None):
+        self.func = func
+        self.n = n
+        self.limit = limit
+        self.pulled = 0
+
+    def __iter__(self):
+        task = delayed(self.func)
+        for i in range(self.n):
+            if self.limit is not None and self.pulled >= self.limit:
+                raise InputDrained(f"{self.pulled} items pulled from the input")
+            self.pulled += 1
+            yield task(i)
+
+
+def ident(x):
+    return x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def current_thread_id(_=None):
+    # Long enough that idle pool workers would pick up some of the tasks.
+    time.sleep(0.002)
+    return threading.get_ident()
+
+
+def current_thread_name(_=None):
+    return threading.current_thread().name
+
+
+def wait_at(barrier):
+    """Block until ``barrier.parties`` tasks wait at once; BrokenBarrierError
+    after the barrier's timeout if they never run concurrently."""
+    barrier.wait()
+    return threading.current_thread().name
+
+
+def assert_runs_concurrently(make_parallel, parties=2):
+    """``make_parallel()`` must run ``parties`` tasks at the same time."""
+    barrier = threading.Barrier(parties, timeout=10)
+    names = make_parallel()(delayed(wait_at)(barrier) for _ in range(parties))
+    assert len(names) == parties
+
+
+def assert_runs_in_caller_thread(make_parallel, n=20):
+    """Every task of ``make_parallel()`` runs in the calling thread."""
+    me = threading.get_ident()
+    idents = make_parallel()(delayed(current_thread_id)(i) for i in range(n))
+    assert idents == [me] * n
