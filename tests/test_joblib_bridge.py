@@ -106,8 +106,8 @@ def test_auto_batching_groups_tiny_tasks():
             type(self).submitted += 1
             return super().submit(func, callback)
 
-    joblib.register_parallel_backend("cyjob-counting", Counting)
-    with joblib.parallel_config(backend="cyjob-counting", n_jobs=2):
+    joblib.register_parallel_backend("cyjob-counting-batches", Counting)
+    with joblib.parallel_config(backend="cyjob-counting-batches", n_jobs=2):
         out = joblib.Parallel()(joblib.delayed(square)(x) for x in range(20000))
     assert out == [x * x for x in range(20000)]
     assert 0 < Counting.submitted < 20000 / 4
