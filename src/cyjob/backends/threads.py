@@ -9,7 +9,7 @@ from cyjob.backends.base import Backend
 
 # Pools by worker count, started on first use and shared by every call (and
 # every Python thread) that asks for that many workers.
-_pools = {}
+_pools: "dict[int, ThreadPool]" = {}
 _pools_lock = threading.Lock()
 
 
