@@ -111,3 +111,14 @@ def test_auto_batching_groups_tiny_tasks():
         out = joblib.Parallel()(joblib.delayed(square)(x) for x in range(20000))
     assert out == [x * x for x in range(20000)]
     assert 0 < Counting.submitted < 20000 / 4
+
+
+def test_parallel_context_reuses_the_backend_across_calls_and_errors():
+    with joblib.Parallel(n_jobs=2, backend="cyjob") as parallel:
+        for _ in range(3):
+            assert parallel(joblib.delayed(square)(x) for x in range(300)) == [
+                x * x for x in range(300)]
+        with pytest.raises(KeyError):
+            parallel(joblib.delayed(fail_on)(x, 5) for x in range(50))
+        assert parallel(joblib.delayed(square)(x) for x in range(10)) == [
+            x * x for x in range(10)]
