@@ -4,6 +4,7 @@ compiled modules, and type checkers see what Parallel returns."""
 import ast
 import inspect
 import os
+import site
 import subprocess
 import sys
 import textwrap
@@ -35,10 +36,24 @@ def test_mypy_runs_clean_on_the_package():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _installed(path):
+    """True if ``path`` is a site-packages directory (mypy finds installed
+    packages there by itself, and refuses them in MYPYPATH)."""
+    site_dirs = {Path(p).resolve() for p in site.getsitepackages() + [site.getusersitepackages()]}
+    return path.resolve() in site_dirs
+
+
 @pytest.mark.timeout(300)
 def test_stubs_match_the_compiled_modules():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    # The runtime is the cyjob this test imported (built in place under src/,
+    # or installed); the stubs are read from beside it.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PACKAGE.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if _installed(PACKAGE.parent):
+        env.pop("MYPYPATH", None)
+    else:
+        env["MYPYPATH"] = str(PACKAGE.parent)
     out = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "--mypy-config-file", str(ROOT / "pyproject.toml"),
          "--allowlist", str(ROOT / "tests" / "stubtest_allowlist.txt"),
