@@ -15,12 +15,38 @@ from cyjob.parallel import Parallel
 
 __version__ = "0.1.0"
 
+
+def register_joblib_backend(name="cyjob", make_default=False):
+    """Register cyjob's thread pool as a joblib backend.
+
+    Then any library that calls joblib, scikit-learn first, runs on cyjob
+    under ``with joblib.parallel_config(backend="cyjob"): ...``.  joblib is
+    imported here, not by ``import cyjob``.
+
+    Parameters
+    ----------
+    name : str, default="cyjob"
+        The joblib backend name.
+    make_default : bool, default=False
+        Make it joblib's default backend.
+
+    Returns
+    -------
+    type
+        The registered ``joblib.parallel.ParallelBackendBase`` subclass.
+    """
+    from cyjob.joblib_bridge import register
+
+    return register(name, make_default)
+
+
 __all__ = [
     "Parallel",
     "delayed",
     "parallel_config",
     "parallel_backend",
     "register_parallel_backend",
+    "register_joblib_backend",
     "cpu_count",
     "effective_n_jobs",
     "TimeoutError",

@@ -12,10 +12,19 @@ from cyjob.backends.threads import ThreadingBackend
 
 PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
 
+
+def _dask_backend(**backend_params):
+    # Imported on first use: cyjob does not need dask installed.
+    from cyjob.backends.dask import DaskBackend
+
+    return DaskBackend(**backend_params)
+
+
 BACKENDS = {
     "auto": AutoBackend,
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
+    "dask": _dask_backend,
 }
 
 _default_backend = ["auto"]

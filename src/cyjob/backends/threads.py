@@ -10,7 +10,7 @@ from cyjob.backends.base import Backend
 
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
-_pools = {}
+_pools: "dict[tuple[int, bool], ThreadPool]" = {}
 _pools_lock = threading.Lock()
 _pool_ids = itertools.count()
 _exiting = False
