@@ -3,6 +3,9 @@ from cyjob._sync cimport cyj_monitor, cyj_queue
 from cyjob._batching cimport BatchSizer
 
 
+cdef class ThreadPool
+
+
 cdef class Batch:
     cdef readonly Call call
     cdef readonly list tasks
@@ -12,6 +15,7 @@ cdef class Batch:
     cdef public object error
     cdef public bint done
     cdef public bint claimed
+    cdef ThreadPool queued_in  # the pool whose C queue holds a reference
     cdef public double duration_ns
     # Where it ran in this process: monotonic start and end, and the CPU time
     # of the thread that ran it (how the auto backend sees GIL contention).
@@ -31,6 +35,7 @@ cdef class ThreadPool(Executor):
     cdef cyj_queue queue
     cdef bint queue_ready
     cdef readonly list threads
+    cdef readonly Py_ssize_t n_threads
     cdef readonly bint closed
     cdef readonly long owner_pid
 
@@ -70,7 +75,8 @@ cdef class Call:
     cdef object pending       # deque of dispatched batches, input order
     cdef object completed     # deque of finished batches, completion order
     cdef object unclaimed     # dispatched batches the caller may run itself
-    cdef bint helps
+    cdef readonly bint helps
+    cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
     cdef bint caller_busy     # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)
     cdef readonly bint finished
@@ -80,6 +86,7 @@ cdef class Call:
     cdef list _take(self, Py_ssize_t size)
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
+    cdef Batch _claim(self)
     cdef bint _help(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef void _notify(self) noexcept nogil

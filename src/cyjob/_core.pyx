@@ -379,6 +379,7 @@ def in_worker_thread():
 def _worker_main(ThreadPool pool):
     cdef void *item
     cdef Batch batch
+    cdef Call call
     _worker_state.pool = pool
     try:
         while True:
@@ -388,8 +389,20 @@ def _worker_main(ThreadPool pool):
                 break
             batch = <Batch>item
             Py_DECREF(batch)  # the queue's reference; `batch` holds its own
+            call = batch.call
+            call.n_queued -= 1
+            batch.queued_in = None
             _execute(batch)
+            if call.helps:
+                # The call's other batches wait in its own deque rather than
+                # in the queue (see ThreadPool.submit): take them from there.
+                while True:
+                    batch = call._claim()
+                    if batch is None:
+                        break
+                    _execute(batch)
             batch = None
+            call = None
     finally:
         _worker_state.pool = None
 
@@ -414,6 +427,7 @@ cdef class ThreadPool(Executor):
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         self.n_workers = n_threads + caller_helps
+        self.n_threads = n_threads
         self.caller_may_help = caller_helps
         self.owner_pid = os.getpid()
         self.threads = []
@@ -425,12 +439,22 @@ cdef class ThreadPool(Executor):
 
     cpdef submit(self, Batch batch):
         cdef int rc
+        if self.caller_may_help and batch.call.n_queued >= self.n_threads:
+            # Enough of this call's batches are queued to wake every thread;
+            # the rest wait in the call's own deque, where the caller and the
+            # workers take them.  Queued batches the caller runs first would
+            # otherwise pile up as stale entries for the workers to skip.
+            return
+        batch.call.n_queued += 1
+        batch.queued_in = self
         Py_INCREF(batch)
         # Pushing keeps the GIL: releasing it would wake threads waiting for
         # it only to make them sleep again.  Safe, as no thread ever waits for
         # the GIL while holding the queue's mutex.
         rc = cyj_queue_push(&self.queue, <void *>batch)
         if rc != 0:
+            batch.queued_in = None
+            batch.call.n_queued -= 1
             Py_DECREF(batch)
             if not self.closed:
                 raise MemoryError("cannot grow the cyjob work queue")
@@ -626,24 +650,40 @@ cdef class Call:
         self.executor.submit(batch)
         return 1
 
-    cdef bint _help(self) except -1:
-        """Run one of this call's batches that no worker has claimed yet."""
+    cdef Batch _claim(self):
+        """The oldest of this call's batches that nobody runs yet, or None."""
         cdef Batch batch
         while self.unclaimed:
             batch = <Batch>self.unclaimed.popleft()
             if not batch.claimed:
-                # While it runs a task the caller is a worker: a nested call
-                # made by that task must not add workers of its own.
-                previous = getattr(_worker_state, "pool", None)
-                _worker_state.pool = self.executor
-                self.caller_busy = True
-                try:
-                    _execute(batch)
-                finally:
-                    self.caller_busy = False
-                    _worker_state.pool = previous
-                return True
-        return False
+                return batch
+        return None
+
+    cdef bint _help(self) except -1:
+        """Run one of this call's batches that no worker has claimed yet."""
+        cdef Batch batch = None
+        # From the newest end, and never a batch sitting in the C queue: a
+        # worker is on its way to that one, and if the caller ran it the
+        # worker would pop a stale entry later (with the GIL busy, workers
+        # can fall far behind and stale entries pile up).
+        while self.unclaimed:
+            batch = <Batch>self.unclaimed.pop()
+            if not batch.claimed and batch.queued_in is None:
+                break
+            batch = None
+        if batch is None:
+            return False
+        # While it runs a task the caller is a worker: a nested call made by
+        # that task must not add workers of its own.
+        previous = getattr(_worker_state, "pool", None)
+        _worker_state.pool = self.executor
+        self.caller_busy = True
+        try:
+            _execute(batch)
+        finally:
+            self.caller_busy = False
+            _worker_state.pool = previous
+        return True
 
     # -- completion (any thread, GIL held) ----------------------------------
 

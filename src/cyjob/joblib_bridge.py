@@ -166,10 +166,30 @@ class CyjobBackend(ParallelBackendBase):
         result, out.result = out.result, None
         return result
 
+    def start_call(self):
+        """Drop tasks joblib sliced for an earlier call that failed.
+
+        joblib 1.6 keeps tasks it read ahead (``Parallel._ready_batches``)
+        across calls of a ``with Parallel(...)`` block and never empties that
+        queue on an error, so they run as part of the next call and their
+        results show up in its output (loky does it too).  joblib's threading
+        backend never batches, so it never reads ahead; this one does.
+        """
+        ready = getattr(self.parallel, "_ready_batches", None)
+        if ready is not None:
+            while not ready.empty():
+                try:
+                    ready.get_nowait()
+                except Exception:  # queue.Empty: a racing consumer got it
+                    break
+
     def abort_everything(self, ensure_ready=True):
         """Skip every batch still queued (running ones finish)."""
         jobs, self._jobs = list(self._jobs), set()
         for job in jobs:
+            # A batch still running finishes later: its callback must not
+            # land in the next call of a Parallel that reuses this backend.
+            job.callback = None
             job.abort()
 
     def terminate(self):

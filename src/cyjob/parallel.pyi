@@ -56,6 +56,7 @@ class Parallel(Generic[_R_co]):
         prefer: Literal["threads", "processes"] | None = ...,
         require: Literal["sharedmem"] | None = ...,
         max_batch_size: int | None = None,
+        progress: bool = False,
         **backend_kwargs: Any,
     ) -> None: ...
     @overload
@@ -75,6 +76,7 @@ class Parallel(Generic[_R_co]):
         prefer: Literal["threads", "processes"] | None = ...,
         require: Literal["sharedmem"] | None = ...,
         max_batch_size: int | None = None,
+        progress: bool = False,
         **backend_kwargs: Any,
     ) -> None: ...
     @overload
@@ -93,6 +95,7 @@ class Parallel(Generic[_R_co]):
         prefer: Literal["threads", "processes"] | None = ...,
         require: Literal["sharedmem"] | None = ...,
         max_batch_size: int | None = None,
+        progress: bool = False,
         **backend_kwargs: Any,
     ) -> None: ...
     @overload
@@ -111,6 +114,7 @@ class Parallel(Generic[_R_co]):
         prefer: str | None = ...,
         require: str | None = ...,
         max_batch_size: int | None = None,
+        progress: bool = False,
         **backend_kwargs: Any,
     ) -> None: ...
     @overload
