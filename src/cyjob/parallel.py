@@ -4,6 +4,8 @@ Everything here runs once per call: check the parameters, pick the backend and
 its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 """
 
+import types
+
 from cyjob import _validation as check
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_SECONDS, BatchSizer
 from cyjob._core import Call, in_worker_thread
@@ -123,6 +125,10 @@ class Parallel:
                                         backend_kwargs)
         self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
         self._warm = None  # inside `with`: an executor kept alive between calls
+
+    # `Parallel[list[int]]` in annotations evaluated at run time (the stubs
+    # make the class generic for type checkers).
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def __repr__(self):
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
