@@ -36,7 +36,8 @@ def _choose_backend(backend, prefer, require, backend_params):
         return get_backend("threading")
     if require == "sharedmem":
         return get_backend("threading")
-    # prefer="processes" is a soft hint: honoured once a process backend exists.
+    if prefer == "processes":
+        return get_backend("processes", **backend_params)
     return get_backend(default_backend_name(), **backend_params)
 
 

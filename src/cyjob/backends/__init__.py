@@ -10,9 +10,17 @@ from cyjob.backends.threads import ThreadingBackend
 
 PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
 
+
+def _process_backend(**backend_params):
+    # Imported on first use: `import cyjob` stays light for thread users.
+    from cyjob.backends.processes import ProcessBackend
+
+    return ProcessBackend(**backend_params)
+
 BACKENDS = {
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
+    **{name: _process_backend for name in PROCESS_BACKEND_NAMES},
 }
 
 _default_backend = ["threading"]
@@ -50,12 +58,7 @@ def get_backend(backend, **backend_params):
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
     factory = BACKENDS.get(backend)
     if factory is None:
-        if backend in PROCESS_BACKEND_NAMES:
-            raise NotImplementedError(
-                f"backend={backend!r} (a process pool) is not available in this "
-                "version of cyjob yet; use backend='threading' or 'sequential'")
-        raise ValueError(f"Invalid backend: {backend!r}, expected one of "
-                         f"{sorted(set(BACKENDS) | set(PROCESS_BACKEND_NAMES))}")
+        raise ValueError(f"Invalid backend: {backend!r}, expected one of {sorted(BACKENDS)}")
     instance = factory(**backend_params)
     if not isinstance(instance, Backend):
         raise TypeError(f"the factory registered for backend {backend!r} returned "
