@@ -151,11 +151,14 @@ class Parallel:
         if not lazy:
             return call.collect()
         call.start()
-        return _results(call)
+        results = _results(call)
+        next(results)  # enter the try block, so that closing it early aborts the call
+        return results
 
 
 def _results(call):
     try:
+        yield  # primed by Parallel.__call__ (as joblib does)
         while True:
             batch = call.next_batch()
             if batch is None:
