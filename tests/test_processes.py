@@ -234,7 +234,7 @@ def test_unpicklable_argument_says_which():
 
 
 def test_unpicklable_result_says_which():
-    with pytest.raises(pickle.PicklingError, match="result of task 0 .*return_lock"):
+    with pytest.raises(pickle.PicklingError, match=r"result of task [01] \(function return_lock\)"):
         P()(delayed(return_lock)(i) for i in range(2))
     assert P()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
 

@@ -174,7 +174,8 @@ def _reply(sock, token, flat, results, error, duration):
             index, culprit = _first_unpicklable(results)
             func = _describe(flat[3 * index])
             reason = culprit if culprit is not None else exc
-            text = "".join(traceback.format_exception(type(reason), reason, reason.__traceback__))
+            text = "".join(traceback.format_exception(
+                type(reason), reason, reason.__traceback__, chain=False))
             info = ("result", index, func, f"{type(reason).__name__}: {reason}", text)
             payload, buffers = dumps((None, info, duration))
     send_msg(sock, token, payload, buffers)
