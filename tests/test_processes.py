@@ -211,6 +211,32 @@ def test_generators_and_unordered():
     assert sorted(unordered) == [i * i for i in range(100)]
 
 
+def test_concurrent_calls_with_different_n_jobs():
+    errors = []
+
+    def run(n_jobs):
+        try:
+            for _ in range(5):
+                out = P(n_jobs=n_jobs)(delayed(square)(x) for x in range(40))
+                assert out == [x * x for x in range(40)]
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (2, 3, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert errors == []
+    # The pool follows the last n_jobs: retired workers leave.
+    P(n_jobs=3)(delayed(square)(x) for x in range(6))
+    P(n_jobs=2)(delayed(square)(x) for x in range(6))
+    deadline = time.monotonic() + 10
+    while len(_descendants()) != 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_descendants()) == 3  # the fork server and 2 workers
+
+
 # --------------------------------------------------------------------------
 # errors in tasks and in pickling
 

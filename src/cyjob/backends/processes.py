@@ -328,22 +328,46 @@ class _Pool:
             except (OSError, ValueError):
                 return  # epoll closed: shutting down
             for fd, _ in events:
-                if fd == self.wake_r:
-                    try:
-                        while os.read(self.wake_r, 4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                elif fd == self.ctrl.fileno():
-                    self._read_ctrl()
-                else:
-                    w = self.by_fd.get(fd)
-                    if w is not None:
-                        self._read_worker(w)
+                try:
+                    self._on_event(fd)
+                except Exception:
+                    # A bug here must not stop the thread every call waits on.
+                    self._internal_error(fd)
             if self.closed:
                 return
             self._check_deadlines()
             self._flush()
+
+    def _on_event(self, fd):
+        if fd == self.wake_r:
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        elif fd == self.ctrl.fileno():
+            self._read_ctrl()
+        else:
+            w = self.by_fd.get(fd)
+            if w is not None:
+                self._read_worker(w)
+
+    def _internal_error(self, fd):
+        """Report an unexpected error of the I/O thread, and fail the batch of
+        the worker it concerned (then kill that worker) instead of hanging."""
+        exc = sys.exc_info()[1]
+        threading.excepthook(threading.ExceptHookArgs(
+            (type(exc), exc, exc.__traceback__, threading.current_thread())))
+        with self.lock:
+            w = self.by_fd.get(fd)
+            if w is None:
+                return
+            job, w.job = w.job, None
+            self._kill(w)
+        if job is not None:
+            error = PoolShutdownError(f"internal error of cyjob's process pool: {exc!r}")
+            error.__cause__ = exc
+            job.batch.call.batch_done(job.batch, None, error, 0.0)
 
     def _next_deadline(self):
         deadlines = [w.deadline for w in list(self.workers.values()) if w.deadline is not None]
@@ -422,8 +446,8 @@ class _Pool:
             results, error_info, duration = pickle.loads(payload, buffers=buffers)
         except BaseException as exc:
             error = pickle.UnpicklingError(
-                f"cannot unpickle the results of tasks {batch.start}-"
-                f"{batch.start + batch.size - 1} sent back by a worker process: "
+                f"cannot unpickle the results of {_tasks_text(batch)} sent back by a "
+                f"worker process: "
                 f"{type(exc).__name__}: {exc}")
             error.__cause__ = exc
             call.batch_done(batch, None, error, 0.0)
@@ -458,8 +482,7 @@ class _Pool:
             return
         pid = f"pid {w.pid}" if w.pid is not None else "pid unknown"
         batch.call.batch_done(batch, None, TerminatedWorkerError(
-            f"A worker process ({pid}) running tasks {batch.start}-"
-            f"{batch.start + batch.size - 1} of this call died with "
+            f"A worker process ({pid}) running {_tasks_text(batch)} of this call died with "
             f"{describe_exit(w.code)}. A crash of the task (segmentation fault), "
             "os._exit, an external kill or the out-of-memory killer can cause this."),
             0.0)
@@ -571,6 +594,12 @@ class _Pool:
         self.server.returncode = 0  # not our child: never wait for it
 
 
+def _tasks_text(batch):
+    if batch.size == 1:
+        return f"task {batch.start}"
+    return f"tasks {batch.start}-{batch.start + batch.size - 1}"
+
+
 def _rebuild_error(batch, info):
     """The exception to raise in the caller for a batch's error report."""
     kind = info[0]
@@ -593,8 +622,8 @@ def _rebuild_error(batch, info):
         error = RuntimeError(f"{type_name}: {message}")
     if kind == "load":
         error = pickle.UnpicklingError(
-            f"a worker process cannot unpickle tasks {batch.start}-"
-            f"{batch.start + batch.size - 1}: {type(error).__name__}: {error}")
+            f"a worker process cannot unpickle {_tasks_text(batch)}: "
+            f"{type(error).__name__}: {error}")
     error.__cause__ = _RemoteTraceback(text)
     return error
 
@@ -741,7 +770,7 @@ def _find_unpicklable(batch, memory):
                 worker.dumps(obj, _sharedmem.TaskPickler, memory)
             except Exception:
                 return label
-    return f"tasks {batch.start}-{batch.start + batch.size - 1}"
+    return _tasks_text(batch)
 
 
 class ProcessBackend(Backend):
