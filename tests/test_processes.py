@@ -284,6 +284,16 @@ def test_dead_worker_raises_terminated_worker_error(func, args, expected):
     assert P()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+def test_worker_killed_while_idle_is_replaced():
+    pids = set(P()(delayed(pid_of)(i) for i in range(20)))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_dead(pids) == []
+    time.sleep(0.2)  # the pool hears of the deaths
+    new = set(P()(delayed(pid_of)(i) for i in range(20)))
+    assert new and not new & pids
+
+
 # --------------------------------------------------------------------------
 # stopping a call: time-out, Ctrl-C, abandoned generator
 

@@ -169,8 +169,11 @@ class _Pool:
         code = (f"import sys; sys.path.insert(0, {_CYJOB_ROOT!r}); "
                 "from cyjob.backends._process_worker import forkserver_main; "
                 f"forkserver_main({theirs.fileno()})")
+        # The interpreter's own flags (-W, -X, -O...) carry over, as with
+        # multiprocessing's spawn.
+        flags = subprocess._args_from_interpreter_flags()
         try:
-            self.server = subprocess.Popen([sys.executable, "-c", code],
+            self.server = subprocess.Popen([sys.executable, *flags, "-c", code],
                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
