@@ -308,6 +308,14 @@ class _Pool:
                     worker.send_msg(w.sock, job.token, job.payload, job.buffers)
                 except OSError:
                     pass  # it died: the I/O thread sees its EOF and reports it
+                except BaseException:
+                    # Ctrl-C in the middle of a write: the worker's stream is
+                    # cut mid-message, it can never be used again.
+                    with self.lock:
+                        w.outbox.clear()
+                        w.sending = False
+                        self._kill(w)
+                    raise
 
     # -- the caller's side --------------------------------------------------------
 
@@ -512,7 +520,7 @@ class _Pool:
         if not jobs:
             return
         batch = jobs[0].batch
-        if w.doomed or batch.call.was_aborted:
+        if batch.call.was_aborted:
             batch.call.batch_done(batch, None, None, 0.0)
             return
         pid = f"pid {w.pid}" if w.pid is not None else "pid unknown"
