@@ -44,7 +44,7 @@ import time
 from collections import deque
 
 from cyjob.backends import _process_worker as worker
-from cyjob.exceptions import PoolShutdownError, TerminatedWorkerError
+from cyjob.exceptions import PoolShutdownError, TerminatedWorkerError, WorkerError
 
 __all__ = ["get_pool", "shutdown_pool", "describe_exit"]
 
@@ -483,7 +483,7 @@ class _Pool:
         batch = job.batch
         call = batch.call
         if call.was_aborted:
-            call.batch_done(batch, None, None, 0.0)
+            call.batch_done(batch, None, _cancelled(), 0.0)
             return
         try:
             results, error_info, duration = pickle.loads(payload, buffers=buffers)
@@ -521,7 +521,7 @@ class _Pool:
             return
         batch = jobs[0].batch
         if batch.call.was_aborted:
-            batch.call.batch_done(batch, None, None, 0.0)
+            batch.call.batch_done(batch, None, _cancelled(), 0.0)
             return
         pid = f"pid {w.pid}" if w.pid is not None else "pid unknown"
         batch.call.batch_done(batch, None, TerminatedWorkerError(
@@ -609,6 +609,16 @@ class _Pool:
             except OSError:
                 pass
         self.server.returncode = 0  # the parent's child, not ours: never wait for it
+
+
+def _cancelled():
+    """What a batch of an aborted call reports instead of its results.
+
+    Never "skipped" (no results, no error): ``Call.next_batch`` could hand
+    such a batch back as a success if it looked before seeing the error that
+    aborted the call.  This error never reaches the user: the call already
+    holds the error that aborted it, or its caller has left."""
+    return WorkerError("cancelled: the call was aborted")
 
 
 def rebuild_error(batch, info):
