@@ -356,6 +356,28 @@ def test_exit_leaves_no_worker_processes():
     assert pids and wait_dead(pids) == []
 
 
+def test_killed_parent_leaves_no_orphans(tmp_path):
+    code = """
+        import os, sys, time
+        from cyjob import Parallel, delayed
+        def task(folder):
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+            time.sleep(60)
+        Parallel(n_jobs=2, backend="processes")(delayed(task)(sys.argv[1]) for _ in range(4))
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        busy = wait_files(tmp_path, 2)
+    finally:
+        proc.kill()
+        proc.wait()
+    # The fork server sees its parent go and kills the busy workers.
+    assert wait_dead(busy) == []
+
+
 # --------------------------------------------------------------------------
 # large numpy arrays
 

@@ -28,6 +28,7 @@ buffer lengths, the pickle payload, then the pickle-protocol-5 out-of-band
 buffers, so large numpy arrays cross without being copied into the pickle.
 """
 
+import io
 import os
 import pickle
 import select
@@ -49,10 +50,6 @@ _JOIN_MAX = 256 * 1024
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
-
-# The environment variables that tell a worker it is one (for code that cannot
-# import cyjob to ask, e.g. a subprocess a task starts).
-WORKER_ENV_FLAG = "CYJOB_PROCESS_WORKER"
 
 
 # --------------------------------------------------------------------------
@@ -119,9 +116,7 @@ def dumps(obj, pickler_cls=None, memory=None):
 
     ``pickler_cls`` defaults to cloudpickle's; ``memory`` is set on the
     pickler (the caller's large-array policy, see ``_sharedmem``)."""
-    import io
-
-    import cloudpickle
+    import cloudpickle  # not at import: the parent loads it while the fork server boots
 
     buffers = []
 
@@ -236,7 +231,6 @@ def _worker_main(sock, env, sys_path, cwd):
         IN_WORKER = True
         os.environ.clear()
         os.environ.update(env)
-        os.environ[WORKER_ENV_FLAG] = "1"
         sys.path[:] = sys_path
         try:
             os.chdir(cwd)
@@ -246,6 +240,8 @@ def _worker_main(sock, env, sys_path, cwd):
 
         faulthandler.enable()  # a segfaulting task leaves its traceback on stderr
         worker_loop(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone: nothing to report to anyone
     except BaseException:
         traceback.print_exc()
         code = 1
