@@ -419,6 +419,11 @@ def test_file_backed_memmap_is_shared_not_copied(tmp_path):
     view[:] = 2.0
     out = P()(delayed(describe_array)(view) for _ in range(2))
     assert {(f, s) for _, _, f, s in out} == {(path, 200.0)}
+    m.flush()
+    private = np.memmap(path, dtype=np.float64, mode="c", shape=(1000,))
+    private[:] = 3.0  # copy-on-write: the file does not change, so send the data
+    out = P(max_nbytes=None)(delayed(describe_array)(private) for _ in range(2))
+    assert {s for *_, s in out} == {3000.0}
 
 
 # --------------------------------------------------------------------------

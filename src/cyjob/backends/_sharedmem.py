@@ -114,7 +114,8 @@ class CallMemory:
     def _reduce_file_backed(self, a, np):
         """Pass an array that lives in a file by name, offset and shape."""
         m = _base_memmap(a, np)
-        if m is None or not m.filename:
+        # A copy-on-write map ("c") may differ from its file: send its data.
+        if m is None or not m.filename or m.mode == "c":
             return None
         if a.flags.c_contiguous:
             order = "C"
