@@ -392,6 +392,24 @@ def test_large_arrays_arrive_as_readonly_memmaps_and_files_go():
     assert not os.path.exists(files[0]) and not os.path.exists(os.path.dirname(files[0]))
 
 
+def test_temp_files_of_unfinished_calls_go_at_exit():
+    out = run_script("""
+        import os, time
+        import numpy as np
+        from cyjob import Parallel, delayed
+        def where(a, wait):
+            time.sleep(wait)
+            return a.filename
+        big = np.ones(300_000)
+        results = Parallel(n_jobs=2, backend="processes", return_as="generator")(
+            delayed(where)(big, i) for i in range(4))
+        print(next(results), flush=True)  # exits with the call still running
+    """)
+    assert out.returncode == 0, out.stderr
+    filename = out.stdout.strip()
+    assert filename.endswith(".mmap") and not os.path.exists(os.path.dirname(filename))
+
+
 def test_small_arrays_and_max_nbytes_none_are_pickled():
     a = np.arange(300_000, dtype=np.float64)
     for arr, kwargs in ((a[:1000], {}), (a, {"max_nbytes": None}), (a, {"mmap_mode": None})):
