@@ -58,7 +58,8 @@ def get_backend(backend, **backend_params):
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
     factory = BACKENDS.get(backend)
     if factory is None:
-        raise ValueError(f"Invalid backend: {backend!r}, expected one of {sorted(BACKENDS)}")
+        raise ValueError(f"Invalid backend: {backend!r}, expected one of "
+                         f"{sorted(BACKENDS)}")
     instance = factory(**backend_params)
     if not isinstance(instance, Backend):
         raise TypeError(f"the factory registered for backend {backend!r} returned "
