@@ -17,6 +17,7 @@ def _process_backend(**backend_params):
 
     return ProcessBackend(**backend_params)
 
+
 BACKENDS = {
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
