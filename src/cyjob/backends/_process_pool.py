@@ -199,7 +199,10 @@ class _Pool:
         w = _Worker(next(self._wids), ours, self.target[1])
         try:
             cwd = os.getcwd()
-            path = [cwd if p == "" else p for p in sys.path]
+        except OSError:  # deleted: the workers stay in the fork server's
+            cwd = None
+        path = [cwd if p == "" else p for p in sys.path if cwd or p]
+        try:
             self._ctrl_send(("spawn", w.wid, self.env, path, cwd), [theirs.fileno()])
         except OSError as exc:
             ours.close()
@@ -480,6 +483,17 @@ class _Pool:
         self._finish(job, payload, buffers)
 
     def _finish(self, job, payload, buffers):
+        """Decode a job's reply and report it to its call."""
+        try:
+            self._report(job, payload, buffers)
+        except Exception as exc:
+            # Whatever went wrong, the call must hear of this batch.
+            error = PoolShutdownError(f"internal error of cyjob's process pool: {exc!r}")
+            error.__cause__ = exc
+            if not job.batch.done:
+                job.batch.call.batch_done(job.batch, None, error, 0.0)
+
+    def _report(self, job, payload, buffers):
         batch = job.batch
         call = batch.call
         if call.was_aborted:

@@ -232,10 +232,11 @@ def _worker_main(sock, env, sys_path, cwd):
         os.environ.clear()
         os.environ.update(env)
         sys.path[:] = sys_path
-        try:
-            os.chdir(cwd)
-        except OSError:
-            pass
+        if cwd is not None:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
         import faulthandler
 
         faulthandler.enable()  # a segfaulting task leaves its traceback on stderr
