@@ -58,6 +58,9 @@ _DEATH_GRACE_S = 2.0
 PIPELINE_MAX_NS = 20e6
 # Jobs given to one worker at a time, at most.
 PIPELINE_DEPTH = 2
+# Only jobs this small are pipelined: they fit in the socket's buffer, so
+# writing one never blocks on a worker that is busy.
+PIPELINE_MAX_BYTES = 64 * 1024
 
 _CYJOB_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,6 +111,12 @@ class Job:
         self.payload = payload
         self.buffers = buffers
         self.token = token
+
+    def pipelinable(self):
+        """Short and small enough to wait on a busy worker."""
+        if len(self.payload) > PIPELINE_MAX_BYTES or self.buffers:
+            return False
+        return self.expected_ns() < PIPELINE_MAX_NS
 
     def expected_ns(self):
         sizer = self.batch.call.sizer
@@ -272,8 +281,7 @@ class _Pool:
                 return
             if n < PIPELINE_DEPTH and busy is None:
                 busy = w
-        if (busy is not None and job.expected_ns() < PIPELINE_MAX_NS
-                and busy.jobs[-1].expected_ns() < PIPELINE_MAX_NS):
+        if busy is not None and job.pipelinable() and busy.jobs[-1].expected_ns() < PIPELINE_MAX_NS:
             self._give(busy, job)
         else:
             self.queue.append(job)
