@@ -804,17 +804,22 @@ cdef class Call:
                 if self.ordered:
                     if self.pending:
                         batch = <Batch>self.pending[0]
-                        if batch.done and batch.error is None:
+                        if batch.done and batch.results is not None:
                             self.pending.popleft()
                             self.n_returned_batches += 1
                             self._report()
                             return batch
+                        if batch.done and self.error is None:
+                            # Skipped (results None) yet the call has no error:
+                            # never hand back a hole in the results.
+                            raise RuntimeError(f"cyjob internal error: {batch!r} was "
+                                               "skipped although the call did not fail")
                     elif self.dispatch_finished:
                         break
                 else:
                     if self.completed:
                         batch = <Batch>self.completed.popleft()
-                        if batch.error is None:
+                        if batch.results is not None:
                             self.n_returned_batches += 1
                             self._report()
                             return batch

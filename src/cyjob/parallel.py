@@ -39,10 +39,7 @@ def _choose_backend(backend, prefer, require, backend_params):
     if require == "sharedmem" or prefer == "threads":
         return get_backend("threading")
     if prefer == "processes":
-        try:
-            return get_backend("processes", **backend_params)
-        except NotImplementedError:
-            pass  # a soft hint: fall back to the default
+        return get_backend("processes", **backend_params)
     return get_backend(default_backend_name(), **backend_params)
 
 
@@ -57,7 +54,8 @@ class Parallel:
         them, -2 all but one.  0 is an error.
     backend : str or Backend, default=None
         "threading" (cyjob's default: Cython worker threads), "sequential",
-        or a name given to ``register_parallel_backend``.
+        "processes" (alias "loky", "multiprocessing": worker processes for
+        GIL-bound Python), or a name given to ``register_parallel_backend``.
     return_as : {"list", "generator", "generator_unordered"}, default="list"
         A list of results in input order, a lazy generator in input order, or
         a generator in completion order.
@@ -72,7 +70,10 @@ class Parallel:
     batch_size : "auto" or int, default="auto"
         Tasks per batch; "auto" sizes batches from measured task durations.
     temp_folder, max_nbytes, mmap_mode
-        Large-array sharing for process backends (accepted and checked here).
+        Large-array sharing for process backends: numpy arrays over
+        ``max_nbytes`` (default "1M", None: never) are written once per call
+        to ``temp_folder`` (default /dev/shm when it has room) and reach the
+        workers as ``np.memmap`` opened with ``mmap_mode`` (default "r").
     prefer : {"threads", "processes", None}
         Soft hint for the default backend.
     require : {"sharedmem", None}
@@ -176,11 +177,14 @@ class Parallel:
         if not lazy:
             return call.collect()
         call.start()
-        return _results(call)
+        results = _results(call)
+        next(results)  # enter the try block, so that closing it early aborts the call
+        return results
 
 
 def _results(call):
     try:
+        yield  # primed by Parallel.__call__ (as joblib does)
         while True:
             batch = call.next_batch()
             if batch is None:

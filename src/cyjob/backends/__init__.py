@@ -20,16 +20,24 @@ def _dask_backend(**backend_params):
     return DaskBackend(**backend_params)
 
 
+def _process_backend(**backend_params):
+    # Imported on first use: `import cyjob` stays light for thread users.
+    from cyjob.backends.processes import ProcessBackend
+
+    return ProcessBackend(**backend_params)
+
+
 BACKENDS = {
     "auto": AutoBackend,
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
     "dask": _dask_backend,
+    **{name: _process_backend for name in PROCESS_BACKEND_NAMES},
 }
 
 _default_backend = ["auto"]
 # Built-in backends hold no state: one instance each serves every call.
-_SHARED = {name: cls() for name, cls in BACKENDS.items()}
+_SHARED = {cls.name: cls() for cls in (AutoBackend, ThreadingBackend, SequentialBackend)}
 
 
 def register_parallel_backend(name, factory, make_default=False):
@@ -68,12 +76,8 @@ def get_backend(backend, **backend_params):
             return shared
     factory = BACKENDS.get(backend)
     if factory is None:
-        if backend in PROCESS_BACKEND_NAMES:
-            raise NotImplementedError(
-                f"backend={backend!r} (a process pool) is not available in this "
-                "version of cyjob yet; use backend='threading' or 'sequential'")
         raise ValueError(f"Invalid backend: {backend!r}, expected one of "
-                         f"{sorted(set(BACKENDS) | set(PROCESS_BACKEND_NAMES))}")
+                         f"{sorted(BACKENDS)}")
     instance = factory(**backend_params)
     if not isinstance(instance, Backend):
         raise TypeError(f"the factory registered for backend {backend!r} returned "

@@ -1,0 +1,139 @@
+"""Processes: a pool of worker processes for GIL-bound Python tasks.
+
+Names: "processes", and joblib's "loky" and "multiprocessing".  The pool
+itself (fork server, workers, I/O thread) is in ``_process_pool``; the
+worker's side in ``_process_worker``; large numpy arrays in ``_sharedmem``.
+Here: the backend, and the executor that pickles each batch once, in the
+caller's thread, before handing it to the pool.
+"""
+
+import os
+import pickle
+
+from cyjob._core import Executor
+from cyjob.backends import _process_worker as worker
+from cyjob.backends._process_pool import Job, get_pool, shutdown_pool, tasks_text
+from cyjob.backends.base import Backend
+from cyjob.config import cpu_count, get_config
+
+__all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
+
+#: Thread-count variables of BLAS/OpenMP/numba/numexpr set in the workers.
+THREAD_LIMIT_VARS = (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+)
+
+
+# --------------------------------------------------------------------------
+# the executor and the backend
+
+_sharedmem = None  # cyjob.backends._sharedmem, imported on first use
+
+
+def thread_limits(n_workers):
+    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``."""
+    inner = get_config().get("inner_max_num_threads")
+    default = str(inner if inner is not None else max(cpu_count() // n_workers, 1))
+    environ = os.environ
+    return tuple(environ.get(var, default) for var in THREAD_LIMIT_VARS)
+
+
+class ProcessExecutor(Executor):
+    """Runs a call's batches on the shared pool of worker processes.
+
+    Parameters
+    ----------
+    n_workers : int
+    max_nbytes, temp_folder, mmap_mode
+        Large-array sharing, as given to ``Parallel``.
+    """
+
+    def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r"):
+        super().__init__(n_workers)
+        self.max_nbytes = max_nbytes
+        self.temp_folder = temp_folder
+        self.mmap_mode = mmap_mode
+        self.limits = thread_limits(n_workers)
+        self._calls = {}  # id(call) -> CallMemory
+        self.pool = get_pool()
+        self._ensure()
+        # Imported after the workers are asked for: cloudpickle loads in this
+        # process while the fork server boots (cold start).
+        global _sharedmem
+        if _sharedmem is None:
+            from cyjob.backends import _sharedmem
+
+    def _ensure(self):
+        pool = self.pool
+        if pool.closed or pool.pid != os.getpid():
+            self.pool = pool = get_pool()
+        if pool.target != (self.n_workers, self.limits):
+            env = dict(os.environ)
+            env.update(zip(THREAD_LIMIT_VARS, self.limits))
+            pool.ensure(self.n_workers, self.limits, env)
+
+    def submit(self, batch):
+        self._ensure()
+        memory = self._calls.get(id(batch.call))
+        if memory is None:
+            memory = self._calls[id(batch.call)] = _sharedmem.CallMemory(
+                self.max_nbytes, self.temp_folder, self.mmap_mode)
+        payload, buffers = _pickle_tasks(batch, memory)
+        self.pool.submit(Job(batch, payload, buffers, self.pool.next_token()))
+
+    def call_finished(self, call):
+        self.pool.call_finished(call)
+        memory = self._calls.pop(id(call), None)
+        if memory is not None:
+            memory.cleanup()
+
+
+def _pickle_tasks(batch, memory):
+    """Pickle a batch once; name the task and argument that cannot be pickled."""
+    try:
+        return worker.dumps(batch.tasks, _sharedmem.TaskPickler, memory)
+    except Exception as exc:
+        where = _find_unpicklable(batch, memory)
+        raise pickle.PicklingError(
+            f"Could not pickle {where} to send it to a worker process: "
+            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _find_unpicklable(batch, memory):
+    flat = batch.tasks
+    for i in range(len(flat) // 3):
+        func, args, kwargs = flat[3 * i: 3 * i + 3]
+        index = batch.start + i
+        parts = [(f"the function of task {index} ({worker._describe(func)})", func)]
+        parts += [(f"argument {j} of task {index}", a) for j, a in enumerate(args)]
+        parts += [(f"keyword argument {k!r} of task {index}", v) for k, v in kwargs.items()]
+        for label, obj in parts:
+            try:
+                worker.dumps(obj, _sharedmem.TaskPickler, memory)
+            except Exception:
+                return label
+    return tasks_text(batch)
+
+
+class ProcessBackend(Backend):
+    """Worker processes from a fork server, shared by every call."""
+
+    name = "processes"
+    supports_sharedmem = False
+    in_process = False
+
+    def executor(self, n_workers, parallel=None):
+        if worker.IN_WORKER:
+            # Nested in one of our workers: threads there, never processes
+            # (every worker starting a pool of its own is a fork bomb).
+            return self.nested_backend().executor(n_workers, parallel)
+        if parallel is None:
+            return ProcessExecutor(n_workers)
+        return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
+                               parallel.mmap_mode)
+
+    def nested_backend(self):
+        from cyjob.backends.threads import ThreadingBackend
+
+        return ThreadingBackend()
