@@ -76,6 +76,7 @@ cdef class Call:
     cdef object completed     # deque of finished batches, completion order
     cdef object unclaimed     # dispatched batches the caller may run itself
     cdef readonly bint helps
+    cdef public bint measure_cpu  # record each batch's thread CPU time
     cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
     cdef bint caller_busy     # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)

@@ -162,8 +162,11 @@ class Parallel:
         else:
             window = self._pre_dispatch(n_workers)
         fixed = self._fixed_batch_size
-        if n_workers == 1 and lazy and not fixed:
-            fixed = 1  # a sequential generator computes each result on demand
+        if n_workers == 1 and not fixed:
+            # One thread: nothing to balance.  A generator computes each
+            # result on demand (as joblib's sequential backend does); a list
+            # takes the largest batches allowed.
+            fixed = 1 if lazy else self._max_batch_size
         target = DEFAULT_TARGET_SECONDS
         if self.timeout is not None:
             # The time-out bounds the wait for one result: a batch, plus the

@@ -42,8 +42,11 @@ WAITING_BUSY = 0.3
 PROCESS_MIN_TASK_NS = 50_000
 # Below this per-task time, even a GIL-releasing task gains nothing from threads.
 TINY_TASK_NS = 20_000
-# A remembered choice is re-measured when a task's cost moves this much.
+# A remembered choice is re-measured when a task's cost moves this much...
 MEMO_DRIFT = 10.0
+# ...over this many tasks (one task right after other work runs on cold
+# caches, 10x slower than the next: benchmarks/bench_auto.py).
+MEMO_CHECK_TASKS = 8
 
 THREADS, PROCESSES, INLINE = "threading", "processes", "inline"
 
@@ -149,6 +152,7 @@ class AutoExecutor(Executor):
     def submit(self, batch):
         if self.function is None:
             self.call = batch.call
+            self.call.measure_cpu = True  # until a choice is made
             self.function = batch.tasks[0]
             kind = getattr(self.function, _MARKER, None)
             if kind is not None:
@@ -170,7 +174,9 @@ class AutoExecutor(Executor):
         elif self.checking is not None:
             self.checking.append(batch)
         if self.out_of_process and target is self.target:
-            batch.claimed = True
+            if batch.claimed:
+                return  # a thread ran it while the choice was being made
+            batch.claimed = True  # the caller must not run it too
         target.submit(batch)
 
     def call_finished(self, call):
@@ -212,16 +218,18 @@ class AutoExecutor(Executor):
 
     def _check_memo(self):
         done = [b for b in self.checking if b.done and b.results is not None]
-        if not done:
+        n_tasks = sum(b.size for b in done)
+        if n_tasks < MEMO_CHECK_TASKS:
             return
-        checked, self.checking = self.checking, None
-        per_task = sum(b.duration_ns for b in done) / max(1, sum(b.size for b in done))
+        self.checking = None
+        per_task = sum(b.duration_ns for b in done) / n_tasks
         expected = self.remembered[1]
         if expected > 0 and not (1 / MEMO_DRIFT <= per_task / expected <= MEMO_DRIFT):
             self._say(f"task cost moved from {expected / 1e3:.1f} to {per_task / 1e3:.1f} us: "
                       "measuring again")
             self.target, self.choice, self.probe = None, None, []
             self.out_of_process = False
+            self.call.measure_cpu = True
     # -- choosing ---------------------------------------------------------
 
     def _choose(self, kind, ns_per_task, reason, remember=True):
@@ -243,6 +251,7 @@ class AutoExecutor(Executor):
         else:
             target = self.threads
         self.target, self.choice = target, (kind, ns_per_task, reason)
+        self.call.measure_cpu = False
         if remember and self.function is not None:
             memo.put(self.function, (kind, ns_per_task))
         self._say(f"Using {kind}: {reason}")
