@@ -163,10 +163,14 @@ class Parallel:
             window = self._pre_dispatch(n_workers)
         fixed = self._fixed_batch_size
         if n_workers == 1 and not fixed:
-            # One thread: nothing to balance.  A generator computes each
-            # result on demand (as joblib's sequential backend does); a list
-            # takes the largest batches allowed.
-            fixed = 1 if lazy else self._max_batch_size
+            # One thread: nothing to balance.  A generator output computes
+            # each result on demand (as joblib's sequential backend does); a
+            # list of tasks goes in batches as large as allowed; a lazy input
+            # is still read only a little ahead (the automatic sizes).
+            if lazy:
+                fixed = 1
+            elif type(iterable) is list or type(iterable) is tuple:
+                fixed = self._max_batch_size
         target = DEFAULT_TARGET_SECONDS
         if self.timeout is not None:
             # The time-out bounds the wait for one result: a batch, plus the
