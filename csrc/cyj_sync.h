@@ -75,6 +75,21 @@ static inline int64_t cyj_load(const int64_t *p) { return __atomic_load_n(p, __A
 static inline void cyj_store(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline int64_t cyj_add(int64_t *p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
 
+/* Atomically replace *p by desired if it equals expected; 1 on success. */
+static inline int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+
+/* What a pool's queue holds for a batch: a claim flag that whoever runs the
+ * batch sets first (compare-and-swap, no GIL needed), and the batch object
+ * itself, which only code holding the GIL may touch. */
+typedef struct {
+    int64_t claimed;
+    void *owner;
+} cyj_ticket;
+
 static inline void cyj_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -1,9 +1,6 @@
 from libc.stdint cimport int64_t
-from cyjob._sync cimport cyj_monitor, cyj_queue
+from cyjob._sync cimport cyj_monitor, cyj_queue, cyj_ticket
 from cyjob._batching cimport BatchSizer
-
-
-cdef class ThreadPool
 
 
 cdef class Batch:
@@ -14,8 +11,9 @@ cdef class Batch:
     cdef public list results
     cdef public object error
     cdef public bint done
-    cdef public bint claimed
-    cdef ThreadPool queued_in  # the pool whose C queue holds a reference
+    # Claimed by whoever runs it first (caller, worker, or an executor that
+    # runs it elsewhere); a pool's queue holds &ticket.
+    cdef cyj_ticket ticket
     cdef public double duration_ns
     # Where it ran in this process: monotonic start and end, and the CPU time
     # of the thread that ran it (how the auto backend sees GIL contention).

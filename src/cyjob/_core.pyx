@@ -33,10 +33,10 @@ from libc.stdint cimport int64_t
 
 from cyjob._batching cimport BatchSizer
 from cyjob._sync cimport (
-    cyj_add, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
+    cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
     cyj_now_ns, cyj_thread_cpu_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_signal,
-    cyj_spin_while_equal, cyj_store, cyj_unlock, cyj_wait_until,
+    cyj_spin_while_equal, cyj_store, cyj_ticket, cyj_unlock, cyj_wait_until,
 )
 
 from cyjob.exceptions import PoolShutdownError, TimeoutError as _TimeoutError
@@ -315,15 +315,17 @@ def run_tasks(list flat):
     return results, error, <double>(cyj_now_ns() - t0)
 
 
-cdef void _execute(Batch batch):
-    """Run one batch in this thread and report it (GIL held).  The caller of
-    a call may run its own batches while it waits, so whoever gets to a batch
-    first claims it; the GIL makes claiming atomic."""
+cdef inline void _execute(Batch batch):
+    """Run one batch in this thread unless someone else claimed it first
+    (the caller of a call runs its own batches while it waits)."""
+    if cyj_cas(&batch.ticket.claimed, 0, 1):
+        _execute_claimed(batch)
+
+
+cdef void _execute_claimed(Batch batch):
+    """Run a batch this thread has claimed, and report it (GIL held)."""
     cdef Call call = batch.call
     cdef int64_t t0, cpu0
-    if batch.claimed:
-        return
-    batch.claimed = True
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
         return
@@ -347,6 +349,18 @@ cdef class Batch:
 
     ``tasks`` is flat: ``[f0, args0, kwargs0, f1, args1, kwargs1, ...]``.
     """
+
+    def __cinit__(self):
+        self.ticket.owner = <void *>self
+
+    @property
+    def claimed(self):
+        """True once someone runs (or has run) this batch."""
+        return cyj_load(&self.ticket.claimed) != 0
+
+    @claimed.setter
+    def claimed(self, bint value):
+        cyj_store(&self.ticket.claimed, value)
 
     def __len__(self):
         return self.size
@@ -394,23 +408,52 @@ def in_worker_thread():
     return getattr(_worker_state, "pool", None) is not None
 
 
+# Stale queue entries (batches the caller ran first) a worker drops in one go
+# once it holds the GIL: it skips them without it.
+DEF STALE_BATCH = 32
+
+
 def _worker_main(ThreadPool pool):
     cdef void *item
+    cdef cyj_ticket *ticket
+    cdef void *stale[STALE_BATCH]
+    cdef Py_ssize_t n_stale = 0, i
     cdef Batch batch
     cdef Call call
     _worker_state.pool = pool
     try:
         while True:
+            ticket = NULL
             with nogil:
-                item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS)
-            if item == NULL:
-                break
-            batch = <Batch>item
+                while True:
+                    if n_stale > 0:
+                        item = cyj_queue_try_pop(&pool.queue)  # flush before parking
+                    else:
+                        item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS)
+                    if item == NULL:
+                        break
+                    if cyj_cas(&(<cyj_ticket *>item).claimed, 0, 1):
+                        ticket = <cyj_ticket *>item
+                        break
+                    stale[n_stale] = (<cyj_ticket *>item).owner
+                    n_stale += 1
+                    if n_stale == STALE_BATCH:
+                        break
+            for i in range(n_stale):  # the queue's references to stale batches
+                batch = <Batch>stale[i]
+                batch.call.n_queued -= 1
+                Py_DECREF(batch)
+            n_stale = 0
+            batch = None
+            if ticket == NULL:
+                if item == NULL and pool.closed:
+                    break
+                continue
+            batch = <Batch>ticket.owner
             Py_DECREF(batch)  # the queue's reference; `batch` holds its own
             call = batch.call
             call.n_queued -= 1
-            batch.queued_in = None
-            _execute(batch)
+            _execute_claimed(batch)
             if call.helps:
                 # The call's other batches wait in its own deque rather than
                 # in the queue (see ThreadPool.submit): take them from there.
@@ -418,7 +461,7 @@ def _worker_main(ThreadPool pool):
                     batch = call._claim()
                     if batch is None:
                         break
-                    _execute(batch)
+                    _execute_claimed(batch)
             batch = None
             call = None
     finally:
@@ -464,14 +507,12 @@ cdef class ThreadPool(Executor):
             # otherwise pile up as stale entries for the workers to skip.
             return
         batch.call.n_queued += 1
-        batch.queued_in = self
         Py_INCREF(batch)
         # Pushing keeps the GIL: releasing it would wake threads waiting for
         # it only to make them sleep again.  Safe, as no thread ever waits for
         # the GIL while holding the queue's mutex.
-        rc = cyj_queue_push(&self.queue, <void *>batch)
+        rc = cyj_queue_push(&self.queue, <void *>&batch.ticket)
         if rc != 0:
-            batch.queued_in = None
             batch.call.n_queued -= 1
             Py_DECREF(batch)
             if not self.closed:
@@ -497,10 +538,9 @@ cdef class ThreadPool(Executor):
                 item = cyj_queue_try_pop(&self.queue)
             if item == NULL:
                 break
-            batch = <Batch>item
+            batch = <Batch>(<cyj_ticket *>item).owner
             Py_DECREF(batch)
-            if not batch.claimed and not at_exit:
-                batch.claimed = True
+            if not at_exit and cyj_cas(&batch.ticket.claimed, 0, 1):
                 batch.call.batch_done(
                     batch, None,
                     PoolShutdownError("the cyjob thread pool was shut down before this batch ran"),
@@ -670,24 +710,23 @@ cdef class Call:
         return 1
 
     cdef Batch _claim(self):
-        """The oldest of this call's batches that nobody runs yet, or None."""
+        """Claim the oldest of this call's batches that nobody runs yet."""
         cdef Batch batch
         while self.unclaimed:
             batch = <Batch>self.unclaimed.popleft()
-            if not batch.claimed:
+            if cyj_cas(&batch.ticket.claimed, 0, 1):
                 return batch
         return None
 
     cdef bint _help(self) except -1:
         """Run one of this call's batches that no worker has claimed yet."""
         cdef Batch batch = None
-        # From the newest end, and never a batch sitting in the C queue: a
-        # worker is on its way to that one, and if the caller ran it the
-        # worker would pop a stale entry later (with the GIL busy, workers
-        # can fall far behind and stale entries pile up).
+        # From the newest end: workers take the oldest.  A batch also sitting
+        # in the C queue may be taken: the worker that pops it later sees the
+        # claim and skips it without the GIL.
         while self.unclaimed:
             batch = <Batch>self.unclaimed.pop()
-            if not batch.claimed and batch.queued_in is None:
+            if cyj_cas(&batch.ticket.claimed, 0, 1):
                 break
             batch = None
         if batch is None:
@@ -698,7 +737,7 @@ cdef class Call:
         _worker_state.pool = self.executor
         self.caller_busy = True
         try:
-            _execute(batch)
+            _execute_claimed(batch)
         finally:
             self.caller_busy = False
             _worker_state.pool = previous

@@ -18,6 +18,10 @@ cdef extern from "cyj_sync.h" nogil:
     void cyj_store(int64_t *p, int64_t v)
     int64_t cyj_add(int64_t *p, int64_t v)
     int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns)
+    int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
+    ctypedef struct cyj_ticket:
+        int64_t claimed
+        void *owner
 
 cdef extern from "cyj_queue.h" nogil:
     ctypedef struct cyj_queue:
