@@ -13,7 +13,8 @@ __all__ = ["interleaved", "Report"]
 
 
 def interleaved(contenders, rounds=5, warmup=1):
-    """Run each ``name -> fn()`` in turn, ``rounds`` times; return medians (s).
+    """Run each ``name -> fn()`` in turn, ``rounds`` times (the order rotated
+    every round); return the median time of each (s).
 
     Each fn is called ``warmup`` times first (warm pools against warm pools).
     """
@@ -21,10 +22,13 @@ def interleaved(contenders, rounds=5, warmup=1):
         for _ in range(warmup):
             fn()
     times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for r in range(rounds):
+        # Rotate the order each round: whoever runs right after another
+        # contender starts on caches that one left cold.
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            contenders[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
