@@ -27,6 +27,7 @@ import weakref
 from cyjob._batching import BatchSizer
 from cyjob._core import Executor, InlineExecutor
 from cyjob.backends.base import Backend
+from cyjob.backends.threads import ThreadingBackend
 
 # Probe until the batches measured hold this much work.  A task that releases
 # the GIL lets a second thread start at once, so two batches overlap within
@@ -79,6 +80,14 @@ class _Marked:
         return (_Marked, (self.function, getattr(self, _MARKER)))
 
 
+def _marker_of(function):
+    # Through __dict__: a failed getattr costs an exception (~1 us a call).
+    attrs = getattr(function, "__dict__", None)
+    if attrs is not None:
+        return attrs.get(_MARKER)
+    return getattr(function, _MARKER, None)
+
+
 def _mark(function, kind):
     if not callable(function):
         raise TypeError(f"expected a callable, got {type(function).__name__}")
@@ -124,6 +133,7 @@ class _Memo:
 
 
 memo = _Memo()
+_THREADS = ThreadingBackend()
 _INLINE = InlineExecutor(1)
 
 
@@ -154,7 +164,7 @@ class AutoExecutor(Executor):
             self.call = batch.call
             self.call.measure_cpu = True  # until a choice is made
             self.function = batch.tasks[0]
-            kind = getattr(self.function, _MARKER, None)
+            kind = _marker_of(self.function)
             if kind is not None:
                 self._choose(kind, 0.0, "marked with cyjob." +
                              ("nogil" if kind == THREADS else "gil_bound"), remember=False)
@@ -281,9 +291,7 @@ class AutoBackend(Backend):
     in_process = True
 
     def executor(self, n_workers, parallel=None):
-        from cyjob.backends.threads import ThreadingBackend
-
-        return AutoExecutor(n_workers, parallel, ThreadingBackend().executor(n_workers, parallel))
+        return AutoExecutor(n_workers, parallel, _THREADS.executor(n_workers, parallel))
 
     def nested_backend(self):
         from cyjob.backends.sequential import SequentialBackend
