@@ -5,7 +5,7 @@ its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 """
 
 from cyjob import _validation as check
-from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
+from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_SECONDS, BatchSizer
 from cyjob._core import Call, in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
@@ -157,7 +157,12 @@ class Parallel:
         fixed = self._fixed_batch_size
         if n_workers == 1 and lazy and not fixed:
             fixed = 1  # a sequential generator computes each result on demand
-        sizer = BatchSizer(n_workers, fixed, self._max_batch_size)
+        target = DEFAULT_TARGET_SECONDS
+        if self.timeout is not None:
+            # The time-out bounds the wait for one result: a batch, plus the
+            # ones queued before it, must take well under it.
+            target = min(target, self.timeout / 10)
+        sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target)
         progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
                            ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
