@@ -24,7 +24,8 @@ from helpers import Counter, LazyInput, add, assert_runs_concurrently, ident, wa
 # The thread pool, named explicitly (the default backend measures and picks).
 threads = functools.partial(Parallel, backend="threading")
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# Child interpreters import the same cyjob as this one.
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(cyjob.__file__)))
 
 
 class TaskError(Exception):
