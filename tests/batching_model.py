@@ -17,11 +17,13 @@ SMOOTHING = 0.35
 
 
 class PyBatchSizer:
-    def __init__(self, n_workers, fixed_size=0, max_size=10_000, target_seconds=0.5):
+    def __init__(self, n_workers, fixed_size=0, max_size=10_000, target_seconds=0.5,
+                 min_batch_seconds=MIN_BATCH_NS / 1e9):
         self.n_workers = n_workers
         self.fixed_size = fixed_size
         self.max_size = max_size
         self.target_ns = target_seconds * 1e9
+        self.min_batch_ns = min(min_batch_seconds * 1e9, self.target_ns)
         self.ns_per_task = 0.0
         self.work_ns = 0.0
         self.n_observed = 0
@@ -48,7 +50,7 @@ class PyBatchSizer:
             size = 1.0
         else:
             budget = self.work_ns / (TAIL_SHARE * self.n_workers)
-            budget = max(budget, MIN_BATCH_NS)
+            budget = max(budget, self.min_batch_ns)
             budget = min(budget, self.target_ns)
             size = budget / self.ns_per_task
             if self.last_size > 0:

@@ -3,6 +3,7 @@ cdef class BatchSizer:
     cdef readonly Py_ssize_t fixed_size
     cdef readonly Py_ssize_t max_size
     cdef readonly double target_ns
+    cdef readonly double min_batch_ns
     cdef readonly double ns_per_task
     cdef readonly double work_ns
     cdef readonly Py_ssize_t n_observed

@@ -55,11 +55,15 @@ cdef class BatchSizer:
         Upper bound on an automatic batch.
     target_seconds : float, default=0.5
         Wanted duration of one batch once the cost of a task is known.
+    min_batch_seconds : float, default=0.002
+        Batches this short are always allowed; an executor whose round trip
+        per batch costs more (processes, dask) asks for longer ones.
     """
 
     def __init__(self, Py_ssize_t n_workers, Py_ssize_t fixed_size=0,
                  Py_ssize_t max_size=DEFAULT_MAX_BATCH_SIZE,
-                 double target_seconds=DEFAULT_TARGET_SECONDS):
+                 double target_seconds=DEFAULT_TARGET_SECONDS,
+                 double min_batch_seconds=MIN_BATCH_NS / 1e9):
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         if fixed_size < 0:
@@ -72,6 +76,7 @@ cdef class BatchSizer:
         self.fixed_size = fixed_size
         self.max_size = max_size
         self.target_ns = target_seconds * 1e9
+        self.min_batch_ns = min(min_batch_seconds * 1e9, self.target_ns)
         self.ns_per_task = 0.0
         self.work_ns = 0.0
         self.n_observed = 0
@@ -103,8 +108,8 @@ cdef class BatchSizer:
             size = 1
         else:
             budget = self.work_ns / (TAIL_SHARE * self.n_workers)
-            if budget < MIN_BATCH_NS:
-                budget = MIN_BATCH_NS
+            if budget < self.min_batch_ns:
+                budget = self.min_batch_ns
             if budget > self.target_ns:
                 budget = self.target_ns
             size = budget / self.ns_per_task

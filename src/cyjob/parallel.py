@@ -176,7 +176,11 @@ class Parallel:
             # The time-out bounds the wait for one result: a batch, plus the
             # ones queued before it, must take well under it.
             target = min(target, self.timeout / 10)
-        sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target)
+        # An executor whose round trip per batch is costly (processes, dask)
+        # says how long a batch must at least be to amortise it.
+        min_batch = getattr(executor, "min_batch_seconds", None) or 0.002
+        sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target,
+                           min(min_batch, target))
         progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
                            ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",

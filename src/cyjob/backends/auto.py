@@ -251,6 +251,11 @@ class AutoExecutor(Executor):
                 target = self.threads
             else:
                 self.out_of_process = True
+                # Batches long enough to amortise a process round trip.
+                sizer = self.call.sizer
+                self.call.use_sizer(BatchSizer(
+                    sizer.n_workers, sizer.fixed_size, sizer.max_size, sizer.target_ns / 1e9,
+                    min(target.min_batch_seconds, sizer.target_ns / 1e9)))
         elif kind == INLINE:
             target = _INLINE
             if self.parallel is not None and self.parallel.return_as == "list" \
