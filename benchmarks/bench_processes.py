@@ -19,6 +19,8 @@ import numpy as np
 
 import cyjob
 from cyjob.bench import Report, interleaved
+from cyjob.bench import calibrate_gil_work as calibrate
+from cyjob.bench import gil_work as spin  # pure Python: holds the GIL throughout
 
 try:
     import joblib
@@ -29,29 +31,9 @@ N_JOBS = 2
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(cyjob.__file__)))
 
 
-def spin(n):
-    """Pure-Python arithmetic: holds the GIL the whole time."""
-    s = 0
-    for i in range(n):
-        s += i * i % 7
-    return s
-
-
 def spin_many(n, k):
     """``k`` times ``spin(n)``: the same work as ``k`` tasks, in one."""
     return [spin(n) for _ in range(k)]
-
-
-def calibrate(seconds=0.002):
-    """The ``n`` for which ``spin(n)`` takes about ``seconds``."""
-    n = 10_000
-    while True:
-        t0 = time.perf_counter()
-        spin(n)
-        dt = time.perf_counter() - t0
-        if dt > 0.02:
-            return max(1, int(n * seconds / dt))
-        n *= 2
 
 
 def inc(x):
