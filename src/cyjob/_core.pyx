@@ -410,7 +410,8 @@ def in_worker_thread():
 
 # Stale queue entries (batches the caller ran first) a worker drops in one go
 # once it holds the GIL: it skips them without it.
-DEF STALE_BATCH = 32
+cdef enum:
+    STALE_BATCH = 1024
 
 
 def _worker_main(ThreadPool pool):

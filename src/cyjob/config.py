@@ -49,13 +49,6 @@ def get_config():
     return getattr(_local, "config", DEFAULTS)
 
 
-def resolve(name, value):
-    """An explicit value wins; else the active config's; else the default."""
-    if is_default(value):
-        return get_config()[name]
-    return value
-
-
 class parallel_config:
     """Set the defaults of ``Parallel`` in a ``with`` block (or until
     ``unregister()``), like ``joblib.parallel_config``.
