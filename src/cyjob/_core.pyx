@@ -62,17 +62,6 @@ cdef Py_ssize_t YIELD_CHECK_EVERY = 64
 _islice = itertools.islice
 
 
-def _tune(worker_spin_ns=None, caller_spin_ns=None):
-    """Change the spin budgets (for benchmarks that tune them); returns the old ones."""
-    global WORKER_SPIN_NS, CALLER_SPIN_NS
-    old = (WORKER_SPIN_NS, CALLER_SPIN_NS)
-    if worker_spin_ns is not None:
-        WORKER_SPIN_NS = worker_spin_ns
-    if caller_spin_ns is not None:
-        CALLER_SPIN_NS = caller_spin_ns
-    return old
-
-
 # --------------------------------------------------------------------------
 # delayed
 
@@ -293,16 +282,6 @@ cdef tuple _run(list flat, int64_t *abort_flag):
         except BaseException as exc:
             return None, exc
     return results, None
-
-
-def flatten_tasks(tasks):
-    """A flat batch ``[f0, args0, kwargs0, f1, ...]`` from (func, args, kwargs) tasks."""
-    cdef list flat = []
-    cdef Py_ssize_t i = 0
-    for task in tasks:
-        _append_task(flat, task, i)
-        i += 1
-    return flat
 
 
 def run_tasks(list flat):
@@ -620,10 +599,6 @@ cdef class Call:
     def __dealloc__(self):
         if self.monitor_ready:
             cyj_monitor_destroy(&self.monitor)
-
-    @property
-    def n_in_flight(self):
-        return self.n_dispatched_batches - self.n_done_batches
 
     def use_sizer(self, BatchSizer sizer):
         """Size the coming batches with another sizer (an executor that has

@@ -25,8 +25,9 @@ import threading
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._core import Executor, InlineExecutor
+from cyjob._core import Executor
 from cyjob.backends.base import Backend
+from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
 
 # Probe until the batches measured hold this much work.  A task that releases
@@ -134,7 +135,7 @@ class _Memo:
 
 memo = _Memo()
 _THREADS = ThreadingBackend()
-_INLINE = InlineExecutor(1)
+_INLINE = SequentialBackend().executor(1)
 
 
 class AutoExecutor(Executor):
@@ -297,8 +298,3 @@ class AutoBackend(Backend):
 
     def executor(self, n_workers, parallel=None):
         return AutoExecutor(n_workers, parallel, _THREADS.executor(n_workers, parallel))
-
-    def nested_backend(self):
-        from cyjob.backends.sequential import SequentialBackend
-
-        return SequentialBackend()
