@@ -40,6 +40,7 @@ cdef double SMOOTHING = 0.35
 
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_TARGET_SECONDS = 0.5
+DEFAULT_MIN_BATCH_SECONDS = MIN_BATCH_NS / 1e9
 
 
 cdef class BatchSizer:
@@ -63,7 +64,7 @@ cdef class BatchSizer:
     def __init__(self, Py_ssize_t n_workers, Py_ssize_t fixed_size=0,
                  Py_ssize_t max_size=DEFAULT_MAX_BATCH_SIZE,
                  double target_seconds=DEFAULT_TARGET_SECONDS,
-                 double min_batch_seconds=MIN_BATCH_NS / 1e9):
+                 double min_batch_seconds=DEFAULT_MIN_BATCH_SECONDS):
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         if fixed_size < 0:

@@ -7,7 +7,8 @@ its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 import types
 
 from cyjob import _validation as check
-from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_SECONDS, BatchSizer
+from cyjob._batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SECONDS,
+                             DEFAULT_TARGET_SECONDS, BatchSizer)
 from cyjob._core import Call, in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
@@ -178,9 +179,8 @@ class Parallel:
             target = min(target, self.timeout / 10)
         # An executor whose round trip per batch is costly (processes, dask)
         # says how long a batch must at least be to amortise it.
-        min_batch = getattr(executor, "min_batch_seconds", None) or 0.002
-        sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target,
-                           min(min_batch, target))
+        min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
+        sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target, min_batch)
         progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
                            ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",

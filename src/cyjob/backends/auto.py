@@ -256,7 +256,7 @@ class AutoExecutor(Executor):
                 sizer = self.call.sizer
                 self.call.use_sizer(BatchSizer(
                     sizer.n_workers, sizer.fixed_size, sizer.max_size, sizer.target_ns / 1e9,
-                    min(target.min_batch_seconds, sizer.target_ns / 1e9)))
+                    target.min_batch_seconds))
         elif kind == INLINE:
             target = _INLINE
             if self.parallel is not None and self.parallel.return_as == "list" \
