@@ -5,6 +5,7 @@ import os
 import resource
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -15,6 +16,10 @@ IN_PROCESS_BACKENDS = ["threading", "sequential", None]  # None: the default (au
 
 def inc(x):
     return x + 1
+
+
+def ident(x):
+    return x
 
 
 def fail_on(x, bad):
@@ -90,6 +95,34 @@ def test_10000_calls_leak_no_python_objects():
     gc.collect()
     growth = len(gc.get_objects()) - before
     assert growth < 200, f"{growth} more live objects after 10,000 calls"
+
+
+class Payload:
+    """A task argument whose lifetime the test watches."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", IN_PROCESS_BACKENDS)
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_a_finished_call_frees_its_tasks_without_the_cyclic_gc(backend, return_as):
+    # Reference counting alone must free a call and the caller's task list:
+    # a cycle (call -> batch -> call) would keep every task's arguments
+    # alive until the cyclic GC happens to run.
+    parallel = Parallel(n_jobs=2, return_as=return_as, **_kwargs(backend))
+    list(parallel(delayed(ident)(Payload()) for _ in range(50)))  # warm, and a choice made
+    gc.collect()
+    gc.disable()
+    try:
+        payload = Payload()
+        watch = weakref.ref(payload)
+        tasks = [delayed(ident)(payload)] + [delayed(inc)(i) for i in range(200)]
+        del payload
+        results = list(parallel(tasks))
+        del tasks, results
+        time.sleep(0.05)  # a worker may still hold its last batch for a moment
+        assert watch() is None, "the call's task list outlived the call"
+    finally:
+        gc.enable()
 
 
 def _max_rss_mb():

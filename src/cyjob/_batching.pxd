@@ -7,6 +7,7 @@ cdef class BatchSizer:
     cdef readonly double ns_per_task
     cdef readonly double work_ns
     cdef readonly Py_ssize_t n_observed
+    cdef readonly Py_ssize_t n_tasks      # tasks in the batches observed
     cdef readonly Py_ssize_t last_size
 
     cpdef void observe(self, Py_ssize_t size, double duration_ns)

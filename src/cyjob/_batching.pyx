@@ -81,7 +81,27 @@ cdef class BatchSizer:
         self.ns_per_task = 0.0
         self.work_ns = 0.0
         self.n_observed = 0
+        self.n_tasks = 0
         self.last_size = 0
+
+    def continued(self, double min_batch_seconds):
+        """A sizer for the rest of a call moved to an executor whose batches
+        must last at least ``min_batch_seconds``: it keeps what was measured,
+        so the new executor's first batches are already sized for it."""
+        cdef BatchSizer sizer = BatchSizer(self.n_workers, self.fixed_size, self.max_size,
+                                           self.target_ns / 1e9, min_batch_seconds)
+        sizer.ns_per_task = self.ns_per_task
+        sizer.work_ns = self.work_ns
+        sizer.n_observed = self.n_observed
+        sizer.n_tasks = self.n_tasks
+        return sizer
+
+    def expect(self, double ns_per_task):
+        """Start from a known cost per task (measured by an earlier call)
+        instead of batches of one; measurements take over as they come."""
+        if self.n_observed == 0 and ns_per_task > 0:
+            self.ns_per_task = ns_per_task
+            self.n_observed = 1
 
     cpdef void observe(self, Py_ssize_t size, double duration_ns):
         """Record that a batch of ``size`` tasks took ``duration_ns``."""
@@ -97,6 +117,7 @@ cdef class BatchSizer:
             self.ns_per_task += SMOOTHING * (per_task - self.ns_per_task)
         self.work_ns += duration_ns
         self.n_observed += 1
+        self.n_tasks += size
 
     cpdef Py_ssize_t next_size(self, Py_ssize_t remaining):
         """Size of the next batch; ``remaining`` is -1 when unknown."""

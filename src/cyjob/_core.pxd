@@ -26,7 +26,21 @@ cdef class Executor:
     cdef readonly Py_ssize_t n_workers
     cdef public bint caller_may_help
     cpdef submit(self, Batch batch)
+    cpdef call_started(self, Call call, object first_function)
     cpdef call_finished(self, Call call)
+
+
+cdef class Router(Executor):
+    cdef readonly Executor first     # runs batches until a target is chosen
+    cdef public Executor target      # None until chosen
+    cdef public bint watching        # call watch() before routing each batch
+    cdef public bint out_of_process  # the target runs batches elsewhere
+    cdef readonly Call call          # set at the first batch
+    # Verifying a choice: tasks to measure, and from which sizer figures.
+    cdef BatchSizer verify_sizer, then_sizer
+    cdef Py_ssize_t verify_tasks, verify_from_tasks
+    cdef double verify_from_ns, expected_ns, tolerance
+    cdef int _verify(self) except -1
 
 
 cdef class ThreadPool(Executor):
@@ -78,11 +92,13 @@ cdef class Call:
     cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
     cdef bint caller_busy     # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)
+    cdef bint started         # the executor has been told (call_started)
     cdef readonly bint finished
 
     cdef int _pull(self, Py_ssize_t wanted) except -1
     cdef Py_ssize_t _remaining(self)
     cdef list _take(self, Py_ssize_t size)
+    cdef object _first_function(self)
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef Batch _claim(self)
@@ -92,4 +108,5 @@ cdef class Call:
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
     cpdef Batch next_batch(self)
     cdef void _report(self) except *
+    cdef void _release(self)
     cpdef void abort(self)

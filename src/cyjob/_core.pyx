@@ -365,6 +365,11 @@ cdef class Executor:
     cpdef submit(self, Batch batch):
         raise NotImplementedError
 
+    cpdef call_started(self, Call call, object first_function):
+        """Called once before ``call`` cuts its first batch, with the function
+        of its first task (an executor that chooses where to run the call
+        can size that batch already)."""
+
     cpdef call_finished(self, Call call):
         """Called once when ``call`` ends: completed, failed, timed out,
         interrupted or abandoned (``call.was_aborted`` tells which).  Process
@@ -377,6 +382,91 @@ cdef class InlineExecutor(Executor):
 
     cpdef submit(self, Batch batch):
         _execute(batch)
+
+
+cdef class Router(Executor):
+    """Sends a call's batches to ``first`` until a ``target`` is chosen, then
+    to the target (the default backend, backends/auto.py, chooses).
+
+    Routing runs for every batch, so it lives here, and so does the check of a
+    choice made from an earlier call's figures (``verify``).  The policy is
+    Python and runs only in hooks: ``begin(function)`` before the first batch,
+    ``watch(batch)`` before each batch while ``watching`` is set, and
+    ``drifted(ns_per_task)`` if a verification fails.
+    """
+
+    def __init__(self, Py_ssize_t n_workers, Executor first):
+        self.n_workers = n_workers
+        self.first = first
+        # The caller helps only with the first executor's (thread) batches;
+        # a target that runs them elsewhere has them claimed as they go.
+        self.caller_may_help = first.caller_may_help
+
+    cpdef call_started(self, Call call, object first_function):
+        self.call = call
+        self.begin(first_function)
+
+    cpdef submit(self, Batch batch):
+        if self.watching:
+            self.watch(batch)
+        if self.target is None:
+            self.first.submit(batch)
+        elif not self.out_of_process or cyj_cas(&batch.ticket.claimed, 0, 1):
+            # (Claimed first when it runs elsewhere: otherwise the caller may
+            # run it too.  Already claimed: the caller ran it meanwhile.)
+            self.target.submit(batch)
+        if self.verify_tasks > 0:
+            # After routing: a batch run inline is already measured, so the
+            # next batch can be sized for the outcome.
+            self._verify()
+
+    cpdef call_finished(self, Call call):
+        self.first.call_finished(call)
+        if self.target is not None and self.target is not self.first:
+            self.target.call_finished(call)
+        # The call holds this router: break the cycle so that both are
+        # freed by reference counting.
+        self.call = None
+        self.verify_sizer = self.then_sizer = None
+        self.verify_tasks = 0
+
+    def verify(self, Py_ssize_t n_tasks, double ns_per_task, double tolerance,
+               BatchSizer then=None):
+        """Check the choice on the next ``n_tasks`` tasks the call's current
+        sizer observes: if they cost within ``tolerance`` times of
+        ``ns_per_task`` each, size the rest of the call with ``then`` (if
+        given); otherwise call ``drifted(measured_ns_per_task)``."""
+        self.verify_sizer = self.call.sizer
+        self.verify_tasks = n_tasks
+        self.verify_from_tasks = self.verify_sizer.n_tasks
+        self.verify_from_ns = self.verify_sizer.work_ns
+        self.expected_ns = ns_per_task
+        self.tolerance = tolerance
+        self.then_sizer = then
+
+    cdef int _verify(self) except -1:
+        cdef Py_ssize_t n = self.verify_sizer.n_tasks - self.verify_from_tasks
+        cdef double per_task, ratio
+        if n < self.verify_tasks:
+            return 0
+        self.verify_tasks = 0
+        per_task = (self.verify_sizer.work_ns - self.verify_from_ns) / n
+        ratio = per_task / self.expected_ns if self.expected_ns > 0 else 1.0
+        if self.tolerance > 0 and not (1.0 / self.tolerance <= ratio <= self.tolerance):
+            self.drifted(per_task)
+        elif self.then_sizer is not None:
+            self.call.use_sizer(self.then_sizer)
+        self.verify_sizer = self.then_sizer = None
+        return 0
+
+    def begin(self, first_function):
+        """The call starts; its first task calls ``first_function``."""
+
+    def watch(self, Batch batch):
+        """A batch about to be routed while ``watching`` is set."""
+
+    def drifted(self, double ns_per_task):
+        """``verify`` measured tasks far from the expected cost."""
 
 
 _worker_state = threading.local()
@@ -661,11 +751,24 @@ cdef class Call:
         self.n_taken += len(flat) // 3
         return flat
 
+    cdef object _first_function(self):
+        """The function of the first task, or None for an empty input."""
+        if self.source is not None:
+            return (<object>self.source[0])[0] if self.n_total > 0 else None
+        self._pull(1)
+        return self.ahead[self.ahead_pos] if len(self.ahead) > self.ahead_pos else None
+
     cdef int _dispatch(self) except -1:
         """Send one more batch; return 0 when the input is exhausted."""
-        cdef Py_ssize_t size = self.sizer.next_size(self._remaining())
+        cdef Py_ssize_t size
         cdef list flat
         cdef Batch batch
+        if not self.started:
+            self.started = True
+            first_function = self._first_function()
+            if first_function is not None:
+                self.executor.call_started(self, first_function)
+        size = self.sizer.next_size(self._remaining())
         if size <= 0:
             return 0
         flat = self._take(size)
@@ -867,10 +970,21 @@ cdef class Call:
         except BaseException:
             self.abort()
             raise
-        self.finished = True
+        self._release()
         self.executor.call_finished(self)
         self._report()
         return None
+
+    cdef void _release(self):
+        """The call is over: drop the input (the caller's task list and its
+        arguments) and the batches that still point back at this call, so
+        that all of it is freed now by reference counting, not by a later
+        pass of the cyclic GC."""
+        self.finished = True
+        self.iterator = None
+        self.source = None
+        self.ahead = None
+        self.unclaimed.clear()
 
     cdef void _report(self) except *:
         if self.progress is not None:
@@ -891,9 +1005,6 @@ cdef class Call:
         running batches at their next check (every few tasks)."""
         cdef bint was_finished = self.finished
         cyj_store(&self.aborted, 1)
-        self.finished = True
-        self.iterator = None
-        self.source = None
-        self.ahead = None
+        self._release()
         if not was_finished:
             self.executor.call_finished(self)

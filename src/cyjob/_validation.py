@@ -91,6 +91,8 @@ def check_pre_dispatch(pre_dispatch):
     """Validate now; return a function of n_jobs giving the count, or None for 'all'."""
     if pre_dispatch == "all":
         return None
+    if type(pre_dispatch) is str:
+        return _check_pre_dispatch_expression(pre_dispatch)
     if _is_int(pre_dispatch):
         if pre_dispatch <= 0:
             raise ValueError(f"pre_dispatch must be positive, got {pre_dispatch!r}")
@@ -98,6 +100,12 @@ def check_pre_dispatch(pre_dispatch):
     if not isinstance(pre_dispatch, str):
         raise TypeError("pre_dispatch must be 'all', a positive int or an arithmetic "
                         f"expression of n_jobs such as '2*n_jobs', got {pre_dispatch!r}")
+    return _check_pre_dispatch_expression(str(pre_dispatch))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_pre_dispatch_expression(pre_dispatch):
+    # Cached: every Parallel() checks its pre_dispatch, nearly always "2 * n_jobs".
     if len(pre_dispatch) > 30:
         raise ValueError(f"pre_dispatch expression {pre_dispatch!r} is too long (30 characters at most)")
     _eval_pre_dispatch(pre_dispatch, 2)  # fail now, not at call time

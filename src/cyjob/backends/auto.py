@@ -25,7 +25,7 @@ import threading
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._core import Executor
+from cyjob._core import Router
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
@@ -127,6 +127,14 @@ class _Memo:
                 except TypeError:
                     pass
 
+    def forget(self, function):
+        with self.lock:
+            for table in (self.weak, self.strong):
+                try:
+                    table.pop(function, None)
+                except TypeError:
+                    pass
+
     def clear(self):
         with self.lock:
             self.weak.clear()
@@ -138,68 +146,55 @@ _THREADS = ThreadingBackend()
 _INLINE = SequentialBackend().executor(1)
 
 
-class AutoExecutor(Executor):
-    """Routes each batch of one call to threads (probing), then to the chosen
-    executor.  Made per call: it holds that call's measurements."""
+class AutoExecutor(Router):
+    """The policy of one call: what to measure and what to choose.  Routing
+    each batch (to the thread pool while probing, then to the choice) and
+    verifying a remembered choice are the core's ``Router``; these hooks run
+    at the first batch, while probing, and once a verification is done."""
 
-    def __init__(self, n_workers, parallel, threads):
-        super().__init__(n_workers)
-        self.parallel = parallel
-        self.threads = threads
-        # The caller helps only with thread batches; batches sent to a
-        # process are marked claimed so it never runs them too.
-        self.caller_may_help = threads.caller_may_help
-        self.call = None
-        self.target = None          # executor chosen, None while probing
-        self.choice = None          # (kind, ns_per_task, reason)
-        self.function = None
-        self.probe = []             # batches run on threads while probing
-        self.remembered = None      # (kind, ns_per_task) from an earlier call
-        self.checking = None        # batches that verify a remembered choice
+    __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered")
+
+    # -- hooks called by the core -------------------------------------------
+
+    def begin(self, function):
+        self.initial_sizer = self.call.sizer
+        self.function = function
+        self.remembered = None
+        kind = _marker_of(function)
+        if kind is not None:
+            self._choose(kind, 0.0, "marked with cyjob." +
+                         ("nogil" if kind == THREADS else "gil_bound"))
+            return
+        self.remembered = remembered = memo.get(function)
+        if remembered is None:
+            self._probe()
+        else:
+            self._choose(remembered[0], remembered[1], "remembered from an earlier call")
+
+    def watch(self, batch):
+        self._maybe_decide()
+        if self.watching:
+            self.seen.append(batch)
+
+    def drifted(self, per_task):
+        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
+                  f"{per_task / 1e3:.1f} us: measuring again")
+        memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        self.target, self.choice = None, None
         self.out_of_process = False
-
-    # -- routing ----------------------------------------------------------
-
-    def submit(self, batch):
-        if self.function is None:
-            self.call = batch.call
-            self.call.measure_cpu = True  # until a choice is made
-            self.function = batch.tasks[0]
-            kind = _marker_of(self.function)
-            if kind is not None:
-                self._choose(kind, 0.0, "marked with cyjob." +
-                             ("nogil" if kind == THREADS else "gil_bound"), remember=False)
-            else:
-                self.remembered = memo.get(self.function)
-                if self.remembered is not None:
-                    self.checking = []
-                    self._choose(self.remembered[0], self.remembered[1],
-                                 "remembered from an earlier call", remember=False)
-        elif self.target is None:
-            self._maybe_decide()
-        elif self.checking is not None:
-            self._check_memo()
-        target = self.target if self.target is not None else self.threads
-        if self.target is None:
-            self.probe.append(batch)
-        elif self.checking is not None:
-            self.checking.append(batch)
-        if self.out_of_process and target is self.target:
-            if batch.claimed:
-                return  # a thread ran it while the choice was being made
-            batch.claimed = True  # the caller must not run it too
-        target.submit(batch)
+        self.call.use_sizer(self.initial_sizer)
+        self._probe()
 
     def call_finished(self, call):
-        for executor in (self.threads, self.target):
-            if executor is not None:
-                executor.call_finished(call)
+        super().call_finished(call)
+        self.seen = None  # batches, which hold the call, which holds this
 
     # -- measuring --------------------------------------------------------
 
     def _maybe_decide(self):
-        done = [b for b in self.probe if b.done and b.results is not None]
-        if len(done) < min(self.n_workers, len(self.probe)):
+        probe = self.seen
+        done = [b for b in probe if b.done and b.results is not None]
+        if len(done) < min(self.n_workers, len(probe)):
             return
         n_tasks = sum(b.size for b in done)
         wall = sum(b.finished_ns - b.started_ns for b in done)
@@ -214,63 +209,67 @@ class AutoExecutor(Executor):
         figures = (f"{per_task / 1e3:.1f} us per task, parallel efficiency "
                    f"{efficiency:.2f} on {overlap:.2f} overlapping threads, busy {busy:.2f}")
         if efficiency >= PARALLEL_EFFICIENCY and per_task >= TINY_TASK_NS:
-            self._choose(THREADS, per_task, "tasks release the GIL: " + figures)
+            self._choose(THREADS, per_task, "tasks release the GIL: " + figures, measured=True)
         elif per_task < TINY_TASK_NS:
             if len(done) >= self.n_workers:
-                self._choose(INLINE, per_task, "tasks too small to gain from workers: " + figures)
+                self._choose(INLINE, per_task, "tasks too small to gain from workers: " + figures,
+                             measured=True)
         elif wall < PROBE_MIN_WORK_NS:
             return  # not enough seen yet
         elif busy < WAITING_BUSY:
-            self._choose(THREADS, per_task, "tasks mostly wait (I/O, sleep): " + figures)
+            self._choose(THREADS, per_task, "tasks mostly wait (I/O, sleep): " + figures, measured=True)
         elif per_task * busy >= PROCESS_MIN_TASK_NS:
-            self._choose(PROCESSES, per_task, "tasks hold the GIL: " + figures)
+            self._choose(PROCESSES, per_task, "tasks hold the GIL: " + figures, measured=True)
         else:
-            self._choose(INLINE, per_task, "tasks hold the GIL and are small: " + figures)
+            self._choose(INLINE, per_task, "tasks hold the GIL and are small: " + figures, measured=True)
 
-    def _check_memo(self):
-        done = [b for b in self.checking if b.done and b.results is not None]
-        n_tasks = sum(b.size for b in done)
-        if n_tasks < MEMO_CHECK_TASKS:
-            return
-        self.checking = None
-        per_task = sum(b.duration_ns for b in done) / n_tasks
-        expected = self.remembered[1]
-        if expected > 0 and not (1 / MEMO_DRIFT <= per_task / expected <= MEMO_DRIFT):
-            self._say(f"task cost moved from {expected / 1e3:.1f} to {per_task / 1e3:.1f} us: "
-                      "measuring again")
-            self.target, self.choice, self.probe = None, None, []
-            self.out_of_process = False
-            self.call.measure_cpu = True
     # -- choosing ---------------------------------------------------------
 
-    def _choose(self, kind, ns_per_task, reason, remember=True):
+    def _probe(self):
+        # Measure the first batches on threads until _maybe_decide chooses.
+        self.seen = []
+        self.watching = True
+        self.call.measure_cpu = True
+
+    def _choose(self, kind, ns_per_task, reason, measured=False):
+        call = self.call
         self.out_of_process = False
+        self.watching = False
+        call.measure_cpu = False
+        then = None  # sizer once a remembered choice is verified
         if kind == PROCESSES:
             target = _process_executor(self.n_workers, self.parallel)
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
-                target = self.threads
+                target = self.first
             else:
                 self.out_of_process = True
-                # Batches long enough to amortise a process round trip.
-                sizer = self.call.sizer
-                self.call.use_sizer(BatchSizer(
-                    sizer.n_workers, sizer.fixed_size, sizer.max_size, sizer.target_ns / 1e9,
-                    target.min_batch_seconds))
+                # Batches long enough to amortise a process round trip, sized
+                # from what the threads (or an earlier call) measured.
+                sizer = call.sizer.continued(target.min_batch_seconds)
+                sizer.expect(ns_per_task)
+                call.use_sizer(sizer)
         elif kind == INLINE:
             target = _INLINE
-            if self.parallel is not None and self.parallel.return_as == "list" \
-                    and not self.parallel._fixed_batch_size:
-                # Balance means nothing in one thread: batches as large as allowed.
-                self.call.use_sizer(BatchSizer(1, self.parallel._max_batch_size,
-                                               self.parallel._max_batch_size))
+            parallel = self.parallel
+            if parallel is not None and parallel.return_as == "list" \
+                    and not parallel._fixed_batch_size:
+                # Balance means nothing in one thread: batches as large as
+                # allowed, once a remembered choice is verified.
+                largest = parallel._max_batch_size
+                then = BatchSizer(1, largest, largest)
+                call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if self.remembered
+                               else then)
         else:
-            target = self.threads
+            target = self.first
+            call.sizer.expect(ns_per_task)
         self.target, self.choice = target, (kind, ns_per_task, reason)
-        self.call.measure_cpu = False
-        if remember and self.function is not None:
+        if measured:
             memo.put(self.function, (kind, ns_per_task))
-        self._say(f"Using {kind}: {reason}")
+        elif self.remembered is not None:
+            self.verify(MEMO_CHECK_TASKS, ns_per_task, MEMO_DRIFT, then)
+        if self.parallel is not None and self.parallel.verbose >= 10:
+            self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
         verbose = getattr(self.parallel, "verbose", 0) if self.parallel is not None else 0
@@ -297,4 +296,6 @@ class AutoBackend(Backend):
     in_process = True
 
     def executor(self, n_workers, parallel=None):
-        return AutoExecutor(n_workers, parallel, _THREADS.executor(n_workers, parallel))
+        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, parallel))
+        executor.parallel = parallel
+        return executor
