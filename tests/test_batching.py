@@ -146,3 +146,33 @@ def test_compiled_sizer_matches_python_twin(ops, n_workers, max_size):
         else:
             assert compiled.next_size(op[1]) == twin.next_size(op[1])
     assert compiled.ns_per_task == pytest.approx(twin.ns_per_task)
+
+
+def test_expected_cost_sizes_the_first_batch():
+    # A cost remembered from an earlier call replaces the batches of one:
+    # 10 ms minimum batches of 2 ms tasks hold 5 tasks from the start.
+    s = BatchSizer(2, max_size=1000, min_batch_seconds=0.010)
+    s.expect(2e6)
+    assert s.next_size(-1) == 5
+    s.observe(5, 5 * 4e6)  # then measurements take over
+    assert s.ns_per_task > 2e6
+
+
+def test_expect_does_not_override_measurements():
+    s = BatchSizer(2)
+    s.observe(1, 1e3)
+    s.expect(1e9)
+    assert s.ns_per_task == 1e3
+
+
+def test_continued_sizer_keeps_what_was_measured():
+    # Moving a call to processes keeps the measured cost and work: the first
+    # batch there is sized for the new minimum batch, not restarted at one.
+    s = BatchSizer(2, max_size=1000, min_batch_seconds=0.002)
+    for _ in range(4):
+        s.observe(1, 2e6)
+    moved = s.continued(0.010)
+    assert (moved.ns_per_task, moved.work_ns, moved.n_tasks) == (s.ns_per_task, s.work_ns, 4)
+    assert moved.min_batch_ns == 10e6
+    assert moved.next_size(-1) == 5
+    assert s.next_size(-1) == 1  # the original keeps its own minimum

@@ -39,7 +39,7 @@ cdef class Router(Executor):
     # Verifying a choice: tasks to measure, and from which sizer figures.
     cdef BatchSizer verify_sizer, then_sizer
     cdef Py_ssize_t verify_tasks, verify_from_tasks
-    cdef double verify_from_ns, expected_ns, tolerance
+    cdef double verify_from_ns, expected_ns, lowest, highest
     cdef int _verify(self) except -1
 
 

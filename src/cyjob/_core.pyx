@@ -309,14 +309,15 @@ cdef void _execute_claimed(Batch batch):
         call.batch_done(batch, None, None, 0.0)
         return
     # The thread's CPU clock is a system call (~0.5 us), not a vDSO read:
-    # only calls being measured by the auto backend pay for it.
-    cpu0 = cyj_thread_cpu_ns() if call.measure_cpu else 0
+    # only calls being measured by the auto backend pay for it.  Read inside
+    # the wall-clock window, so CPU time never exceeds the wall time.
     t0 = cyj_now_ns()
+    cpu0 = cyj_thread_cpu_ns() if call.measure_cpu else 0
     results, error = _run(batch.tasks, &call.aborted)
-    batch.finished_ns = cyj_now_ns()
-    batch.started_ns = t0
     if call.measure_cpu:
         batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
+    batch.finished_ns = cyj_now_ns()
+    batch.started_ns = t0
     call.batch_done(batch, results, error, <double>(batch.finished_ns - t0))
 
 
@@ -430,18 +431,19 @@ cdef class Router(Executor):
         self.verify_sizer = self.then_sizer = None
         self.verify_tasks = 0
 
-    def verify(self, Py_ssize_t n_tasks, double ns_per_task, double tolerance,
+    def verify(self, Py_ssize_t n_tasks, double ns_per_task, double lowest, double highest,
                BatchSizer then=None):
         """Check the choice on the next ``n_tasks`` tasks the call's current
-        sizer observes: if they cost within ``tolerance`` times of
-        ``ns_per_task`` each, size the rest of the call with ``then`` (if
+        sizer observes: if each costs between ``lowest`` and ``highest``
+        times ``ns_per_task``, size the rest of the call with ``then`` (if
         given); otherwise call ``drifted(measured_ns_per_task)``."""
         self.verify_sizer = self.call.sizer
         self.verify_tasks = n_tasks
         self.verify_from_tasks = self.verify_sizer.n_tasks
         self.verify_from_ns = self.verify_sizer.work_ns
         self.expected_ns = ns_per_task
-        self.tolerance = tolerance
+        self.lowest = lowest
+        self.highest = highest
         self.then_sizer = then
 
     cdef int _verify(self) except -1:
@@ -452,7 +454,7 @@ cdef class Router(Executor):
         self.verify_tasks = 0
         per_task = (self.verify_sizer.work_ns - self.verify_from_ns) / n
         ratio = per_task / self.expected_ns if self.expected_ns > 0 else 1.0
-        if self.tolerance > 0 and not (1.0 / self.tolerance <= ratio <= self.tolerance):
+        if not (self.lowest <= ratio <= self.highest):
             self.drifted(per_task)
         elif self.then_sizer is not None:
             self.call.use_sizer(self.then_sizer)

@@ -12,11 +12,14 @@ import time
 __all__ = ["interleaved", "Report"]
 
 
-def interleaved(contenders, rounds=5, warmup=1):
+def interleaved(contenders, rounds=5, warmup=1, repeat=1):
     """Run each ``name -> fn()`` in turn, ``rounds`` times (the order rotated
     every round); return the median time of each (s).
 
     Each fn is called ``warmup`` times first (warm pools against warm pools).
+    With ``repeat``, a round times that many calls in a row and counts their
+    mean: a single call of a few hundred microseconds is at the mercy of one
+    timer interrupt or one preemption on a shared machine.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -27,9 +30,11 @@ def interleaved(contenders, rounds=5, warmup=1):
         # Rotate the order each round: whoever runs right after another
         # contender starts on caches that one left cold.
         for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = contenders[name]
             t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(repeat):
+                fn()
+            times[name].append((time.perf_counter() - t0) / repeat)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -20,8 +20,10 @@ explicit backend, ``prefer``, ``require="sharedmem"`` or a marker on the
 function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
 """
 
+import functools
 import sys
 import threading
+import types
 import weakref
 
 from cyjob._batching import BatchSizer
@@ -99,6 +101,19 @@ def _mark(function, kind):
         return _Marked(function, kind)
 
 
+def _memo_key(function):
+    # A bound method or a partial is made afresh at each call site
+    # (delayed(self.fit)): remember what it calls, which lives on.
+    while True:
+        kind = type(function)
+        if kind is types.MethodType:
+            function = function.__func__
+        elif kind is functools.partial:
+            function = function.func
+        else:
+            return function
+
+
 class _Memo:
     """Choices per function: weakly keyed where possible, so a closure's
     memory is not kept alive by cyjob."""
@@ -110,12 +125,14 @@ class _Memo:
         self.lock = threading.Lock()
 
     def get(self, function):
+        function = _memo_key(function)
         try:
             return self.weak.get(function) or self.strong.get(function)
         except TypeError:  # unhashable callable
             return None
 
     def put(self, function, choice):
+        function = _memo_key(function)
         with self.lock:
             try:
                 self.weak[function] = choice
@@ -128,6 +145,7 @@ class _Memo:
                     pass
 
     def forget(self, function):
+        function = _memo_key(function)
         with self.lock:
             for table in (self.weak, self.strong):
                 try:
@@ -150,7 +168,7 @@ class AutoExecutor(Router):
     """The policy of one call: what to measure and what to choose.  Routing
     each batch (to the thread pool while probing, then to the choice) and
     verifying a remembered choice are the core's ``Router``; these hooks run
-    at the first batch, while probing, and once a verification is done."""
+    before the first batch, while probing, and if a verification fails."""
 
     __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered")
 
@@ -236,6 +254,7 @@ class AutoExecutor(Router):
         self.out_of_process = False
         self.watching = False
         call.measure_cpu = False
+        verifying = not measured and self.remembered is not None
         then = None  # sizer once a remembered choice is verified
         if kind == PROCESSES:
             target = _process_executor(self.n_workers, self.parallel)
@@ -258,16 +277,18 @@ class AutoExecutor(Router):
                 # allowed, once a remembered choice is verified.
                 largest = parallel._max_batch_size
                 then = BatchSizer(1, largest, largest)
-                call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if self.remembered
-                               else then)
+                call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if verifying else then)
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
         self.target, self.choice = target, (kind, ns_per_task, reason)
         if measured:
             memo.put(self.function, (kind, ns_per_task))
-        elif self.remembered is not None:
-            self.verify(MEMO_CHECK_TASKS, ns_per_task, MEMO_DRIFT, then)
+        elif verifying:
+            # Inline is already the cheapest place for tasks that got cheaper:
+            # only heavier ones make it worth measuring again.
+            lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
+            self.verify(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
         if self.parallel is not None and self.parallel.verbose >= 10:
             self._say(f"Using {kind}: {reason}")
 
