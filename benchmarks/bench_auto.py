@@ -10,7 +10,7 @@ import numpy as np
 
 import cyjob
 from cyjob.bench import (Report, calibrate_gil_work, gil_work, interleaved, numpy_sequential,
-                         numpy_tasks, plain_loop, tiny_tasks)
+                         numpy_tasks, plain_loop, process_ceiling, tiny_tasks)
 
 N_JOBS = 2
 
@@ -40,12 +40,16 @@ def main(rounds=5):
     if joblib:
         contenders["joblib"] = lambda: joblib.Parallel(n_jobs=N_JOBS)(
             joblib.delayed(gil_work)(work) for _ in range(240))
-    t = interleaved(contenders, rounds=rounds)
+    with process_ceiling(work, 240, N_JOBS) as ceiling:
+        contenders["ceiling"] = ceiling
+        t = interleaved(contenders, rounds=rounds)
     report.add("240 GIL-bound tasks of ~2 ms: cyjob / (sequential / 2)",
                t["cyjob"] / (t["sequential"] / N_JOBS), 1.15)
     if joblib:
         report.add("240 GIL-bound tasks of ~2 ms: joblib / (sequential / 2)",
                    t["joblib"] / (t["sequential"] / N_JOBS))
+    report.add("  machine ceiling: 2 long tasks on mp.Pool / (sequential / 2)",
+               t["ceiling"] / (t["sequential"] / N_JOBS))
 
     rng = np.random.default_rng(0)
     for size, count, limits in ((1_000_000, 16, (1.2, 0.5)), (100, 64, (None, None))):
@@ -56,8 +60,13 @@ def main(rounds=5):
             # Only where a target compares with it: joblib's ~10 ms call leaves
             # its worker processes busy, which a 0.3 ms contender run next feels.
             contenders["joblib"] = numpy_tasks(joblib.Parallel, joblib.delayed, arrays, n_jobs=N_JOBS)
-        # A call of 64 x 100 floats lasts ~0.3 ms: time 20 in a row per round.
-        t = interleaved(contenders, rounds=rounds, repeat=1 if size >= 1_000_000 else 20)
+        if size >= 1_000_000:
+            t = interleaved(contenders, rounds=rounds)
+        else:
+            # A call of 64 x 100 floats lasts ~0.3 ms, and this machine's
+            # speed wanders by 20-30% within seconds: time 20 calls in a row
+            # per round, over 3x the rounds (~1 s in all).
+            t = interleaved(contenders, rounds=3 * rounds, repeat=20)
         label = f"{count} x np.sin({size:,} floats).sum()"
         if size >= 1_000_000:
             report.add(f"{label}: cyjob / (sequential / 2)", t["cyjob"] / (t["sequential"] / N_JOBS), limits[0])

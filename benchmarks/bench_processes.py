@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import cyjob
-from cyjob.bench import Report, interleaved
+from cyjob.bench import Report, interleaved, process_ceiling
 from cyjob.bench import calibrate_gil_work as calibrate
 from cyjob.bench import gil_work as spin  # pure Python: holds the GIL throughout
 
@@ -29,11 +29,6 @@ except ImportError:  # the targets are ratios to joblib: nothing to compare
 
 N_JOBS = 2
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(cyjob.__file__)))
-
-
-def spin_many(n, k):
-    """``k`` times ``spin(n)``: the same work as ``k`` tasks, in one."""
-    return [spin(n) for _ in range(k)]
 
 
 def inc(x):
@@ -59,23 +54,10 @@ def gil_bound(report, rounds):
         return joblib.Parallel(n_jobs=N_JOBS, backend="loky")(
             joblib.delayed(spin)(k) for k in tasks)
 
-    # What this machine gives at best: the same work as N_JOBS long tasks on
-    # a multiprocessing pool, no batching, no overhead to speak of.  A shared
-    # or SMT-sibling vCPU pair shows up here as a ratio well above 1.
-    import multiprocessing
-
-    ceiling_pool = multiprocessing.get_context("spawn").Pool(N_JOBS)
-    share = [(n, len(tasks) // N_JOBS)] * N_JOBS
-
-    def ceiling():
-        return ceiling_pool.starmap(spin_many, share, chunksize=1)
-
-    try:
+    with process_ceiling(n, len(tasks), N_JOBS) as ceiling:
         assert cy() == jl() == seq()
         t = interleaved({"cyjob": cy, "joblib": jl, "sequential": seq, "ceiling": ceiling},
                         rounds=rounds)
-    finally:
-        ceiling_pool.terminate()
     report.add("240 x 2 ms GIL-bound: cyjob / (sequential / 2)",
                t["cyjob"] / (t["sequential"] / N_JOBS), 1.15)
     report.add("240 x 2 ms GIL-bound: cyjob / joblib loky", t["cyjob"] / t["joblib"], 1.0)

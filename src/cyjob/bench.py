@@ -5,6 +5,7 @@ Every figure is a ratio measured in the same run (the machine is shared and
 noisy): contenders run A, B, C, A, B, C, ... and each keeps its median.
 """
 
+import contextlib
 import statistics
 import sys
 import time
@@ -186,3 +187,24 @@ def calibrate_gil_work(target_s=0.002):
         if elapsed > 0.02:  # long enough for a stable figure
             return max(1, int(n * target_s / elapsed))
         n *= 2
+
+
+def gil_work_many(n, k):
+    """``k`` times ``gil_work(n)``: the same work as ``k`` tasks, in one."""
+    return [gil_work(n) for _ in range(k)]
+
+
+@contextlib.contextmanager
+def process_ceiling(n, n_tasks, n_jobs=2):
+    """A callable doing the work of ``n_tasks`` x ``gil_work(n)`` as
+    ``n_jobs`` long tasks on a multiprocessing pool: no batching, no
+    overhead to speak of, so what this machine gives GIL-bound work at best.
+    A shared or SMT-sibling vCPU pair shows up as a ratio well above 1."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(n_jobs)
+    share = [(n, n_tasks // n_jobs)] * n_jobs
+    try:
+        yield lambda: pool.starmap(gil_work_many, share, chunksize=1)
+    finally:
+        pool.terminate()

@@ -181,8 +181,10 @@ class Parallel:
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target, min_batch)
-        progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
-                           ProgressBar() if self.progress else None)
+        progress = None
+        if self.verbose or self.progress:
+            progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
+                               ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
                     self.timeout, progress)
         if not lazy:
