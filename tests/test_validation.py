@@ -159,3 +159,40 @@ def test_other_bad_parameters(name, value):
         threads(n_jobs=2, **{name: value})(delayed(counter)(i) for i in range(10))
     assert name in str(info.value)
     assert counter.value == 0
+
+
+@pytest.mark.parametrize("good, bad", [
+    (dict(n_jobs=1), dict(n_jobs=True)),         # 1 == True, yet True is no n_jobs
+    (dict(timeout=1), dict(timeout=True)),
+    (dict(batch_size=2), dict(batch_size=2.0)),  # 2 == 2.0
+    (dict(verbose=0), dict(verbose=False)),
+])
+def test_checked_arguments_are_not_mistaken_for_equal_ones(good, bad):
+    # Parallel() remembers the settings it checked, by its arguments: an
+    # argument equal to a valid one but of another type is still checked.
+    Parallel(**good)
+    Parallel(**good)
+    if bad == dict(verbose=False):
+        assert Parallel(**bad).verbose is False  # valid, kept as given (joblib does)
+        return
+    with pytest.raises((TypeError, ValueError)):
+        Parallel(**bad)
+
+
+def test_remembered_settings_follow_parallel_config_and_registrations():
+    from cyjob import parallel_config, register_parallel_backend
+    from cyjob.backends.threads import ThreadingBackend
+
+    assert Parallel(n_jobs=2)._backend.name == "auto"
+    with parallel_config(backend="sequential"):
+        assert Parallel(n_jobs=2)._backend.name == "sequential"
+
+    class Marked(ThreadingBackend):
+        pass
+
+    register_parallel_backend("cyjob-test-marked", Marked)
+    assert isinstance(Parallel(n_jobs=2, backend="cyjob-test-marked")._backend, Marked)
+    first = Parallel(n_jobs=2, backend="threading")
+    with first:
+        # A Parallel made with the same arguments does not share the warm executor.
+        assert Parallel(n_jobs=2, backend="threading")._warm is None

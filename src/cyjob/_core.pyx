@@ -471,12 +471,18 @@ cdef class Router(Executor):
         """``verify`` measured tasks far from the expected cost."""
 
 
-_worker_state = threading.local()
+class _WorkerState(threading.local):
+    # A class default, so that reading it in a thread that never set it
+    # costs no AttributeError (every call reads it).
+    pool = None
+
+
+_worker_state = _WorkerState()
 
 
 def in_worker_thread():
     """True inside a cyjob thread-pool worker (used to run nested calls inline)."""
-    return getattr(_worker_state, "pool", None) is not None
+    return _worker_state.pool is not None
 
 
 # Stale queue entries (batches the caller ran first) a worker drops in one go
@@ -814,7 +820,7 @@ cdef class Call:
             return False
         # While it runs a task the caller is a worker: a nested call made by
         # that task must not add workers of its own.
-        previous = getattr(_worker_state, "pool", None)
+        previous = _worker_state.pool
         _worker_state.pool = self.executor
         self.caller_busy = True
         try:

@@ -7,17 +7,24 @@ its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 import types
 
 from cyjob import _validation as check
+from cyjob import backends as _backends
 from cyjob._batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SECONDS,
                              DEFAULT_TARGET_SECONDS, BatchSizer)
 from cyjob._core import Call, in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.config import default, get_config, is_default
+from cyjob.config import DEFAULTS, default, get_config, is_default
 
 __all__ = ["Parallel"]
 
 _SEQUENTIAL = SequentialBackend()
+# Checked settings by the arguments that gave them, while no parallel_config
+# is active: libraries build a Parallel per call in inner loops, always with
+# the same arguments, and checking them again costs ~10 us on the cold caches
+# a task leaves (benchmarks/bench_auto.py, 64 x 100 floats).
+_CHECKED = {}
+_CHECKED_MAX = 256
 # Window used with pre_dispatch="all": every batch may be in flight at once.
 _UNBOUNDED = 1 << 40
 
@@ -94,8 +101,22 @@ class Parallel:
                  max_nbytes=default("1M"), mmap_mode=default("r"),
                  prefer=default(None), require=default(None),
                  max_batch_size=None, progress=False, **backend_kwargs):
-        # Libraries build a Parallel per call in inner loops: keep this lean.
         config = get_config()
+        key = None
+        if config is DEFAULTS and not backend_kwargs:
+            args = (n_jobs, backend, return_as, verbose, timeout, pre_dispatch, batch_size,
+                    temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size,
+                    progress)
+            # With the types: 1, 1.0 and True are equal keys, not equally valid.
+            key = (_backends.registry_version, args, tuple(map(type, args)))
+            try:
+                checked = _CHECKED.get(key)
+            except TypeError:  # an unhashable argument: check it every time
+                checked, key = None, None
+            if checked is not None:
+                self.__dict__.update(checked)
+                self._warm = None
+                return
         if n_jobs is None or is_default(n_jobs):
             n_jobs = config["n_jobs"]
         self.n_jobs = check.check_n_jobs(n_jobs)
@@ -127,6 +148,11 @@ class Parallel:
                                         backend_kwargs)
         self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
         self._warm = None  # inside `with`: an executor kept alive between calls
+        if key is not None and self._backend is _backends.shared_backend(self._backend.name):
+            # (Only the stateless built-in backends: dask's, say, holds a client.)
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[key] = dict(vars(self))
 
     # `Parallel[list[int]]` in annotations evaluated at run time (the stubs
     # make the class generic for type checkers).

@@ -36,6 +36,8 @@ BACKENDS = {
 }
 
 _default_backend = ["auto"]
+# Bumped by every registration: what a backend name means may have changed.
+registry_version = 0
 # Built-in backends hold no state: one instance each serves every call.
 _SHARED = {cls.name: cls() for cls in (AutoBackend, ThreadingBackend, SequentialBackend)}
 
@@ -55,9 +57,16 @@ def register_parallel_backend(name, factory, make_default=False):
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    global registry_version
     BACKENDS[name] = factory
+    registry_version += 1  # Parallel's cache of checked settings is stale
     if make_default:
         _default_backend[0] = name
+
+
+def shared_backend(name):
+    """The one instance of a stateless built-in backend, or None."""
+    return _SHARED.get(name)
 
 
 def default_backend_name():
