@@ -87,3 +87,25 @@ def assert_runs_in_caller_thread(make_parallel, n=20):
     me = threading.get_ident()
     idents = make_parallel()(delayed(current_thread_id)(i) for i in range(n))
     assert idents == [me] * n
+
+
+def descendants():
+    """The pids of this process's live descendants, sorted (read from /proc)."""
+    import os
+
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        out.extend(children.get(pid, ()))
+        todo.extend(children.get(pid, ()))
+    return sorted(out)

@@ -24,6 +24,7 @@ import cyjob
 from cyjob import Parallel, delayed, parallel_config
 from cyjob.backends.auto import memo
 from cyjob.bench import calibrate_gil_work, gil_work
+from helpers import descendants
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -565,25 +566,6 @@ def test_verbose_below_10_does_not_report_the_choice(capsys):
 # nothing left behind
 
 
-def _descendants():
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        out.extend(children.get(pid, ()))
-        todo.extend(children.get(pid, ()))
-    return sorted(out)
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
 def test_calls_sent_to_processes_leave_nothing_behind(capsys):
     """Measured and remembered calls that go to processes reuse the one
@@ -593,12 +575,12 @@ def test_calls_sent_to_processes_leave_nothing_behind(capsys):
 
     Parallel(n_jobs=2, backend="processes")(tasks())  # start the pools
     measured(capsys, tasks, "processes")
-    before = (_descendants(), threading.active_count())
+    before = (descendants(), threading.active_count())
     for _ in range(2):
         measured(capsys, tasks, "processes")  # probe on threads, then processes
         for _ in range(3):
             assert run(capsys, tasks())[1] == [("processes", "remembered from an earlier call")]
     deadline = time.monotonic() + 10
-    while (_descendants(), threading.active_count()) != before and time.monotonic() < deadline:
+    while (descendants(), threading.active_count()) != before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (_descendants(), threading.active_count()) == before
+    assert (descendants(), threading.active_count()) == before

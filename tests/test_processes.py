@@ -20,6 +20,7 @@ import pytest
 import cyjob
 from cyjob import Parallel, TerminatedWorkerError, delayed, parallel_config
 from cyjob.backends.processes import THREAD_LIMIT_VARS
+from helpers import descendants
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(cyjob.__file__)))
 pytestmark = pytest.mark.timeout(60)
@@ -471,29 +472,10 @@ def test_nested_parallel_runs_on_threads_inside_workers():
 # no leaks
 
 
-def _descendants():
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        out.extend(children.get(pid, ()))
-        todo.extend(children.get(pid, ()))
-    return out
-
-
 def _cyjob_processes():
     """Our fork server and its workers (joblib's workers may be around too)."""
     out = []
-    for pid in _descendants():
+    for pid in descendants():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"forkserver_main" in f.read():
@@ -506,7 +488,7 @@ def _cyjob_processes():
 def _resources():
     shm = [e for e in os.listdir("/dev/shm") if e.startswith(f"cyjob_{os.getpid()}_")]
     return {
-        "processes": len(_descendants()),
+        "processes": len(descendants()),
         "threads": len(os.listdir("/proc/self/task")),
         "python threads": threading.active_count(),
         "fds": len(os.listdir("/proc/self/fd")),
