@@ -315,6 +315,21 @@ def test_bound_methods_are_remembered_by_their_function(capsys):
     assert results == [x + sum(range(200)) + 1 for x in range(5_000)]
 
 
+def test_a_remembered_choice_expires(capsys, monkeypatch):
+    """A choice is measured again after MEMO_MAX_AGE seconds (one made on a
+    machine loaded by other programs must not stick)."""
+    from cyjob.backends import auto
+
+    monkeypatch.setattr(auto, "MEMO_MAX_AGE", 0.2)
+    _, using = measured(capsys, lambda: tasks_of(small, [(x,) for x in range(5_000)]), "inline")
+    _, using = run(capsys, tasks_of(small, [(x,) for x in range(5_000)]))
+    assert using == [("inline", "remembered from an earlier call")], using
+    time.sleep(0.3)
+    assert memo.get(small) is None
+    _, using = run(capsys, tasks_of(small, [(x,) for x in range(5_000)]))
+    assert len(using) == 1 and "remembered" not in using[0][1], using
+
+
 def test_a_different_function_is_measured_afresh(capsys):
     """The memo is per function: another function's choice is not reused."""
     _, using = measured(capsys, lambda: tasks_of(small, [(x,) for x in range(20_000)]), "inline")

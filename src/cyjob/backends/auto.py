@@ -15,14 +15,16 @@ end and the CPU time of the thread that ran it):
   thread (inline).
 
 The choice is sticky for the rest of the call and remembered per function, so
-later calls skip the probe (and re-probe if a task's cost moves 10x).  An
-explicit backend, ``prefer``, ``require="sharedmem"`` or a marker on the
-function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
+later calls skip the probe (and re-probe if a task's cost moves 10x, or after
+a minute).  An explicit backend, ``prefer``, ``require="sharedmem"`` or a
+marker on the function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over
+measurement.
 """
 
 import functools
 import sys
 import threading
+import time
 import types
 import weakref
 
@@ -51,6 +53,10 @@ MEMO_DRIFT = 10.0
 # ...over this many tasks (one task right after other work runs on cold
 # caches, 10x slower than the next: benchmarks/bench_auto.py).
 MEMO_CHECK_TASKS = 8
+# ...and in any case after this many seconds: a choice made while other
+# programs held the CPUs (a GIL-free task that finds no second CPU looks
+# GIL-bound) must not stick for the life of the process.
+MEMO_MAX_AGE = 60.0
 
 THREADS, PROCESSES, INLINE = "threading", "processes", "inline"
 
@@ -115,8 +121,9 @@ def _memo_key(function):
 
 
 class _Memo:
-    """Choices per function: weakly keyed where possible, so a closure's
-    memory is not kept alive by cyjob."""
+    """Choices per function, ``(kind, ns_per_task)``, each kept for
+    MEMO_MAX_AGE seconds: weakly keyed where possible, so a closure's memory
+    is not kept alive by cyjob."""
 
     def __init__(self, max_strong=1024):
         self.weak = weakref.WeakKeyDictionary()
@@ -127,12 +134,16 @@ class _Memo:
     def get(self, function):
         function = _memo_key(function)
         try:
-            return self.weak.get(function) or self.strong.get(function)
+            entry = self.weak.get(function) or self.strong.get(function)
         except TypeError:  # unhashable callable
             return None
+        if entry is None or entry[2] < time.monotonic():
+            return None
+        return entry[:2]
 
     def put(self, function, choice):
         function = _memo_key(function)
+        choice = (*choice, time.monotonic() + MEMO_MAX_AGE)
         with self.lock:
             try:
                 self.weak[function] = choice
