@@ -300,8 +300,7 @@ class AutoExecutor(Router):
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
             self.verify(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
-        if self.parallel is not None and self.parallel.verbose >= 10:
-            self._say(f"Using {kind}: {reason}")
+        self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
         verbose = getattr(self.parallel, "verbose", 0) if self.parallel is not None else 0
