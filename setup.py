@@ -53,6 +53,10 @@ def _ext(name):
 
 
 setup(
-    ext_modules=[_ext("_batching"), _ext("_core")],
+    ext_modules=[
+        _ext("_batching"),
+        _ext("_core"),
+        Extension("cyjob.cache._canon", ["src/cyjob/cache/_canon.pyx"]),
+    ],
     cmdclass={"build_ext": CythonBuildExt},
 )
