@@ -84,6 +84,7 @@ def _ext(name):
 
 
 setup(
-    ext_modules=[_ext(name) for name in CORE_MODULES],
+    ext_modules=[_ext(name) for name in CORE_MODULES]
+    + [Extension("cyjob.cache._canon", ["src/cyjob/cache/_canon.pyx"])],
     cmdclass={"build_ext": CythonBuildExt},
 )

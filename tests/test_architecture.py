@@ -174,6 +174,6 @@ def test_import_cyjob_imports_neither_joblib_nor_optional_backends():
 def test_cython_directives_live_only_in_setup_py():
     # A `# cython:` header in a .pyx overrides setup.py's directives: a debug
     # build (CYJOB_DEBUG=1) would then check no bounds in that module.
-    for path in PACKAGE.glob("*.pyx"):
+    for path in PACKAGE.rglob("*.pyx"):
         for line in path.read_text().splitlines()[:5]:
             assert not re.match(r"#\s*cython\s*:", line), f"{path.name}: {line}"
