@@ -6,7 +6,7 @@
 [0, 1, 4, 9, 16]
 """
 
-from cyjob._core import delayed
+from cyjob._tasks import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
 from cyjob.cache import hash
