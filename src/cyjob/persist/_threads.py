@@ -1,19 +1,16 @@
 """Running the CPU side of a dump or load (checksums, compression) on cyjob's
 own worker threads while the caller does the I/O."""
 
-import os
-
 #: Below this many chunks a file is handled in the caller's thread: starting
 #: a call on the pool costs ~0.1 ms, more than hashing a few MB.
 MIN_PARALLEL_CHUNKS = 3
 
 
 def n_threads():
-    """Threads to use: the CPUs this process may run on."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """Threads to use: the CPUs this process may run on (affinity, cgroups)."""
+    from cyjob._cpus import cpu_count
+
+    return cpu_count()
 
 
 def ordered_map(func, arg_tuples, n_chunks):
