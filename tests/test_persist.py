@@ -547,3 +547,82 @@ def test_sigkill_in_the_middle_of_a_dump_leaves_the_old_file(tmp_path, compress)
         for name in os.listdir(tmp_path):
             if name.endswith(".cyjob-tmp"):
                 os.unlink(tmp_path / name)
+
+
+def test_register_compressor_wraps_the_whole_file(tmp_path):
+    import bz2
+    import uuid
+
+    from cyjob.persist import CompressorWrapper, codecs, register_compressor
+
+    name = "test-" + uuid.uuid4().hex
+
+    class Wrapper(CompressorWrapper):
+        def __init__(self):
+            super().__init__(obj=bz2.BZ2File, prefix=b"BZh", extension=".tbzz")
+
+    register_compressor(name, Wrapper())
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_compressor(name, Wrapper())
+        register_compressor(name, Wrapper(), force=True)
+        value = {"a": np.arange(1000.0), "s": "x"}
+        for target, compress in ((tmp_path / "x.pkl", name), (tmp_path / "y.tbzz", 0)):
+            dump(value, target, compress=compress)
+            with bz2.open(target) as f:  # the whole cyjob file, compressed
+                assert f.read(8) == fmt.MAGIC
+            with pytest.warns(UserWarning, match="not compatible with compressed"):
+                loaded = load(target, mmap_mode="r")
+            np.testing.assert_array_equal(loaded["a"], value["a"])
+    finally:
+        codecs.REGISTERED.pop(name)
+    with pytest.raises(ValueError, match="Compressor name should be a string"):
+        register_compressor(1, Wrapper())
+    with pytest.raises(ValueError, match="CompressorWrapper interface"):
+        register_compressor("x", object())
+    with pytest.raises(ValueError, match="file object interface"):
+        register_compressor("x", CompressorWrapper(obj=object, prefix=b"p"))
+
+
+class Trickle(io.RawIOBase):
+    """A stream that hands out one byte per read."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def readable(self):
+        return True
+
+    def readinto(self, out):
+        if not self.data or not len(out):
+            return 0
+        out[0] = self.data[0]
+        self.data = self.data[1:]
+        return 1
+
+
+def test_streams_that_hand_out_a_byte_at_a_time():
+    buffer = io.BytesIO()
+    dump({"a": np.arange(100)}, buffer, compress=3)
+    loaded = load(io.BufferedReader(Trickle(buffer.getvalue()), buffer_size=1))
+    np.testing.assert_array_equal(loaded["a"], np.arange(100))
+
+
+def test_a_parallel_config_does_not_leak_into_dumps(tmp_path, capsys):
+    a = np.round(np.random.default_rng(0).standard_normal(5 * fmt.FRAME_CHUNK // 8), 1)
+    with cyjob.parallel_config(backend="sequential", verbose=100, n_jobs=1):
+        dump(a, tmp_path / "x.pkl", compress=("zstd", 1))
+        np.testing.assert_array_equal(load(tmp_path / "x.pkl"), a)
+    assert capsys.readouterr().err == "" and capsys.readouterr().out == ""
+
+
+def test_dumps_from_inside_parallel_tasks(tmp_path):
+    a = np.round(np.random.default_rng(0).standard_normal(4 * fmt.FRAME_CHUNK // 8), 1)
+
+    def job(i):
+        path = tmp_path / f"{i}.pkl"
+        dump(a, path, compress=("zlib", 1) if i % 2 else 0)
+        return np.array_equal(load(path), a)
+
+    assert cyjob.Parallel(n_jobs=2, backend="threading")(
+        cyjob.delayed(job)(i) for i in range(4)) == [True] * 4

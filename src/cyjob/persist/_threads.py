@@ -27,6 +27,8 @@ def ordered_map(func, arg_tuples, n_chunks):
         return (func(*args) for args in arg_tuples)
     from cyjob import Parallel, delayed  # public names: they survive refactors
 
+    # Every setting explicit: an active parallel_config must not change (or
+    # print from) a dump.
     return Parallel(n_jobs=workers, backend="threading", return_as="generator",
-                    batch_size=1, pre_dispatch="2 * n_jobs")(
+                    batch_size=1, pre_dispatch="2 * n_jobs", verbose=0, timeout=None)(
         delayed(func)(*args) for args in arg_tuples)

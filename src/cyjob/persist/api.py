@@ -185,10 +185,17 @@ def _peek(file):
     peek = getattr(file, "peek", None)
     if peek is not None:
         try:
-            return peek(_PREFIX_SIZE)[:_PREFIX_SIZE], file
+            head = peek(_PREFIX_SIZE)[:_PREFIX_SIZE]
         except (io.UnsupportedOperation, OSError, ValueError):
-            pass
-    head = file.read(_PREFIX_SIZE)
+            head = b""
+        if len(head) == _PREFIX_SIZE:
+            return head, file
+    head = b""
+    while len(head) < _PREFIX_SIZE:  # a stream may hand out fewer bytes per read
+        part = file.read(_PREFIX_SIZE - len(head))
+        if not part:
+            break
+        head += part
     try:
         file.seek(-len(head), io.SEEK_CUR)
         return head, file
