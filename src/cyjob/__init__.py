@@ -6,15 +6,38 @@
 [0, 1, 4, 9, 16]
 """
 
+from typing import TYPE_CHECKING
+
 from cyjob._core import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
-from cyjob.cache import hash
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from cyjob.cache import Memory, MemorizedResult, expires_after, hash, register_store_backend
+
+# The cache's names load on first use: Memory pulls in inspect, asyncio and
+# friends, which `import cyjob` (for Parallel) should not pay for.
+_CACHE_NAMES = frozenset(["hash", "Memory", "MemorizedResult", "expires_after",
+                          "register_store_backend"])
+
+
+def __getattr__(name):
+    if name in _CACHE_NAMES:
+        import cyjob.cache
+
+        value = getattr(cyjob.cache, name)
+        globals()[name] = value
+        return value
+    raise AttributeError("module 'cyjob' has no attribute %r" % (name,))
+
+
+def __dir__():
+    return sorted(set(globals()) | _CACHE_NAMES)
 
 
 def register_joblib_backend(name="cyjob", make_default=False):
@@ -55,4 +78,8 @@ __all__ = [
     "nogil",
     "gil_bound",
     "hash",
+    "Memory",
+    "MemorizedResult",
+    "expires_after",
+    "register_store_backend",
 ]
