@@ -390,7 +390,10 @@ print("OK", out[-1])
 
 def _spawn_slow(tmp_path, keys, seconds):
     script = tmp_path / "slow.py"
-    script.write_text(_SLOW)
+    if not script.exists():  # rewriting it could truncate it under a starting racer
+        tmp = tmp_path / "slow.py.tmp"
+        tmp.write_text(_SLOW)
+        os.replace(tmp, script)
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
     return subprocess.Popen(
@@ -485,7 +488,8 @@ def test_corrupted_and_truncated_entries_are_recomputed(tmp_path):
     f = mem.cache(lambda x: n.append(x) or np.arange(x))
     f(1000)
     (path,) = _entries(tmp_path)
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
     for damage in ("flip", "truncate", "empty", "garbage", "flip-array"):
         bad = bytearray(data)
         if damage == "flip":

@@ -6,7 +6,7 @@ Layout under ``<location>/cyjob/``::
         func_code.json          what the current version was made from
         <version>/              one folder per code version of the function
             <argument hash>     one entry per call (format below)
-            <argument hash>.lock  while a computation of that key runs
+        .lock                       single-flight locks, one byte per key (Linux)
 
 An entry is one file, written to a temporary name and renamed into place
 (``os.replace`` is atomic), so a reader sees a whole entry or none::
@@ -402,9 +402,9 @@ class LocalStoreBackend(StoreBackendBase):
                 stacklevel=5)
 
     def lock(self, func_id, version, args_id):
-        from cyjob.cache.locks import KeyLock
+        from cyjob.cache.locks import key_lock
 
-        return KeyLock(self.entry_path(func_id, version, args_id) + ".lock")
+        return key_lock(self.location, self.entry_path(func_id, version, args_id))
 
     def clear_item(self, func_id, version, args_id):
         try:
@@ -418,6 +418,8 @@ class LocalStoreBackend(StoreBackendBase):
     def clear(self):
         if self.location and os.path.isdir(self.location):
             for name in os.listdir(self.location):
+                if name == ".lock":  # held by computations in flight
+                    continue
                 path = os.path.join(self.location, name)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
