@@ -8,7 +8,7 @@
 
 from typing import TYPE_CHECKING
 
-from cyjob._core import delayed
+from cyjob._tasks import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config

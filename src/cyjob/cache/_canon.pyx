@@ -1,4 +1,3 @@
-# cython: language_level=3
 """The C side of cyjob.hash: the pickler's ``persistent_id`` filter.
 
 CPython's C pickler handles dicts, sets and frozensets itself (no
