@@ -112,6 +112,7 @@ class _Binder:
         self.simple = (self.sig is not None and not self.ignore
                        and all(p.kind is _POSITIONAL for p in params))
         self.n = len(params)
+        self.names = tuple(p.name for p in params)
         self.defaults = tuple(p.default for p in params)
 
     def key_object(self, args, kwargs):
@@ -139,6 +140,8 @@ class _Binder:
 
     def arguments(self, args, kwargs):
         """{name: value} of the call, for metadata and messages."""
+        if not kwargs and self.simple and len(args) <= self.n:
+            return dict(zip(self.names, args + self.defaults[len(args):]))
         if self.sig is None:
             return dict(enumerate(args), **kwargs)
         try:
@@ -358,10 +361,10 @@ class MemorizedFunc:
         try:
             if callback is None:
                 value = read_entry(path, self.mmap_mode if not self.store_backend.compress
-                                   else None)
+                                   else None, touch=True)
             else:
                 value, meta = read_entry(path, None if self.store_backend.compress
-                                         else self.mmap_mode, with_meta=True)
+                                         else self.mmap_mode, with_meta=True, touch=True)
                 if not callback(meta):
                     self.store_backend.clear_item(self.func_id, version, args_id)
                     return False, None
@@ -374,7 +377,6 @@ class MemorizedFunc:
                           "recomputing it." % (path, self.func_id, exc), stacklevel=4)
             self.store_backend.clear_item(self.func_id, version, args_id)
             return False, None
-        self.store_backend._touch(path)
         if self._verbose > 4:
             print("[Memory] %s cache loaded from %s" % (_func_name_parts(self.func)[1], path))
         return True, value

@@ -46,6 +46,7 @@ _FLAG_ZLIB, _FLAG_BZ2, _FLAG_LZMA = 1, 2, 4
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
 _ALIGN = 64
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 # Errors that mean "this store cannot take writes now": compute, warn once.
 _UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -171,28 +172,37 @@ def _header(data, size, path):
     return flag, nbuf, plen, mlen, created, duration, checksum
 
 
-def read_entry(path, mmap_mode=None, with_meta=False):
+def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
     """The value stored at ``path`` (and its metadata dict if ``with_meta``).
 
     Raises FileNotFoundError for a missing entry and CorruptEntry for one
     that cannot be read back whole.
     """
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
+    fd = os.open(path, _O_READ)  # os-level: a hit is a handful of syscalls
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        if touch and time.time() - st.st_mtime > 1.0:
+            # LRU: a hit makes the entry recent; at most once a second, so a
+            # hot key costs no write on most hits.
+            try:
+                os.utime(fd)
+            except OSError:
+                pass
         if mmap_mode is None:
             data = bytearray(size)
-            if f.readinto(data) != size:
-                raise CorruptEntry("short read")
+            _read_into(fd, data)
         else:
-            data = f.read(min(size, 1 << 16))
+            data = os.pread(fd, min(size, 1 << 16), 0)
+    finally:
+        os.close(fd)
     view = memoryview(data)
     flag, nbuf, plen, mlen, created, duration, checksum = _header(view, len(view), path)
     start = _HEADER.size + _ROW.size * nbuf
     end = start + plen + mlen
     if end > len(view) and mmap_mode is not None:
         with open(path, "rb") as f:
-            data = f.read(end)
-        view = memoryview(data)
+            view = memoryview(f.read(end))
     if end > len(view):
         raise CorruptEntry("truncated (%d of %d bytes)" % (size, end))
     state = xxhash.xxh3_64(view[start:end])
@@ -222,6 +232,16 @@ def read_entry(path, mmap_mode=None, with_meta=False):
     meta = pickle.loads(view[start + plen:end])
     meta.update(duration=duration, time=created)
     return value, meta
+
+
+def _read_into(fd, data):
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = os.readv(fd, [view[done:]])  # one call unless > 2 GiB
+        if n == 0:
+            raise CorruptEntry("short read")
+        done += n
 
 
 def read_meta(path):
@@ -349,28 +369,14 @@ class LocalStoreBackend(StoreBackendBase):
 
     def read(self, func_id, version, args_id, mmap_mode=None, with_meta=False):
         path = self.entry_path(func_id, version, args_id)
-        out = read_entry(path, mmap_mode=None if self.compress else mmap_mode,
-                         with_meta=with_meta)
-        self._touch(path)
-        return out
+        return read_entry(path, mmap_mode=None if self.compress else mmap_mode,
+                          with_meta=with_meta, touch=True)
 
     def read_meta(self, func_id, version, args_id):
         return read_meta(self.entry_path(func_id, version, args_id))
 
     def contains(self, func_id, version, args_id):
         return os.path.exists(self.entry_path(func_id, version, args_id))
-
-    @staticmethod
-    def _touch(path):
-        # LRU: a hit makes the entry recent.  At most once a second per
-        # entry, so a hot key costs no write on most hits.
-        try:
-            st = os.stat(path)
-            now = time.time()
-            if now - st.st_mtime > 1.0:
-                os.utime(path, (now, now))
-        except OSError:
-            pass
 
     def write(self, func_id, version, args_id, value, meta, duration):
         """Store an entry; False (and one warning per store) if the folder
@@ -449,7 +455,8 @@ class LocalStoreBackend(StoreBackendBase):
         fdir = self.func_dir(func_id)
         try:
             os.makedirs(fdir, exist_ok=True)
-            tmp = os.path.join(fdir, "func_code.json.%d.tmp" % os.getpid())
+            tmp = os.path.join(fdir, "func_code.json.%d.%d.tmp" % (os.getpid(),
+                                                                  threading.get_ident()))
             with open(tmp, "w") as f:
                 json.dump(info, f)
             os.replace(tmp, os.path.join(fdir, "func_code.json"))
