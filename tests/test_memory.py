@@ -30,7 +30,7 @@ def _entries(location):
     out = []
     for root, _, files in os.walk(location):
         out += [os.path.join(root, f) for f in files
-                if not f.endswith((".json", ".lock", ".tmp"))]
+                if not f.endswith((".json", ".lock", ".tmp")) and not f.startswith(".")]
     return sorted(out)
 
 

@@ -54,8 +54,10 @@ def _format_arg(arg):
     return text if len(text) <= 1500 else text[:700] + "..."
 
 
-def _func_name_parts(func):
-    """(module parts, name) as joblib's get_func_name names a function."""
+def _func_name_parts(func, for_id=False):
+    """(module parts, name) as joblib's get_func_name names a function;
+    ``for_id`` adds the first line to the names of lambdas and local
+    functions (two of them in one module must not share a folder)."""
     base = func
     if isinstance(base, functools.partial):
         base = base.func
@@ -73,14 +75,14 @@ def _func_name_parts(func):
             module = "__main__-" + os.path.splitext(os.path.basename(main_file))[0]
     parts = module.split(".")
     code = getattr(inspect.unwrap(base) if callable(base) else base, "__code__", None)
-    if code is not None and ("<lambda>" in name or "<locals>" in name):
+    if for_id and code is not None and ("<lambda>" in name or "<locals>" in name):
         # Two lambdas of one module share a name: their line tells them apart.
         name = "%s-%d" % (name, code.co_firstlineno)
     return parts, name
 
 
 def _func_id(func):
-    parts, name = _func_name_parts(func)
+    parts, name = _func_name_parts(func, for_id=True)
     return os.path.join(*parts, name.replace("/", "_"))
 
 
@@ -115,6 +117,13 @@ class _Binder:
         self.names = tuple(p.name for p in params)
         self.defaults = tuple(p.default for p in params)
 
+    def __eq__(self, other):
+        # Rebuilt from the same function and ignore list, it binds the same.
+        return (type(other) is _Binder and self.func == other.func
+                and self.ignore == other.ignore)
+
+    __hash__ = None
+
     def key_object(self, args, kwargs):
         if not kwargs and self.simple:
             n = len(args)
@@ -126,7 +135,10 @@ class _Binder:
                     return self.prefix + args + tail
         if self.sig is None:
             return self.prefix + (args, sorted(kwargs.items()))
-        bound = self.sig.bind(*args, **kwargs)
+        try:
+            bound = self.sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise _bad_call(self.func, self.sig, args, kwargs, exc) from None
         bound.apply_defaults()
         values = []
         for name, value in bound.arguments.items():
@@ -150,6 +162,27 @@ class _Binder:
             return dict(enumerate(args), **kwargs)
         bound.apply_defaults()
         return {k: v for k, v in bound.arguments.items() if k not in self.ignore}
+
+
+class BadCallError(ValueError, TypeError):
+    """Arguments that do not fit the cached function's signature: joblib
+    raises ValueError here, Python a TypeError; this is both."""
+
+
+def _bad_call(func, sig, args, kwargs, exc):
+    name = getattr(func, "__name__", repr(func))
+    text = str(exc)
+    if "too many positional" in text:
+        what = "Too many arguments for"
+    elif "unexpected keyword" in text:
+        what = "Too many keyword arguments for"
+    elif "multiple values" in text:
+        what = "An argument was given both as positional and as keyword for"
+    else:
+        what = "Wrong number of arguments for"
+    called = ", ".join([repr(a) for a in args] + ["%s=%r" % kv for kv in kwargs.items()])
+    return BadCallError("%s %s%s:\n    %s(%s) was called (%s)."
+                        % (what, name, sig, name, called, text))
 
 
 def _args_id(key_object, coerce_mmap):
@@ -386,10 +419,21 @@ class MemorizedFunc:
         if version is None or getattr(self.func, "__code__", None) is not self._code:
             version = self._check_version()
         args_id = _args_id(self._binder.key_object(args, kwargs), self._coerce)
+        if self._verbose >= 20:
+            self._log_query(args_id, args, kwargs)
         hit, value = self._lookup(version, args_id, args, kwargs)
         if hit:
             return value
         return self._compute_once(version, args_id, args, kwargs, shelving=False)
+
+    def _log_query(self, args_id, args, kwargs):
+        logging.basicConfig(level=logging.INFO)
+        name = _func_name_parts(self.func)[1]
+        _logger.info("Querying %s with signature %s(%s).\n\n(argument hash %s)\n\n"
+                     "The store location is %s." % (
+                         name, name, ", ".join([_format_arg(a) for a in args] + [
+                             "%s=%s" % (k, _format_arg(v)) for k, v in kwargs.items()]),
+                         args_id, self._dir))
 
     def _compute_once(self, version, args_id, args, kwargs, shelving):
         lock = self.store_backend.lock(self.func_id, version, args_id)

@@ -46,6 +46,8 @@ _FLAG_ZLIB, _FLAG_BZ2, _FLAG_LZMA = 1, 2, 4
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
 _ALIGN = 64
+# Guards the stores' running size counts (one lock for all: held for an add).
+_SIZE_LOCK = threading.Lock()
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 # Errors that mean "this store cannot take writes now": compute, warn once.
 _UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -341,17 +343,7 @@ class LocalStoreBackend(StoreBackendBase):
         self.bytes_limit = None
         self._written_since_scan = None  # bytes, None until the first scan
         self._size_at_scan = 0
-        self._size_lock = threading.Lock()
         self._unwritable_warned = False
-
-    def __getstate__(self):  # travels with MemorizedResult / MemorizedFunc
-        state = self.__dict__.copy()
-        del state["_size_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._size_lock = threading.Lock()
 
     def configure(self, location, verbose=0, backend_options=None):
         options = dict(backend_options or {})
@@ -359,6 +351,15 @@ class LocalStoreBackend(StoreBackendBase):
         self.verbose = verbose
         self.compress = _compress_spec(options.get("compress", False))
         self.bytes_limit = bytes_from_limit(options.get("bytes_limit"))
+        # As joblib: the folder exists from the start, and git ignores it.
+        try:
+            os.makedirs(self.location, exist_ok=True)
+            gitignore = os.path.join(os.path.dirname(self.location), ".gitignore")
+            if not os.path.exists(gitignore):
+                with open(gitignore, "w") as f:
+                    f.write("# Created by cyjob automatically.\n*\n")
+        except OSError:
+            pass  # a read-only place: reads still work, writes warn once
 
     # -- entries ------------------------------------------------------------
     def func_dir(self, func_id):
@@ -434,7 +435,7 @@ class LocalStoreBackend(StoreBackendBase):
                         os.unlink(path)
                     except OSError:
                         pass
-        with self._size_lock:
+        with _SIZE_LOCK:
             self._written_since_scan = None
 
     # -- function versions ----------------------------------------------------
@@ -471,7 +472,7 @@ class LocalStoreBackend(StoreBackendBase):
 
     # -- size bound -------------------------------------------------------------
     def _after_write(self, size):
-        with self._size_lock:
+        with _SIZE_LOCK:
             if self._written_since_scan is None:
                 self._size_at_scan = sum(e[2] for e in self._entries())
                 self._written_since_scan = 0
@@ -528,7 +529,7 @@ class LocalStoreBackend(StoreBackendBase):
             n_drop += 1
         for entry in entries[:n_drop]:
             _unlink(entry[1])
-        with self._size_lock:
+        with _SIZE_LOCK:
             self._size_at_scan = sum(e[2] for e in entries[n_drop:])
             self._written_since_scan = 0
 
