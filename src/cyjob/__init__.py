@@ -6,6 +6,7 @@
 [0, 1, 4, 9, 16]
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from cyjob._tasks import delayed
@@ -15,29 +16,34 @@ from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
     from cyjob.cache import Memory, MemorizedResult, expires_after, hash, register_store_backend
+    from cyjob.persist import dump, load, register_compressor
 
-# The cache's names load on first use: Memory pulls in inspect, asyncio and
-# friends, which `import cyjob` (for Parallel) should not pay for.
-_CACHE_NAMES = frozenset(["hash", "Memory", "MemorizedResult", "expires_after",
-                          "register_store_backend"])
+# Persistence and caching need numpy, inspect and friends, which `import
+# cyjob` (for Parallel) does not pay for: their names are imported on first
+# use (PEP 562).
+_LAZY = {"dump": "cyjob.persist", "load": "cyjob.persist",
+         "register_compressor": "cyjob.persist",
+         "hash": "cyjob.cache", "Memory": "cyjob.cache", "MemorizedResult": "cyjob.cache",
+         "expires_after": "cyjob.cache", "register_store_backend": "cyjob.cache"}
 
 
 def __getattr__(name):
-    if name in _CACHE_NAMES:
-        import cyjob.cache
-
-        value = getattr(cyjob.cache, name)
-        globals()[name] = value
-        return value
-    raise AttributeError("module 'cyjob' has no attribute %r" % (name,))
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyjob' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | _CACHE_NAMES)
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__version__ = "0.1.0"
+
 
 
 def register_joblib_backend(name="cyjob", make_default=False):
@@ -82,4 +88,7 @@ __all__ = [
     "MemorizedResult",
     "expires_after",
     "register_store_backend",
+    "dump",
+    "load",
+    "register_compressor",
 ]
