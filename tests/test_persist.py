@@ -652,3 +652,15 @@ def test_load_right_after_dump_into_a_buffer():
     buffer = io.BytesIO()
     dump(np.arange(10), buffer)
     np.testing.assert_array_equal(load(buffer), np.arange(10))
+
+
+def test_dump_keeps_a_replaced_file_s_mode_and_writes_through_symlinks(tmp_path):
+    path = tmp_path / "x.pkl"
+    dump(1, path)
+    os.chmod(path, 0o640)
+    dump(2, path)
+    assert os.stat(path).st_mode & 0o777 == 0o640 and load(path) == 2
+    link = tmp_path / "link.pkl"
+    os.symlink(path, link)
+    dump(3, link)
+    assert os.path.islink(link) and load(path) == 3
