@@ -307,7 +307,8 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
         containers and scalars, numpy arrays, dtypes and scalars, and those
         in ``allowed``: the error names it before any of its code runs.
     allowed : iterable of type, function or "module.qualname", optional
-        What an untrusted load lets through besides those.
+        What an untrusted load lets through besides those; "package.*" lets
+        through every name of a package and its modules (e.g. "sklearn.*").
 
     Returns
     -------
