@@ -425,6 +425,7 @@ def test_flipped_byte_in_a_compressed_frame_is_detected(tmp_path, method):
 def test_top_level_api_names():
     assert cyjob.dump is dump and cyjob.load is load
     assert callable(cyjob.register_compressor)
+    assert cyjob.persist.dump is dump and cyjob.persist.NUMPY_ARRAY_ALIGNMENT_BYTES == 64
     with pytest.raises(AttributeError):
         cyjob.not_a_name  # noqa: B018
 
