@@ -254,7 +254,7 @@ def test_numpy_results_and_mmap(tmp_path):
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)
-    for compress in (True, 3, ("zlib", 1), ("bz2", 2), ("lzma", 1), ("xz", 1)):
+    for compress in (True, 3, ("zlib", 1), ("bz2", 2), ("lzma", 1), ("xz", 1), "zstd"):
         mem = Memory(tmp_path / str(compress), compress=compress, verbose=0)
         f = mem.cache(lambda x: np.zeros(x))
         np.testing.assert_array_equal(f(100000), np.zeros(100000))
@@ -477,7 +477,7 @@ def _take_over(tmp_path, victim):
     assert out.strip() == "OK 6"
     assert time.monotonic() - t0 < 10
     assert len(os.listdir(marks)) == 2
-    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert not list((tmp_path / "cache").rglob("*tmp"))
 
 
 # -- damaged, read-only, full stores ---------------------------------------------
@@ -568,7 +568,7 @@ def test_full_disk_degrades_to_computing(tmp_path):
     """ % str(tmp_path)
     out = _run(code, tmp_path)
     assert out.startswith("1 ") and "cannot write" in out
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.cyjob-tmp"))
 
 
 # -- size bound ---------------------------------------------------------------------
