@@ -631,3 +631,57 @@ def test_pickled_memory_and_function(tmp_path):
     g = pickle.loads(pickle.dumps(f))
     assert g.check_call_in_cache(1)
     assert mem2.cache(Box.stat).check_call_in_cache(1)
+
+
+def test_plain_multiprocessing_pool_shares_one_computation_per_key(tmp_path):
+    import multiprocessing
+
+    mem = Memory(tmp_path / "cache", verbose=0)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    f = mem.cache(_marking_square)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        out = pool.starmap(f, [(k, str(marks)) for k in list(range(10)) * 4])
+    assert out == [k * k for k in range(10)] * 4
+    assert sorted(int(m.split("-")[1]) for m in os.listdir(marks)) == list(range(10))
+
+
+def _marking_square(x, marks):
+    open(os.path.join(marks, "%d-%d" % (os.getpid(), x)), "w").close()
+    time.sleep(0.05)
+    return x * x
+
+
+def test_readers_never_see_a_partial_entry(tmp_path):
+    # One thread rewrites a large entry again and again (call() recomputes
+    # and stores); readers load it meanwhile: whole values only, no warning.
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: np.full(2_000_000, seed, dtype=np.float64))
+    f(7)
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        while not stop.is_set():
+            f.call(7)
+
+    def reader():
+        try:
+            for _ in range(40):
+                out = f(7)
+                assert out.shape == (2_000_000,) and out[0] == 7 and out[-1] == 7
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a corrupted-entry warning fails the test
+        w = threading.Thread(target=writer)
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        w.start()
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(60)
+        stop.set()
+        w.join(60)
+    assert errors == []
