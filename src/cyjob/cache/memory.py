@@ -436,7 +436,7 @@ class MemorizedFunc:
                          args_id, self._dir))
 
     def _compute_once(self, version, args_id, args, kwargs, shelving):
-        lock = self.store_backend.lock(self.func_id, version, args_id)
+        lock = self._lock(version, args_id)
         lock.acquire()
         stored = False
         try:
@@ -449,6 +449,18 @@ class MemorizedFunc:
         finally:
             lock.release(remove=stored)
         return self._finish(version, args_id, value, stored, shelving)
+
+    def _lock(self, version, args_id):
+        store = self.store_backend
+        if version == self._version and hasattr(store, "lock_at"):
+            return store.lock_at(self._dir + args_id)
+        return store.lock(self.func_id, version, args_id)
+
+    def _write(self, version, args_id, value, meta, duration):
+        store = self.store_backend
+        if version == self._version and hasattr(store, "write_at"):
+            return store.write_at(self._dir + args_id, value, meta, duration)
+        return store.write(self.func_id, version, args_id, value, meta, duration)
 
     def _finish(self, version, args_id, value, stored, shelving):
         if shelving:
@@ -494,8 +506,7 @@ class MemorizedFunc:
         meta = self._meta(args, kwargs)
         duration = time.time() - start
         try:
-            stored = self.store_backend.write(self.func_id, version, args_id, value, meta,
-                                              duration)
+            stored = self._write(version, args_id, value, meta, duration)
         except Exception as exc:  # an unpicklable result: return it, store nothing
             warnings.warn("cyjob.Memory could not store the result of %s: %r"
                           % (self.func_id, exc), stacklevel=5)
@@ -619,7 +630,7 @@ class AsyncMemorizedFunc(MemorizedFunc):
             hit, value = self._lookup(version, args_id, args, kwargs)
             if hit:
                 return value
-        lock = self.store_backend.lock(self.func_id, version, args_id)
+        lock = self._lock(version, args_id)
         # A blocking flock would stop the event loop, and with it the task
         # that holds the lock: poll instead.
         while not lock.acquire(blocking=False):

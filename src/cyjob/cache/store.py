@@ -126,8 +126,9 @@ def write_entry(path, value, meta, duration, compress=None):
     # entry, os.replace into place, removed on any error), written out here:
     # importing cyjob.persist imports numpy, 0.1-0.35 s on the first miss of
     # a program that may not use numpy at all (measured in bench_memory #7).
-    temp = os.path.join(os.path.dirname(path), ".%s.%d.%d%s" % (
-        os.path.basename(path), os.getpid(), threading.get_ident(), _TEMP_SUFFIX))
+    head_dir, _, base = path.rpartition(os.sep)
+    temp = "%s%s.%s.%d.%d%s" % (head_dir, os.sep, base, os.getpid(), threading.get_ident(),
+                                _TEMP_SUFFIX)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
     try:
         with open(fd, "wb", buffering=0) as f:
@@ -394,7 +395,10 @@ class LocalStoreBackend(StoreBackendBase):
     def write(self, func_id, version, args_id, value, meta, duration):
         """Store an entry; False (and one warning per store) if the folder
         cannot take it (read-only, full, no permission)."""
-        path = self.entry_path(func_id, version, args_id)
+        return self.write_at(self.entry_path(func_id, version, args_id), value, meta, duration)
+
+    def write_at(self, path, value, meta, duration):
+        """``write`` given the entry's path (the caller has it at hand)."""
         try:
             try:
                 size = write_entry(path, value, meta, duration, self.compress)
@@ -421,9 +425,13 @@ class LocalStoreBackend(StoreBackendBase):
                 stacklevel=5)
 
     def lock(self, func_id, version, args_id):
+        return self.lock_at(self.entry_path(func_id, version, args_id))
+
+    def lock_at(self, path):
+        """The single-flight lock of the entry at ``path``."""
         from cyjob.cache.locks import key_lock
 
-        return key_lock(self.location, self.entry_path(func_id, version, args_id))
+        return key_lock(self.location, path)
 
     def clear_item(self, func_id, version, args_id):
         try:
