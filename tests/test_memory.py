@@ -685,3 +685,70 @@ def test_readers_never_see_a_partial_entry(tmp_path):
         stop.set()
         w.join(60)
     assert errors == []
+
+
+_MAIN_SCRIPT = """
+import os, sys
+import cyjob
+from cyjob import Parallel, delayed
+mem = cyjob.Memory(sys.argv[1], verbose=0)
+
+@mem.cache
+def square(x):
+    print("COMPUTED", x, flush=True)
+    return x * x
+
+out = Parallel(n_jobs=2, backend=sys.argv[2])(delayed(square)(i) for i in range(4))
+assert out == [0, 1, 4, 9], out
+assert all(square.check_call_in_cache(i) for i in range(4))
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_functions_of_main_and_of_python_c(tmp_path, backend):
+    script = tmp_path / "main_script.py"
+    script.write_text(_MAIN_SCRIPT)
+    cache = str(tmp_path / "cache")
+    run = [sys.executable, str(script), cache, backend]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("COMPUTED") == 4
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert again.returncode == 0 and "COMPUTED" not in again.stdout, again.stderr
+    # Code typed at `python -c` has no source file: its bytecode versions it.
+    code = _MAIN_SCRIPT.replace("sys.argv[1]", repr(cache + "-c")).replace(
+        "sys.argv[2]", repr(backend))
+    for expected in (4, 0):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env=_env())
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("COMPUTED") == expected
+    changed = code.replace("return x * x", "return x * x + 0 * 1")
+    out = subprocess.run([sys.executable, "-c", changed], capture_output=True, text=True,
+                         timeout=120, env=_env())
+    assert out.returncode == 0 and out.stdout.count("COMPUTED") == 4, out.stderr
+
+
+def test_register_store_backend(tmp_path):
+    from cyjob.cache.store import LocalStoreBackend
+
+    class CountingStore(LocalStoreBackend):
+        writes = 0
+
+        def write_at(self, path, value, meta, duration):
+            type(self).writes += 1
+            return super().write_at(path, value, meta, duration)
+
+    cyjob.register_store_backend("counting", CountingStore)
+    mem = Memory(tmp_path, backend="counting", verbose=0)
+    assert isinstance(mem.store_backend, CountingStore)
+    f = mem.cache(Box.stat)
+    assert f(1) == 101 and f(1) == 101 and f(2) == 102
+    assert CountingStore.writes == 2
+    with pytest.raises(ValueError, match="name should be a string"):
+        cyjob.register_store_backend(3, CountingStore)
+    with pytest.raises(ValueError, match="inherit StoreBackendBase"):
+        cyjob.register_store_backend("bad", dict)
+    with pytest.raises(TypeError, match="Unknown"):
+        Memory(tmp_path, backend="nope")
