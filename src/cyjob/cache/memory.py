@@ -22,8 +22,8 @@ import xxhash
 
 from cyjob.cache.hashing import _dump
 from cyjob.cache.invalidation import describe_change, function_version
-from cyjob.cache.store import (CorruptEntry, _compress_spec, bytes_from_limit, make_store,
-                               read_entry)
+from cyjob.cache.store import (CorruptEntry, LocalStoreBackend, _compress_spec,
+                               bytes_from_limit, make_store, read_entry)
 
 __all__ = ["Memory", "MemorizedFunc", "AsyncMemorizedFunc", "MemorizedResult",
            "NotMemorizedFunc", "AsyncNotMemorizedFunc", "NotMemorizedResult",
@@ -345,6 +345,8 @@ class MemorizedFunc:
         self.store_backend = make_store(backend, location, verbose,
                                         {"compress": compress})
         self.func_id = _func_id(func)
+        # The local store's entries are read here directly (the hot path).
+        self._local = type(self.store_backend).read is LocalStoreBackend.read
         self._binder = _Binder(func, self.ignore)
         self._coerce = mmap_mode is not None
         self._version = None
@@ -392,18 +394,21 @@ class MemorizedFunc:
         path = self._dir + args_id
         callback = self.cache_validation_callback
         try:
-            if callback is None:
-                value = read_entry(path, self.mmap_mode if not self.store_backend.compress
-                                   else None, touch=True)
+            if not self._local:  # a registered backend reads its own way
+                out = self.store_backend.read(self.func_id, version, args_id,
+                                              mmap_mode=self.mmap_mode,
+                                              with_meta=callback is not None)
             else:
-                value, meta = read_entry(path, None if self.store_backend.compress
-                                         else self.mmap_mode, with_meta=True, touch=True)
+                mmap_mode = None if self.store_backend.compress else self.mmap_mode
+                out = read_entry(path, mmap_mode, with_meta=callback is not None, touch=True)
+            if callback is None:
+                value = out
+            else:
+                value, meta = out
                 if not callback(meta):
                     self.store_backend.clear_item(self.func_id, version, args_id)
                     return False, None
-        except FileNotFoundError:
-            return False, None
-        except NotADirectoryError:
+        except (FileNotFoundError, NotADirectoryError, KeyError):
             return False, None
         except CorruptEntry as exc:
             warnings.warn("cyjob.Memory: the cache entry %s of %s is unreadable (%s); "
@@ -596,6 +601,7 @@ class MemorizedFunc:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._code = getattr(self.func, "__code__", None)
+        self._local = type(self.store_backend).read is LocalStoreBackend.read
 
     def __repr__(self):
         return "%s(func=%s, location=%s)" % (type(self).__name__, self.func,

@@ -314,6 +314,13 @@ class StoreBackendBase:
     ``cyjob.register_store_backend(name, cls)``; ``Memory(location,
     backend=name)`` then builds ``cls()`` and calls
     ``configure(location, verbose, backend_options)``.
+
+    An entry is named by ``(func_id, version, args_id)``.  ``read`` returns
+    the value (``(value, metadata)`` with ``with_meta``) and raises
+    FileNotFoundError or KeyError for a missing entry and CorruptEntry for
+    one it cannot return whole; ``write`` returns False when it could not
+    store; ``lock`` returns an object with ``acquire()``, ``release()`` and
+    ``usable`` that excludes other computers of the same key.
     """
 
     location = None
