@@ -644,6 +644,15 @@ cdef class ThreadPool(Executor):
 # --------------------------------------------------------------------------
 # the dispatcher
 
+cdef object _stop_iteration_error(object error):
+    """A task's StopIteration, re-raised as joblib 1.6 does (PEP 479's
+    RuntimeError from its generators): raised as itself, it would silently
+    end any loop or generator around the call."""
+    wrapped = RuntimeError("generator raised StopIteration")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 cdef class Call:
     """One ``Parallel.__call__``: feeds batches to an executor, hands back
     finished batches in input order (or completion order), stops at the first
@@ -846,6 +855,8 @@ cdef class Call:
         self.n_done_batches += 1
         if error is not None:
             if self.error is None:
+                if isinstance(error, StopIteration):
+                    error = _stop_iteration_error(error)
                 self.error = error
             cyj_store(&self.aborted, 1)
         elif results is not None:
