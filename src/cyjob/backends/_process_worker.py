@@ -50,6 +50,9 @@ _JOIN_MAX = 256 * 1024
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
+#: The token of a message that sets the worker's sys.path (the pickled list)
+#: before the jobs that follow it; jobs' tokens start at 1.
+SET_SYS_PATH = 0
 
 
 # --------------------------------------------------------------------------
@@ -144,19 +147,43 @@ def _describe(func):
     return name or type(func).__name__
 
 
+def _safe_str(obj):
+    """``str(obj)``, or a description if its ``__str__`` (or ``__repr__``) fails:
+    formatting a task's exception must never kill the worker."""
+    try:
+        return str(obj)
+    except BaseException:
+        pass
+    try:
+        return f"<{type(obj).__qualname__}: str() failed; repr: {obj!r}>"
+    except BaseException:
+        return f"<{type(obj).__qualname__}: str() and repr() failed>"
+
+
+def _format_traceback(exc, chain=True):
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                                  chain=chain))
+    except BaseException:
+        return f"{type(exc).__qualname__} (its traceback cannot be formatted)\n"
+
+
 def _error_reply(exc, kind="task"):
     """What the parent needs to re-raise ``exc``: the exception itself when it
     survives a pickling round trip, its type name and message, and the
-    worker-side traceback text."""
+    worker-side traceback text.  Never raises, whatever ``exc`` does."""
     import cloudpickle
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = _format_traceback(exc)
+    message = _safe_str(exc)
     try:
         blob = cloudpickle.dumps(exc, protocol=5)
         pickle.loads(blob)
-    except BaseException:
+    except BaseException as why:
         blob = None
-    return (kind, blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+        message += (f" (the exception cannot be sent back as itself: "
+                    f"{type(why).__name__}: {_safe_str(why)})")
+    return (kind, blob, f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
 
 
 def _reply(sock, token, flat, results, error, duration):
@@ -169,9 +196,8 @@ def _reply(sock, token, flat, results, error, duration):
             index, culprit = _first_unpicklable(results)
             func = _describe(flat[3 * index])
             reason = culprit if culprit is not None else exc
-            text = "".join(traceback.format_exception(
-                type(reason), reason, reason.__traceback__, chain=False))
-            info = ("result", index, func, f"{type(reason).__name__}: {reason}", text)
+            text = _format_traceback(reason, chain=False)
+            info = ("result", index, func, f"{type(reason).__name__}: {_safe_str(reason)}", text)
             payload, buffers = dumps((None, info, duration))
     send_msg(sock, token, payload, buffers)
 
@@ -196,6 +222,9 @@ def worker_loop(sock):
         if msg is None:
             return
         token, payload, buffers = msg
+        if token == SET_SYS_PATH:
+            sys.path[:] = pickle.loads(payload)
+            continue
         flat = None
         try:
             flat = pickle.loads(payload, buffers=buffers)
@@ -274,9 +303,12 @@ def forkserver_main(ctrl_fd):
     """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
 
     Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
-    attached, ``("kill", wid, signum)``.  Replies: ``("spawned", wid, pid)``,
-    ``("exited", wid, exit_code)`` (a negative code is a signal).  EOF from
-    the parent: wait a moment for the workers to leave, kill the rest, exit.
+    attached, ``("kill", wid, signum)``, ``("folder", path, watch)`` (a temp
+    folder of the parent's, to remove if it dies), ``("bye",)`` (the parent
+    shuts down).  Replies: ``("spawned", wid, pid)``, ``("exited", wid,
+    exit_code)`` (a negative code is a signal).  EOF from the parent: wait a
+    moment for the workers to leave, kill the rest, remove the folders if
+    the parent died without "bye", exit.
     """
     # Ctrl-C in a terminal reaches the whole process group: the parent decides
     # what to stop, not us.
@@ -297,6 +329,8 @@ def forkserver_main(ctrl_fd):
 
     pids = {}  # wid -> pid, until reaped
     wids = {}  # pid -> wid
+    folders = set()  # the parent's temp folders in use
+    said_bye = False
 
     def reap():
         while True:
@@ -347,6 +381,10 @@ def forkserver_main(ctrl_fd):
             pids[wid] = pid
             wids[pid] = wid
             _send_ctrl(ctrl, ("spawned", wid, pid))
+        elif msg[0] == "folder":
+            (folders.add if msg[2] else folders.discard)(msg[1])
+        elif msg[0] == "bye":
+            said_bye = True
         elif msg[0] == "kill":
             for fd in fds:
                 os.close(fd)
@@ -374,3 +412,9 @@ def forkserver_main(ctrl_fd):
         except ChildProcessError:
             break
         wids.pop(pid, None)
+    if not said_bye:
+        # The parent died (SIGKILL, say): nobody else will remove its folders.
+        import shutil
+
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)

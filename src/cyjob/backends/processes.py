@@ -10,11 +10,13 @@ caller's thread, before handing it to the pool.
 import os
 import pickle
 
-from cyjob._core import Executor
+from cyjob._core import Executor, InlineExecutor
+from cyjob.backends import _process_pool
 from cyjob.backends import _process_worker as worker
 from cyjob.backends._process_pool import Job, get_pool, shutdown_pool, tasks_text
 from cyjob.backends.base import Backend
 from cyjob.config import cpu_count, get_config
+from cyjob.exceptions import PoolShutdownError
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -29,6 +31,7 @@ THREAD_LIMIT_VARS = (
 # the executor and the backend
 
 _sharedmem = None  # cyjob.backends._sharedmem, imported on first use
+_INLINE = InlineExecutor()
 
 
 def thread_limits(n_workers):
@@ -71,7 +74,7 @@ class ProcessExecutor(Executor):
 
     def _ensure(self):
         pool = self.pool
-        if pool.closed or pool.pid != os.getpid():
+        if (pool.closed or pool.pid != os.getpid()) and not _process_pool.exiting:
             self.pool = pool = get_pool()
         if pool.target != (self.n_workers, self.limits):
             env = dict(os.environ)
@@ -79,12 +82,23 @@ class ProcessExecutor(Executor):
             pool.ensure(self.n_workers, self.limits, env)
 
     def submit(self, batch):
+        if _process_pool.exiting:
+            # A daemon thread still calling at exit: the pool is gone; run
+            # the batch here (claimed by a router, maybe: unclaim it first).
+            batch.claimed = False
+            _INLINE.submit(batch)
+            return
         self._ensure()
         memory = self._calls.get(id(batch.call))
         if memory is None:
             memory = self._calls[id(batch.call)] = _sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
         payload, buffers = _pickle_tasks(batch, memory)
+        if memory.folder is not None and memory.watched is None:
+            # The fork server outlives a caller killed with SIGKILL: it
+            # removes the folders it was told of.
+            memory.watched = memory.folder
+            self.pool.watch_folder(memory.folder, True)
         self.pool.submit(Job(batch, payload, buffers, self.pool.next_token()))
 
     def call_finished(self, call):
@@ -92,6 +106,8 @@ class ProcessExecutor(Executor):
         memory = self._calls.pop(id(call), None)
         if memory is not None:
             memory.cleanup()
+            if memory.watched is not None:
+                self.pool.watch_folder(memory.watched, False)
 
 
 def _pickle_tasks(batch, memory):
@@ -133,10 +149,15 @@ class ProcessBackend(Backend):
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
             return self.nested_backend().executor(n_workers, parallel)
-        if parallel is None:
-            return ProcessExecutor(n_workers)
-        return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
-                               parallel.mmap_mode)
+        try:
+            if parallel is None:
+                return ProcessExecutor(n_workers)
+            return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
+                                   parallel.mmap_mode)
+        except PoolShutdownError:
+            if _process_pool.exiting:
+                return _INLINE  # a daemon thread at exit: no new pool
+            raise
 
     def nested_backend(self):
         from cyjob.backends.threads import ThreadingBackend
