@@ -291,7 +291,7 @@ def raise_it(kind, i):
 
 
 def worker_pids():
-    from cyjob.backends._process_pool import get_pool
+    from cyjob.backends.processes.pool import get_pool
 
     pool = get_pool()
     return {w.pid for w in pool.workers.values()}
