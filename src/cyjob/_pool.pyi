@@ -29,6 +29,14 @@ worker_state: _WorkerState
 
 def in_worker_thread() -> bool: ...
 
+MAX_RETIRED_THREADS: int
+
+class Worker:
+    """One thread of a pool, and what it runs."""
+
+    @property
+    def thread(self) -> threading.Thread: ...
+
 class ThreadPool:
     """Worker threads that wait for work in C without the GIL."""
 

@@ -208,12 +208,14 @@ class Parallel:
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target, min_batch)
-        progress = None
+        progress = reporter = None
         if self.verbose or self.progress:
-            progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
-                               ProgressBar() if self.progress else None)
+            reporter = VerboseReporter(repr(self), self.verbose) if self.verbose else None
+            progress = combine(reporter, ProgressBar() if self.progress else None)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
                     self.timeout, progress)
+        if reporter is not None:
+            call.log = reporter.say  # the thread pool's notes (stuck workers replaced)
         if not lazy:
             return call.collect()
         call.start()
