@@ -86,9 +86,15 @@ cdef class Job(Work):
 
     cdef readonly object fn
     cdef public object callback
-    cdef readonly object result
-    cdef readonly object error
+    cdef public object result   # public: a reader may drop it once taken
+    cdef public object error
     cdef readonly double duration_ns
+    cdef ThreadPool pool        # the pool it was given to
+    cdef bint given_up          # cancel() was called: nobody waits for it
+
+    def __init__(self, fn, callback=None):
+        self.fn = fn
+        self.callback = callback
 
     cdef int run_in_worker(self) except -1:
         cdef int64_t t0 = cyj_now_ns()
@@ -112,11 +118,18 @@ cdef class Job(Work):
         if callback is not None:
             callback(self)
 
+    cdef bint abandoned(self):
+        return self.given_up
+
     def cancel(self):
-        """Keep any worker from running this; True if none had started it."""
+        """Keep any worker from running this; True if none had started it.
+        A worker running it is no longer waited for (see retire_stuck_workers)."""
+        self.given_up = True
         if cyj_cas(&self.ticket.claimed, 0, 1):
             self.fn = self.callback = None
             return True
+        if self.pool is not None:
+            self.pool.watch_abandoned()
         return False
 
 
@@ -281,6 +294,8 @@ cdef class ThreadPool:
         """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed,
         2 if the queue cannot grow (out of memory)."""
         cdef int rc
+        # Workers stuck on work that nobody waits for must not hold this up.
+        retire_stuck_workers(None)
         Py_INCREF(work)
         # Pushing keeps the GIL: releasing it would wake threads waiting for
         # it only to make them sleep again.  Safe, as no thread ever waits for
@@ -296,9 +311,15 @@ cdef class ThreadPool:
         ``Job`` (``job.cancel()`` keeps it from running if no worker started
         it).  Closed, the pool runs it in the caller's thread instead."""
         cdef Job job = Job.__new__(Job)
-        cdef int rc
         job.fn = fn
         job.callback = callback
+        return self.submit_job(job)
+
+    def submit_job(self, Job job):
+        """``submit`` for a ``Job`` made beforehand (whoever must know the job
+        before it can run and report)."""
+        cdef int rc
+        job.pool = self
         rc = self.push(job)
         if rc == 2:
             raise MemoryError("cannot grow the cyjob work queue")
