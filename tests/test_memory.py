@@ -254,7 +254,7 @@ def test_numpy_results_and_mmap(tmp_path):
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)
-    for compress in (True, 3, ("zlib", 1), ("bz2", 2), ("lzma", 1), ("xz", 1)):
+    for compress in (True, 3, ("zlib", 1), ("bz2", 2), ("lzma", 1), ("xz", 1), "zstd"):
         mem = Memory(tmp_path / str(compress), compress=compress, verbose=0)
         f = mem.cache(lambda x: np.zeros(x))
         np.testing.assert_array_equal(f(100000), np.zeros(100000))
@@ -477,7 +477,7 @@ def _take_over(tmp_path, victim):
     assert out.strip() == "OK 6"
     assert time.monotonic() - t0 < 10
     assert len(os.listdir(marks)) == 2
-    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert not list((tmp_path / "cache").rglob("*tmp"))
 
 
 # -- damaged, read-only, full stores ---------------------------------------------
@@ -568,7 +568,7 @@ def test_full_disk_degrades_to_computing(tmp_path):
     """ % str(tmp_path)
     out = _run(code, tmp_path)
     assert out.startswith("1 ") and "cannot write" in out
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.cyjob-tmp"))
 
 
 # -- size bound ---------------------------------------------------------------------
@@ -631,3 +631,124 @@ def test_pickled_memory_and_function(tmp_path):
     g = pickle.loads(pickle.dumps(f))
     assert g.check_call_in_cache(1)
     assert mem2.cache(Box.stat).check_call_in_cache(1)
+
+
+def test_plain_multiprocessing_pool_shares_one_computation_per_key(tmp_path):
+    import multiprocessing
+
+    mem = Memory(tmp_path / "cache", verbose=0)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    f = mem.cache(_marking_square)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        out = pool.starmap(f, [(k, str(marks)) for k in list(range(10)) * 4])
+    assert out == [k * k for k in range(10)] * 4
+    assert sorted(int(m.split("-")[1]) for m in os.listdir(marks)) == list(range(10))
+
+
+def _marking_square(x, marks):
+    open(os.path.join(marks, "%d-%d" % (os.getpid(), x)), "w").close()
+    time.sleep(0.05)
+    return x * x
+
+
+def test_readers_never_see_a_partial_entry(tmp_path):
+    # One thread rewrites a large entry again and again (call() recomputes
+    # and stores); readers load it meanwhile: whole values only, no warning.
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: np.full(2_000_000, seed, dtype=np.float64))
+    f(7)
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        while not stop.is_set():
+            f.call(7)
+
+    def reader():
+        try:
+            for _ in range(40):
+                out = f(7)
+                assert out.shape == (2_000_000,) and out[0] == 7 and out[-1] == 7
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a corrupted-entry warning fails the test
+        w = threading.Thread(target=writer)
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        w.start()
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(60)
+        stop.set()
+        w.join(60)
+    assert errors == []
+
+
+_MAIN_SCRIPT = """
+import os, sys
+import cyjob
+from cyjob import Parallel, delayed
+mem = cyjob.Memory(sys.argv[1], verbose=0)
+
+@mem.cache
+def square(x):
+    print("COMPUTED", x, flush=True)
+    return x * x
+
+out = Parallel(n_jobs=2, backend=sys.argv[2])(delayed(square)(i) for i in range(4))
+assert out == [0, 1, 4, 9], out
+assert all(square.check_call_in_cache(i) for i in range(4))
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_functions_of_main_and_of_python_c(tmp_path, backend):
+    script = tmp_path / "main_script.py"
+    script.write_text(_MAIN_SCRIPT)
+    cache = str(tmp_path / "cache")
+    run = [sys.executable, str(script), cache, backend]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("COMPUTED") == 4
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert again.returncode == 0 and "COMPUTED" not in again.stdout, again.stderr
+    # Code typed at `python -c` has no source file: its bytecode versions it.
+    code = _MAIN_SCRIPT.replace("sys.argv[1]", repr(cache + "-c")).replace(
+        "sys.argv[2]", repr(backend))
+    for expected in (4, 0):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env=_env())
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("COMPUTED") == expected
+    changed = code.replace("return x * x", "return x * x + 0 * 1")
+    out = subprocess.run([sys.executable, "-c", changed], capture_output=True, text=True,
+                         timeout=120, env=_env())
+    assert out.returncode == 0 and out.stdout.count("COMPUTED") == 4, out.stderr
+
+
+def test_register_store_backend(tmp_path):
+    from cyjob.cache.store import LocalStoreBackend
+
+    class CountingStore(LocalStoreBackend):
+        writes = 0
+
+        def write_at(self, path, value, meta, duration):
+            type(self).writes += 1
+            return super().write_at(path, value, meta, duration)
+
+    cyjob.register_store_backend("counting", CountingStore)
+    mem = Memory(tmp_path, backend="counting", verbose=0)
+    assert isinstance(mem.store_backend, CountingStore)
+    f = mem.cache(Box.stat)
+    assert f(1) == 101 and f(1) == 101 and f(2) == 102
+    assert CountingStore.writes == 2
+    with pytest.raises(ValueError, match="name should be a string"):
+        cyjob.register_store_backend(3, CountingStore)
+    with pytest.raises(ValueError, match="inherit StoreBackendBase"):
+        cyjob.register_store_backend("bad", dict)
+    with pytest.raises(TypeError, match="Unknown"):
+        Memory(tmp_path, backend="nope")

@@ -141,5 +141,5 @@ class ByteLock:
 def key_lock(store_location, entry_path):
     """The lock of the cache entry at ``entry_path``."""
     if _OFD:
-        return ByteLock(os.path.join(store_location, ".lock"), entry_path)
+        return ByteLock(store_location + os.sep + ".lock", entry_path)
     return KeyLock(entry_path + ".lock")

@@ -22,8 +22,8 @@ import xxhash
 
 from cyjob.cache.hashing import _dump
 from cyjob.cache.invalidation import describe_change, function_version
-from cyjob.cache.store import (CorruptEntry, _compress_spec, bytes_from_limit, make_store,
-                               read_entry)
+from cyjob.cache.store import (CorruptEntry, LocalStoreBackend, _compress_spec,
+                               bytes_from_limit, make_store, read_entry)
 
 __all__ = ["Memory", "MemorizedFunc", "AsyncMemorizedFunc", "MemorizedResult",
            "NotMemorizedFunc", "AsyncNotMemorizedFunc", "NotMemorizedResult",
@@ -345,6 +345,8 @@ class MemorizedFunc:
         self.store_backend = make_store(backend, location, verbose,
                                         {"compress": compress})
         self.func_id = _func_id(func)
+        # The local store's entries are read here directly (the hot path).
+        self._local = type(self.store_backend).read is LocalStoreBackend.read
         self._binder = _Binder(func, self.ignore)
         self._coerce = mmap_mode is not None
         self._version = None
@@ -392,18 +394,21 @@ class MemorizedFunc:
         path = self._dir + args_id
         callback = self.cache_validation_callback
         try:
-            if callback is None:
-                value = read_entry(path, self.mmap_mode if not self.store_backend.compress
-                                   else None, touch=True)
+            if not self._local:  # a registered backend reads its own way
+                out = self.store_backend.read(self.func_id, version, args_id,
+                                              mmap_mode=self.mmap_mode,
+                                              with_meta=callback is not None)
             else:
-                value, meta = read_entry(path, None if self.store_backend.compress
-                                         else self.mmap_mode, with_meta=True, touch=True)
+                mmap_mode = None if self.store_backend.compress else self.mmap_mode
+                out = read_entry(path, mmap_mode, with_meta=callback is not None, touch=True)
+            if callback is None:
+                value = out
+            else:
+                value, meta = out
                 if not callback(meta):
                     self.store_backend.clear_item(self.func_id, version, args_id)
                     return False, None
-        except FileNotFoundError:
-            return False, None
-        except NotADirectoryError:
+        except (FileNotFoundError, NotADirectoryError, KeyError):
             return False, None
         except CorruptEntry as exc:
             warnings.warn("cyjob.Memory: the cache entry %s of %s is unreadable (%s); "
@@ -436,7 +441,7 @@ class MemorizedFunc:
                          args_id, self._dir))
 
     def _compute_once(self, version, args_id, args, kwargs, shelving):
-        lock = self.store_backend.lock(self.func_id, version, args_id)
+        lock = self._lock(version, args_id)
         lock.acquire()
         stored = False
         try:
@@ -449,6 +454,18 @@ class MemorizedFunc:
         finally:
             lock.release(remove=stored)
         return self._finish(version, args_id, value, stored, shelving)
+
+    def _lock(self, version, args_id):
+        store = self.store_backend
+        if version == self._version and hasattr(store, "lock_at"):
+            return store.lock_at(self._dir + args_id)
+        return store.lock(self.func_id, version, args_id)
+
+    def _write(self, version, args_id, value, meta, duration):
+        store = self.store_backend
+        if version == self._version and hasattr(store, "write_at"):
+            return store.write_at(self._dir + args_id, value, meta, duration)
+        return store.write(self.func_id, version, args_id, value, meta, duration)
 
     def _finish(self, version, args_id, value, stored, shelving):
         if shelving:
@@ -494,8 +511,7 @@ class MemorizedFunc:
         meta = self._meta(args, kwargs)
         duration = time.time() - start
         try:
-            stored = self.store_backend.write(self.func_id, version, args_id, value, meta,
-                                              duration)
+            stored = self._write(version, args_id, value, meta, duration)
         except Exception as exc:  # an unpicklable result: return it, store nothing
             warnings.warn("cyjob.Memory could not store the result of %s: %r"
                           % (self.func_id, exc), stacklevel=5)
@@ -585,6 +601,7 @@ class MemorizedFunc:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._code = getattr(self.func, "__code__", None)
+        self._local = type(self.store_backend).read is LocalStoreBackend.read
 
     def __repr__(self):
         return "%s(func=%s, location=%s)" % (type(self).__name__, self.func,
@@ -619,7 +636,7 @@ class AsyncMemorizedFunc(MemorizedFunc):
             hit, value = self._lookup(version, args_id, args, kwargs)
             if hit:
                 return value
-        lock = self.store_backend.lock(self.func_id, version, args_id)
+        lock = self._lock(version, args_id)
         # A blocking flock would stop the event loop, and with it the task
         # that holds the lock: poll instead.
         while not lock.acquire(blocking=False):

@@ -42,13 +42,16 @@ __all__ = ["StoreBackendBase", "LocalStoreBackend", "CorruptEntry", "register_st
 
 _MAGIC = b"CYJE"
 _FORMAT = 1
-_FLAG_ZLIB, _FLAG_BZ2, _FLAG_LZMA = 1, 2, 4
+_DUMP_MAGIC = b"\x89CYJOB"  # cyjob.dump's files (compressed entries)
+_DUMPED_ENTRY = "cyjob.Memory entry 1"
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
 _ALIGN = 64
+_TEMP_SUFFIX = ".cyjob-tmp"  # cyjob.persist.atomic's temporary files
 # Guards the stores' running size counts (one lock for all: held for an add).
 _SIZE_LOCK = threading.Lock()
-_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_READ = os.O_RDONLY | _O_CLOEXEC
 # Errors that mean "this store cannot take writes now": compute, warn once.
 _UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -81,22 +84,18 @@ class _EntryPickler(pickle.Pickler):
         return _rebuild_array, (pickle.PickleBuffer(data), obj.dtype, obj.shape, order)
 
 
-def encode_entry(value, meta, duration, compress=None):
-    """``(header_and_pickle, buffers)``: what an entry file holds."""
-    buffers = []
-    if compress:
-        payload = pickle.dumps(value, protocol=5)
-        flag, payload = _compress(payload, compress)
-    else:
-        import io
+def encode_entry(value, meta, duration):
+    """``(head, buffers)``: the header, table, pickle and metadata as one
+    bytes object, and the out-of-band buffers that follow it."""
+    import io
 
-        out = io.BytesIO()
-        _EntryPickler(out, protocol=5,
-                      buffer_callback=lambda b: buffers.append(b.raw())).dump(value)
-        payload, flag = out.getbuffer(), 0
+    buffers = []
+    out = io.BytesIO()
+    _EntryPickler(out, protocol=5,
+                  buffer_callback=lambda b: buffers.append(b.raw())).dump(value)
+    payload = out.getbuffer()
     meta_bytes = pickle.dumps(meta, protocol=5)
-    table_len = _ROW.size * len(buffers)
-    offset = _HEADER.size + table_len + len(payload) + len(meta_bytes)
+    offset = _HEADER.size + _ROW.size * len(buffers) + len(payload) + len(meta_bytes)
     rows = []
     for buf in buffers:
         offset = -(-offset // _ALIGN) * _ALIGN
@@ -104,64 +103,73 @@ def encode_entry(value, meta, duration, compress=None):
         offset += buf.nbytes
     state = xxhash.xxh3_64(payload)
     state.update(meta_bytes)
-    header = _HEADER.pack(_MAGIC, _FORMAT, flag, 0, len(buffers), len(payload),
+    header = _HEADER.pack(_MAGIC, _FORMAT, 0, 0, len(buffers), len(payload),
                           len(meta_bytes), time.time(), duration, state.intdigest())
-    return [header, b"".join(rows), payload, meta_bytes], buffers
-
-
-def _compress(payload, compress):
-    method, level = compress
-    if method == "zlib":
-        import zlib
-
-        return _FLAG_ZLIB, zlib.compress(payload, level)
-    if method == "bz2":
-        import bz2
-
-        return _FLAG_BZ2, bz2.compress(payload, max(level, 1))
-    import lzma
-
-    return _FLAG_LZMA, lzma.compress(payload, preset=level)
-
-
-def _decompress(flag, payload):
-    if flag == _FLAG_ZLIB:
-        import zlib
-
-        return zlib.decompress(payload)
-    if flag == _FLAG_BZ2:
-        import bz2
-
-        return bz2.decompress(payload)
-    import lzma
-
-    return lzma.decompress(payload)
+    return b"".join([header, *rows, payload, meta_bytes]), buffers
 
 
 def write_entry(path, value, meta, duration, compress=None):
-    """Write an entry crash-safely: a temporary file renamed into place.
-    Returns the entry's size in bytes."""
-    parts, buffers = encode_entry(value, meta, duration, compress)
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
+    """Write an entry crash-safely (a temporary file renamed into place, as
+    cyjob.persist's atomic write).  Returns the entry's size in bytes.
+
+    A compressed entry is a ``cyjob.dump`` file (its codecs: zlib ... zstd,
+    chunked on threads); a plain one is this module's format, which a hit
+    reads several times faster than ``cyjob.load`` reads a tiny file.
+    """
+    if compress:
+        from cyjob.persist import dump
+
+        dump((_DUMPED_ENTRY, value, meta, time.time(), duration), path, compress=compress)
+        return os.stat(path).st_size
+    head, buffers = encode_entry(value, meta, duration)
+    # cyjob.persist.atomic's protocol (an exclusive temporary name beside the
+    # entry, os.replace into place, removed on any error), written out here:
+    # importing cyjob.persist imports numpy, 0.1-0.35 s on the first miss of
+    # a program that may not use numpy at all (measured in bench_memory #7).
+    head_dir, _, base = path.rpartition(os.sep)
+    temp = "%s%s.%s.%d.%d%s" % (head_dir, os.sep, base, os.getpid(), threading.get_ident(),
+                                _TEMP_SUFFIX)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
     try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-            pos = sum(len(p) for p in parts)
+        with open(fd, "wb", buffering=0) as f:
+            _write_all(f, head)
+            pos = len(head)
             for buf in buffers:
                 pad = -pos % _ALIGN
                 if pad:
                     f.write(b"\0" * pad)
-                f.write(buf)
+                _write_all(f, buf)
                 pos += pad + buf.nbytes
-        os.replace(tmp, path)
+        os.replace(temp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink(temp)
         raise
     return pos
+
+
+def _write_all(f, buf):
+    view = memoryview(buf).cast("B")
+    while view:
+        n = f.write(view)  # a raw file may write less than asked
+        view = view[n:]
+
+
+def _read_dumped(data, path, with_meta):
+    """A compressed entry: a cyjob.dump file of (mark, value, meta, time, duration)."""
+    import io
+
+    from cyjob.persist import load
+
+    try:
+        mark, value, meta, created, duration = load(io.BytesIO(data))
+        if mark != _DUMPED_ENTRY:
+            raise ValueError("not a cache entry")
+    except Exception as exc:
+        raise CorruptEntry("cannot load: %r" % (exc,)) from exc
+    if not with_meta:
+        return value
+    meta.update(duration=duration, time=created)
+    return value, meta
 
 
 def _header(data, size, path):
@@ -198,6 +206,11 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             data = os.pread(fd, min(size, 1 << 16), 0)
     finally:
         os.close(fd)
+    if data[:len(_DUMP_MAGIC)] == _DUMP_MAGIC:
+        if mmap_mode is not None:
+            with open(path, "rb") as f:
+                data = f.read()
+        return _read_dumped(data, path, with_meta)
     view = memoryview(data)
     flag, nbuf, plen, mlen, created, duration, checksum = _header(view, len(view), path)
     start = _HEADER.size + _ROW.size * nbuf
@@ -223,8 +236,6 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             buf = _map(path, offset, length, mmap_mode)
         buffers.append(buf)
     payload = view[start:start + plen]
-    if flag:
-        payload = _decompress(flag, payload)
     try:
         value = pickle.loads(payload, buffers=buffers)
     except Exception as exc:
@@ -250,6 +261,8 @@ def read_meta(path):
     """The metadata dict of the entry at ``path`` (no value loaded)."""
     with open(path, "rb") as f:
         head = f.read(_HEADER.size)
+        if head[:len(_DUMP_MAGIC)] == _DUMP_MAGIC:
+            return _read_dumped(head + f.read(), path, True)[1]
         flag, nbuf, plen, mlen, created, duration, checksum = _header(head, len(head), path)
         f.seek(_HEADER.size + _ROW.size * nbuf + plen)
         raw = f.read(mlen)
@@ -301,6 +314,13 @@ class StoreBackendBase:
     ``cyjob.register_store_backend(name, cls)``; ``Memory(location,
     backend=name)`` then builds ``cls()`` and calls
     ``configure(location, verbose, backend_options)``.
+
+    An entry is named by ``(func_id, version, args_id)``.  ``read`` returns
+    the value (``(value, metadata)`` with ``with_meta``) and raises
+    FileNotFoundError or KeyError for a missing entry and CorruptEntry for
+    one it cannot return whole; ``write`` returns False when it could not
+    store; ``lock`` returns an object with ``acquire()``, ``release()`` and
+    ``usable`` that excludes other computers of the same key.
     """
 
     location = None
@@ -382,7 +402,10 @@ class LocalStoreBackend(StoreBackendBase):
     def write(self, func_id, version, args_id, value, meta, duration):
         """Store an entry; False (and one warning per store) if the folder
         cannot take it (read-only, full, no permission)."""
-        path = self.entry_path(func_id, version, args_id)
+        return self.write_at(self.entry_path(func_id, version, args_id), value, meta, duration)
+
+    def write_at(self, path, value, meta, duration):
+        """``write`` given the entry's path (the caller has it at hand)."""
         try:
             try:
                 size = write_entry(path, value, meta, duration, self.compress)
@@ -409,9 +432,13 @@ class LocalStoreBackend(StoreBackendBase):
                 stacklevel=5)
 
     def lock(self, func_id, version, args_id):
+        return self.lock_at(self.entry_path(func_id, version, args_id))
+
+    def lock_at(self, path):
+        """The single-flight lock of the entry at ``path``."""
         from cyjob.cache.locks import key_lock
 
-        return key_lock(self.location, self.entry_path(func_id, version, args_id))
+        return key_lock(self.location, path)
 
     def clear_item(self, func_id, version, args_id):
         try:
@@ -497,9 +524,11 @@ class LocalStoreBackend(StoreBackendBase):
                     st = os.stat(path)
                 except OSError:
                     continue
-                if name.endswith(".tmp"):
+                if name.endswith((".tmp", _TEMP_SUFFIX)):
                     if _stale_tmp(name, st, now):
                         _unlink(path)
+                    continue
+                if name.startswith("."):
                     continue
                 out.append((st.st_mtime, path, st.st_size))
         return out
@@ -542,7 +571,8 @@ def _unlink(path):
 
 
 def _stale_tmp(name, st, now):
-    """A temp file whose writer died (its pid is gone) or an hour old."""
+    """A temp file whose writer died (its pid is gone) or an hour old
+    (``<name>.<pid>.<tid>.tmp`` or ``.<name>.<pid>.<hex>.cyjob-tmp``)."""
     parts = name.rsplit(".", 3)
     try:
         pid = int(parts[-3])
@@ -555,28 +585,14 @@ def _stale_tmp(name, st, now):
 
 
 def _compress_spec(compress):
-    """None or (method, level) from joblib's ``compress`` values."""
+    """None, or ``compress`` checked by cyjob.dump's rules (joblib's values,
+    plus lz4 and zstd)."""
     if compress is False or compress is None or compress == 0:
         return None
-    if compress is True:
-        return ("zlib", 3)
-    if isinstance(compress, int):
-        if not 0 <= compress <= 9:
-            raise ValueError("compress must be between 0 and 9, got %r" % (compress,))
-        return ("zlib", compress)
-    if isinstance(compress, str):
-        compress = (compress, 3)
-    if isinstance(compress, tuple) and len(compress) == 2:
-        method, level = compress
-        method = {"gzip": "zlib", "xz": "lzma"}.get(method, method)
-        if method not in ("zlib", "bz2", "lzma"):
-            raise ValueError("compress method must be one of zlib, gzip, bz2, lzma, xz; "
-                             "got %r" % (compress[0],))
-        if not isinstance(level, int) or not 0 <= level <= 9:
-            raise ValueError("compress level must be between 0 and 9, got %r" % (level,))
-        return None if level == 0 else (method, level)
-    raise ValueError("compress must be a bool, an int 0-9, a method name or a "
-                     "(method, level) tuple, got %r" % (compress,))
+    from cyjob.persist.api import _compression
+
+    _method, level = _compression(compress, None)
+    return None if level == 0 else compress
 
 
 _STORE_BACKENDS = {"local": LocalStoreBackend}
