@@ -96,9 +96,9 @@ class parallel_config:
         check.check_verbose(new["verbose"])
         check.check_temp_folder(new["temp_folder"])
         if new["backend"] is not None:
-            from cyjob.backends import get_backend
+            from cyjob.backends import check_backend
 
-            get_backend(new["backend"])  # unknown names fail here, not later
+            check_backend(new["backend"])  # unknown names fail here, not later
         if inner_max_num_threads is not None:
             if not check._is_int(inner_max_num_threads) or inner_max_num_threads < 1:
                 raise ValueError("inner_max_num_threads must be None or a positive int, "

@@ -4,15 +4,18 @@ Everything here runs once per call: check the parameters, pick the backend and
 its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
 """
 
+import sys
 import types
+import warnings
 
 from cyjob import _validation as check
 from cyjob import backends as _backends
 from cyjob._batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SECONDS,
                              DEFAULT_TARGET_SECONDS, BatchSizer)
-from cyjob._core import Call, in_worker_thread
+from cyjob._core import Call, InlineExecutor, in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
-from cyjob.backends import default_backend_name, get_backend
+from cyjob.backends import PROCESS_BACKEND_NAMES, default_backend_name, get_backend
+from cyjob.backends.joblib_api import JoblibAPIBackend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.config import DEFAULTS, default, get_config, is_default
 
@@ -32,6 +35,9 @@ _UNBOUNDED = 1 << 40
 def _choose_backend(backend, prefer, require, backend_params):
     """joblib's precedence: explicit backend, then parallel_config's, then the
     default; require="sharedmem" forces a backend that shares memory."""
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError("prefer='processes' contradicts require='sharedmem': worker "
+                         "processes do not share the caller's memory")
     if backend is not None:
         chosen = get_backend(backend, **backend_params)
         if require == "sharedmem" and not chosen.supports_sharedmem:
@@ -148,11 +154,16 @@ class Parallel:
                                         backend_kwargs)
         self._n_workers = self._backend.effective_n_jobs(self.n_jobs)
         self._warm = None  # inside `with`: an executor kept alive between calls
+        self._backend_request = (explicit_backend if explicit_backend is not None
+                                 else config["backend"])
         if key is not None and self._backend is _backends.shared_backend(self._backend.name):
             # (Only the stateless built-in backends: dask's, say, holds a client.)
             if len(_CHECKED) >= _CHECKED_MAX:
                 _CHECKED.clear()
             _CHECKED[key] = dict(vars(self))
+
+    # The Call of this instance still producing results (a generator's).
+    _running = None
 
     # `Parallel[list[int]]` in annotations evaluated at run time (the stubs
     # make the class generic for type checkers).
@@ -162,27 +173,70 @@ class Parallel:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
 
     def __enter__(self):
-        self._warm = self._make_executor()  # start the workers now
+        if isinstance(self._backend, JoblibAPIBackend):
+            self._warm = self._backend.joblib_parallel(self)
+            self._warm.__enter__()
+        else:
+            self._warm = self._make_executor()  # start the workers now
         return self
 
     def __exit__(self, *exc_info):
-        self._warm = None
+        warm, self._warm = self._warm, None
+        if isinstance(self._backend, JoblibAPIBackend) and warm is not None:
+            warm.__exit__(*exc_info)
+
+    def _print(self, msg):
+        """Write a progress message: stderr below verbose=50, stdout from 50
+        (joblib's streams and format; a subclass may send them elsewhere)."""
+        if not self.verbose:
+            return
+        writer = sys.stderr if self.verbose < 50 else sys.stdout
+        writer.write(f"[{self}]: {msg}\n")
 
     def _make_executor(self):
         backend, n_workers = self._backend, self._n_workers
-        if n_workers > 1 and in_worker_thread():
-            # Nested inside one of our threads: the outer call already keeps
-            # every core busy, and waiting on the same pool could deadlock.
-            backend, n_workers = backend.nested_backend(), 1
+        if n_workers > 1:
+            if in_worker_thread():
+                # Nested inside one of our threads: the outer call already keeps
+                # every core busy, and waiting on the same pool could deadlock.
+                _warn_nested(self._requested_backend(), "threads")
+                backend, n_workers = backend.nested_backend(), 1
+            elif _in_worker_process():
+                if _warn_nested(self._requested_backend(), "processes"):
+                    n_workers = 1  # joblib's rule, which the warning announced
         if n_workers == 1:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, self)
 
+    def _requested_backend(self):
+        """The backend name this Parallel was given, or parallel_config's."""
+        backend = self._backend_request
+        return backend if isinstance(backend, str) else None
+
     def __call__(self, iterable):
         """Run the tasks of ``iterable``; return their results as ``return_as`` says."""
+        running = self._running
+        if running is not None and not running.finished:
+            message = "This Parallel instance is already running !"
+            if self.return_as != "list":
+                message += (" Before submitting new tasks, you must wait for the completion "
+                            "of all the previous tasks, or clean all references to the "
+                            "output generator.")
+            raise RuntimeError(message)
+        if isinstance(self._backend, JoblibAPIBackend):
+            return self._call_joblib(iterable)
         executor = self._make_executor()
         n_workers = executor.n_workers
         lazy = self.return_as != "list"
+        inline = n_workers == 1 and type(executor) is InlineExecutor
+        if self.timeout is not None and inline:
+            warnings.warn(
+                "The backend class 'SequentialBackend' does not support timeout. You have "
+                f"set 'timeout={self.timeout}' in Parallel but the 'timeout' parameter "
+                "will not be used.", UserWarning, stacklevel=2)
+        if self.verbose:
+            name = "SequentialBackend" if inline else type(self._backend).__name__
+            self._print(f"Using backend {name} with {n_workers} concurrent workers.")
         if self._pre_dispatch is None:
             iterable = list(iterable)
             window = _UNBOUNDED
@@ -198,6 +252,8 @@ class Parallel:
                 fixed = 1
             elif type(iterable) is list or type(iterable) is tuple:
                 fixed = self._max_batch_size
+        if inline and lazy:
+            window = 1  # read no further ahead than the results asked for
         target = DEFAULT_TARGET_SECONDS
         if self.timeout is not None:
             # The time-out bounds the wait for one result: a batch, plus the
@@ -209,16 +265,53 @@ class Parallel:
         sizer = BatchSizer(n_workers, fixed, self._max_batch_size, target, min_batch)
         progress = None
         if self.verbose or self.progress:
-            progress = combine(VerboseReporter(repr(self), self.verbose) if self.verbose else None,
-                               ProgressBar() if self.progress else None)
+            bar = ProgressBar() if self.progress else None
+            reporter = (VerboseReporter(self._print, self.verbose, above=bar)
+                        if self.verbose else None)
+            progress = combine(reporter, bar)
         call = Call(executor, sizer, iterable, window, self.return_as != "generator_unordered",
                     self.timeout, progress)
+        self._running = call
         if not lazy:
-            return call.collect()
-        call.start()
+            try:
+                return call.collect()
+            finally:
+                self._running = None
+        if not inline:
+            # Results start computing before the first next(), as with joblib;
+            # in the caller's thread, each is computed when asked for.
+            call.start()
         results = _results(call)
         next(results)  # enter the try block, so that closing it early aborts the call
         return results
+
+    def _call_joblib(self, iterable):
+        """Run a call on a backend written for joblib's API, through joblib.Parallel."""
+        runner = self._warm if self._warm is not None else self._backend.joblib_parallel(self)
+        if self.verbose:
+            self._print(f"Handing this call to joblib.Parallel: {self._backend.name} is a "
+                        "backend written for joblib's API")
+        return runner(iterable)
+
+
+def _in_worker_process():
+    worker = sys.modules.get("cyjob.backends._process_worker")
+    return worker is not None and worker.IN_WORKER
+
+
+def _warn_nested(backend_name, below):
+    """joblib's warnings for process-based calls nested where they cannot run
+    on processes: below worker threads, or multiprocessing below processes.
+    True if it warned (the call then runs with n_jobs=1)."""
+    if backend_name == "multiprocessing":
+        where = " below threads" if below == "threads" else ""
+        message = f"Multiprocessing-backed parallel loops cannot be nested{where}, setting n_jobs=1"
+    elif backend_name in PROCESS_BACKEND_NAMES and below == "threads":
+        message = "Loky-backed parallel loops cannot be nested below threads, setting n_jobs=1"
+    else:
+        return False
+    warnings.warn(message, UserWarning, stacklevel=4)
+    return True
 
 
 def _results(call):

@@ -163,8 +163,10 @@ def _reply(sock, token, flat, results, error, duration):
     if error is not None:
         payload, buffers = dumps((None, _error_reply(error), duration))
     else:
+        from cyjob.backends._sharedmem import ResultPickler
+
         try:
-            payload, buffers = dumps((results, None, duration))
+            payload, buffers = dumps((results, None, duration), ResultPickler)
         except BaseException as exc:
             index, culprit = _first_unpicklable(results)
             func = _describe(flat[3 * index])
@@ -223,12 +225,15 @@ def _flush():
             pass
 
 
-def _worker_main(sock, env, sys_path, cwd):
+def _worker_main(sock, env, sys_path, cwd, authkey, init):
     """Become a worker: runs in the forked child, never returns."""
     global IN_WORKER
     code = 0
     try:
         IN_WORKER = True
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = authkey
         os.environ.clear()
         os.environ.update(env)
         sys.path[:] = sys_path
@@ -240,6 +245,10 @@ def _worker_main(sock, env, sys_path, cwd):
         import faulthandler
 
         faulthandler.enable()  # a segfaulting task leaves its traceback on stderr
+        if init is not None:
+            # Parallel(initializer=f, initargs=args), as joblib's process backends.
+            initializer, initargs = pickle.loads(init)
+            initializer(*initargs)
         worker_loop(sock)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone: nothing to report to anyone
@@ -273,7 +282,7 @@ def _exit_code(status):
 def forkserver_main(ctrl_fd):
     """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
 
-    Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
+    Requests: ``("spawn", wid, env, sys_path, cwd, authkey, init)`` with the worker's socket
     attached, ``("kill", wid, signum)``.  Replies: ``("spawned", wid, pid)``,
     ``("exited", wid, exit_code)`` (a negative code is a signal).  EOF from
     the parent: wait a moment for the workers to leave, kill the rest, exit.
@@ -289,6 +298,8 @@ def forkserver_main(ctrl_fd):
     signal.signal(signal.SIGCHLD, lambda *args: None)
 
     # What every worker needs, loaded once here and shared copy-on-write.
+    import multiprocessing  # noqa: F401  (workers set its authkey)
+
     import cloudpickle  # noqa: F401
 
     import cyjob  # noqa: F401
@@ -333,7 +344,7 @@ def forkserver_main(ctrl_fd):
             break
         msg = pickle.loads(data)
         if msg[0] == "spawn":
-            _, wid, env, sys_path, cwd = msg
+            _, wid, env, sys_path, cwd, authkey, init = msg
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -342,7 +353,7 @@ def forkserver_main(ctrl_fd):
                 os.close(wake_w)
                 ctrl.close()
                 os.set_inheritable(fds[0], False)
-                _worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd)
+                _worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd, authkey, init)
             os.close(fds[0])
             pids[wid] = pid
             wids[pid] = wid
@@ -374,3 +385,4 @@ def forkserver_main(ctrl_fd):
         except ChildProcessError:
             break
         wids.pop(pid, None)
+    ctrl.close()  # (left open, `python -X dev` reports it as a ResourceWarning)
