@@ -16,7 +16,7 @@ from cyjob import (
     parallel_config,
     register_parallel_backend,
 )
-from cyjob._core import Executor, InlineExecutor
+from cyjob._dispatch import Executor, InlineExecutor
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
 from helpers import Counter, assert_runs_concurrently, assert_runs_in_caller_thread, ident
@@ -226,7 +226,6 @@ class RecordingExecutor(Executor):
 class RecordingBackend(Backend):
     name = "test-recording"
     supports_sharedmem = True
-    in_process = True
 
     def __init__(self, **backend_params):
         super().__init__(**backend_params)
@@ -261,7 +260,6 @@ class SizeRecordingExecutor(Executor):
 class SizeRecordingBackend(Backend):
     name = "test-size-recording"
     supports_sharedmem = True
-    in_process = True
 
     def __init__(self, **backend_params):
         super().__init__(**backend_params)
@@ -319,7 +317,9 @@ def test_effective_n_jobs_defaults():
         assert effective_n_jobs(None) == 3 == joblib.effective_n_jobs(None)
 
 
-@pytest.mark.parametrize("n_jobs", [0, 1.5, "2"])
+# As in Parallel, n_jobs goes through int() as joblib's Parallel does: 0.5 is
+# 0, "2.3" no int.
+@pytest.mark.parametrize("n_jobs", [0, 0.5, "2.3", "many", True])
 def test_effective_n_jobs_rejects_bad_values(n_jobs):
     with pytest.raises((ValueError, TypeError)):
         effective_n_jobs(n_jobs)

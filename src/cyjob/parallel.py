@@ -1,7 +1,7 @@
 """``Parallel``: joblib's API over the cyjob core.
 
 Everything here runs once per call: check the parameters, pick the backend and
-its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
+its executor, and hand the tasks to ``cyjob._dispatch.Call``, which does the work.
 """
 
 import sys
@@ -12,7 +12,8 @@ from cyjob import _validation as check
 from cyjob import backends as _backends
 from cyjob._batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SECONDS,
                              DEFAULT_TARGET_SECONDS, BatchSizer)
-from cyjob._core import Call, InlineExecutor, in_worker_thread
+from cyjob._dispatch import Call, InlineExecutor
+from cyjob._pool import in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import PROCESS_BACKEND_NAMES, default_backend_name, get_backend
 from cyjob.backends.joblib_api import JoblibAPIBackend
@@ -200,7 +201,7 @@ class Parallel:
                 # Nested inside one of our threads: the outer call already keeps
                 # every core busy, and waiting on the same pool could deadlock.
                 _warn_nested(self._requested_backend(), "threads")
-                backend, n_workers = backend.nested_backend(), 1
+                n_workers = 1
             elif _in_worker_process():
                 if _warn_nested(self._requested_backend(), "processes"):
                     n_workers = 1  # joblib's rule, which the warning announced
@@ -295,7 +296,7 @@ class Parallel:
 
 
 def _in_worker_process():
-    worker = sys.modules.get("cyjob.backends._process_worker")
+    worker = sys.modules.get("cyjob.backends.processes.worker")
     return worker is not None and worker.IN_WORKER
 
 

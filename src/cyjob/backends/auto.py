@@ -29,7 +29,8 @@ import types
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._core import Router
+from cyjob._dispatch import Router
+from cyjob.backends import get_backend
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
@@ -310,8 +311,6 @@ class AutoExecutor(Router):
 
 
 def _process_executor(n_workers, parallel):
-    from cyjob.backends import get_backend
-
     try:
         backend = get_backend("processes")
     except (NotImplementedError, ValueError):
@@ -324,7 +323,6 @@ class AutoBackend(Backend):
 
     name = "auto"
     supports_sharedmem = False
-    in_process = True
 
     def executor(self, n_workers, parallel=None):
         executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, parallel))
