@@ -81,11 +81,14 @@ cdef class Call:
     cdef object unclaimed     # dispatched batches the caller may run itself
     cdef readonly bint caller_helps  # the caller runs batches while it waits
     cdef public bint measure_cpu  # record each batch's thread CPU time
+    cdef Py_ssize_t ahead_limit  # batches dispatched and not handed back, at most
     cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
+    cdef readonly Py_ssize_t n_left_running  # batches still running when it aborted
     cdef bint caller_running  # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)
     cdef bint started         # the executor has been told (call_started)
     cdef readonly bint finished
+    cdef Py_ssize_t _running_batches(self)
 
     cdef int _pull(self, Py_ssize_t wanted) except -1
     cdef Py_ssize_t _remaining(self)

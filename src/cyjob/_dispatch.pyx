@@ -263,6 +263,14 @@ cdef class ThreadExecutor(Executor):
             # work is done in the caller's thread rather than failed.
             _execute(batch)
 
+    cpdef call_finished(self, Call call):
+        # A task cannot be interrupted: after a time-out, Ctrl-C or an error,
+        # tasks of the call may go on running in our threads for long.  Later
+        # calls must not queue behind them: the pool retires (its threads
+        # leave as they finish) and the next call gets fresh threads.
+        if call.n_left_running > 0:
+            self.pool.retire()
+
 # --------------------------------------------------------------------------
 # the dispatcher
 
@@ -299,6 +307,11 @@ cdef class Call:
         self.executor = executor
         self.sizer = sizer
         self.window = window if window > 0 else 1
+        # Finished batches not handed back yet count against twice the
+        # window; an inline executor runs a batch when it is dispatched, so
+        # there the window alone bounds how far the results run ahead (a
+        # window of 1: each result computed when asked for, as joblib does).
+        self.ahead_limit = self.window if type(executor) is InlineExecutor else 2 * self.window
         self.ordered = ordered
         self.timeout = float(timeout) if timeout is not None else -1.0
         self.progress = progress
@@ -355,8 +368,12 @@ cdef class Call:
 
     cdef Py_ssize_t _remaining(self):
         # Keep enough tasks read ahead that the end of a lazy input is seen
-        # while the last batches can still be cut smaller.
-        self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
+        # while the last batches can still be cut smaller.  Fixed-size
+        # batches are never cut smaller: a lazy input is then read no
+        # further than the batches dispatched (pre_dispatch counts tasks read,
+        # as in joblib).
+        if self.sizer.fixed_size <= 0:
+            self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
         if self.n_total < 0:
             return -1
         return self.n_total - self.n_taken
@@ -521,14 +538,14 @@ cdef class Call:
     cdef int _fill(self) except -1:
         # `window` batches may be running; finished ones waiting to be handed
         # back (behind a slow batch, or an inline executor that finishes at
-        # once) count against twice that, so the input is read only so far
+        # once) count against `ahead_limit`, so the input is read only so far
         # ahead of the results.
         if self.filling:
             return 0  # a generator must not be resumed while it runs
         self.filling = True
         try:
             while (self.n_dispatched_batches - self.n_done_batches < self.window
-                   and self.n_dispatched_batches - self.n_returned_batches < 2 * self.window
+                   and self.n_dispatched_batches - self.n_returned_batches < self.ahead_limit
                    and not cyj_load(&self.aborted)):
                 if not self._dispatch():
                     break
@@ -630,6 +647,23 @@ cdef class Call:
         running batches at their next check (every few tasks)."""
         cdef bint was_finished = self.finished
         cyj_store(&self.aborted, 1)
+        if not was_finished:
+            self.n_left_running = self._running_batches()
         self._release()
         if not was_finished:
             self.executor.call_finished(self)
+
+    cdef Py_ssize_t _running_batches(self):
+        """Batches of this call claimed by a worker and not finished (the
+        caller runs none while it aborts): dispatched and not done, less the
+        ones nobody claimed yet (in the call's deque when the caller helps,
+        else in the pool's queue)."""
+        cdef Py_ssize_t idle = 0
+        cdef Batch batch
+        if self.caller_helps:
+            for batch in self.unclaimed:
+                if not cyj_load(&batch.ticket.claimed):
+                    idle += 1
+        else:
+            idle = self.n_queued
+        return max(0, self.n_dispatched_batches - self.n_done_batches - idle)

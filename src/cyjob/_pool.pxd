@@ -15,5 +15,6 @@ cdef class ThreadPool:
     cdef readonly list threads
     cdef readonly Py_ssize_t n_threads
     cdef readonly bint closed
+    cdef readonly bint retired
     cdef readonly long owner_pid
     cdef int push(self, Work work)

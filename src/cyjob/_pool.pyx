@@ -14,12 +14,14 @@ Python object.
 
 import os
 import threading
+import time
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
     cyj_cas, cyj_load, cyj_now_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_queue_retire,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_ticket,
 )
 
@@ -144,7 +146,7 @@ def _worker_main(ThreadPool pool):
             n_stale = 0
             work = None
             if ticket == NULL:
-                if item == NULL and pool.closed:
+                if item == NULL and (pool.closed or pool.retired):
                     break
                 continue
             work = <Work>ticket.owner
@@ -178,8 +180,8 @@ cdef class ThreadPool:
             self.threads.append(t)
 
     cdef int push(self, Work work):
-        """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed,
-        2 if the queue cannot grow (out of memory)."""
+        """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed
+        or retired, 2 if the queue cannot grow (out of memory)."""
         cdef int rc
         Py_INCREF(work)
         # Pushing keeps the GIL: releasing it would wake threads waiting for
@@ -189,7 +191,7 @@ cdef class ThreadPool:
         if rc == 0:
             return 0
         Py_DECREF(work)
-        return 1 if self.closed else 2
+        return 1 if self.closed or self.retired else 2
 
     def submit(self, fn, callback=None):
         """Run ``fn()`` in a worker, then ``callback(job)`` there; return the
@@ -229,14 +231,31 @@ cdef class ThreadPool:
                 work.fail(PoolShutdownError(
                     "the cyjob thread pool was shut down before this batch ran"))
         if wait:
+            # One deadline for all the threads, not `timeout` each: threads
+            # stuck in long tasks must not add up at interpreter exit.
+            deadline = None if timeout is None else time.monotonic() + timeout
             current = threading.current_thread()
             for t in self.threads:
                 if t is not current:
-                    t.join(timeout)
+                    t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def retire(self):
+        """Take no more work; the threads leave once what is queued is done.
+
+        For a pool whose threads are stuck in tasks of an aborted call (a
+        time-out, Ctrl-C, an error): a task cannot be interrupted, and later
+        calls must not wait behind it, so they get a fresh pool
+        (``backends/threads.py``) while these threads finish and exit.
+        Work pushed from now on runs in the pushing thread."""
+        if self.retired or self.closed:
+            return
+        self.retired = True
+        with nogil:
+            cyj_queue_retire(&self.queue)
 
     def alive(self):
         """True while every worker thread is running in this process."""
-        return (not self.closed and self.owner_pid == os.getpid()
+        return (not self.closed and not self.retired and self.owner_pid == os.getpid()
                 and all(t.is_alive() for t in self.threads))
 
     def __dealloc__(self):

@@ -1,8 +1,10 @@
 """Run joblib's own test modules (listed in suites.py) against cyjob.
 
 For each suite this plugin imports the module from the *installed* joblib
-(``joblib.test.<name>``), rebinds the listed public names in its namespace to
-cyjob's, and collects its tests under ``tests/joblib_suite/suites.py::<name>``.
+(``joblib.test.<name>``) with the listed public names bound to cyjob's
+(joblib's own modules hand out cyjob's objects for those names while the test
+module is imported, so module-level code such as test parameters gets them
+too), and collects its tests under ``tests/joblib_suite/suites.py::<name>``.
 
 * ``excluded/<name>.txt``: tests of joblib's private internals (``_backend``
   attributes, loky's classes, exact internal log lines...), skipped with their
@@ -22,9 +24,11 @@ parent does, instead of re-importing joblib's originals.
 """
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,14 +98,47 @@ def _rebind_script(text, rebound):
     return _FROM_JOBLIB.sub(swap, text)
 
 
-def _rebind(module, specs):
-    rebound = {}
-    for spec in specs:
-        name, value = _resolve(spec)
+@contextlib.contextmanager
+def _joblib_names_swapped(rebound):
+    """While the test module is imported, joblib's own modules hand out
+    cyjob's objects for the rebound names, so that module-level code (test
+    parameters such as ``[parallel_config, parallel_backend]``, a backend
+    registered at import) gets cyjob's too.  joblib is restored after."""
+    import joblib
+
+    originals = {name: getattr(joblib, name) for name in rebound if hasattr(joblib, name)}
+    patched = []
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not (module_name == "joblib" or module_name.startswith("joblib.")):
+            continue
+        if module_name.startswith("joblib.test."):
+            continue
+        for name, original in originals.items():
+            if vars(module).get(name) is original:
+                patched.append((module, name, original))
+                setattr(module, name, rebound[name])
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
+
+
+def _import_rebound(module_name, specs):
+    """Import ``module_name`` with the names of ``specs`` bound to cyjob's."""
+    rebound = dict(_resolve(spec) for spec in specs)
+    importlib.import_module(module_name.rpartition(".")[0])
+    with _joblib_names_swapped(rebound):
+        module = importlib.import_module(module_name)
+    _rebind(module, rebound)
+    return module
+
+
+def _rebind(module, rebound):
+    for name, value in rebound.items():
         if name not in vars(module):
             raise pytest.UsageError(f"{module.__name__} has no name {name!r} to rebind")
         setattr(module, name, value)
-        rebound[name] = value
     # Scripts the tests run in a subprocess (module-level strings).
     for name, value in list(vars(module).items()):
         if isinstance(value, str) and "from joblib import" in value:
@@ -127,9 +164,11 @@ class JoblibTestModule(pytest.Module):
         self.specs = specs
 
     def _getobj(self):
-        module = importlib.import_module(f"joblib.test.{self.name}")
-        _rebind(module, self.specs)
-        return module
+        module_name = f"joblib.test.{self.name}"
+        if module_name in sys.modules:
+            raise pytest.UsageError(f"{module_name} was imported before the harness could "
+                                    "bind cyjob's names into it")
+        return _import_rebound(module_name, self.specs)
 
 class JoblibSuites(pytest.File):
     """suites.py: one child per joblib test module it lists."""

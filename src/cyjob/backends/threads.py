@@ -4,6 +4,7 @@ import atexit
 import itertools
 import os
 import threading
+import time
 
 from cyjob._dispatch import ThreadExecutor
 from cyjob._pool import ThreadPool
@@ -13,7 +14,13 @@ from cyjob.backends.sequential import SequentialBackend
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
 _pools: "dict[tuple[int, bool], ThreadExecutor]" = {}
+# Pools retired while their threads ran tasks of an aborted call: joined
+# (briefly) at exit with the others.
+_retired: "list[ThreadPool]" = []
 _pools_lock = threading.Lock()
+# Longest wait at interpreter exit for threads still running a task, all
+# pools together (a task cannot be interrupted; the threads are daemons).
+EXIT_GRACE_SECONDS = 1.0
 _pool_ids = itertools.count()
 _exiting = False
 
@@ -23,7 +30,7 @@ def get_pool(n_workers, caller_helps=False):
     ``caller_helps``, n_workers - 1 threads plus the waiting caller."""
     key = (n_workers - caller_helps, caller_helps)
     pool = _pools.get(key)
-    if pool is not None:
+    if pool is not None and not pool.pool.retired:
         return pool
     if _exiting:
         # Daemon threads still calling Parallel during exit: run their tasks
@@ -33,24 +40,31 @@ def get_pool(n_workers, caller_helps=False):
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None or not pool.pool.alive():
+            if pool is not None and pool.pool.retired:
+                _retired[:] = [p for p in _retired if any(t.is_alive() for t in p.threads)]
+                _retired.append(pool.pool)
             threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}")
             pool = _pools[key] = ThreadExecutor(threads, caller_helps)
     return pool
 
 
 def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
-    """Stop every worker thread (at exit, or to free them in a test)."""
+    """Stop every worker thread (at exit, or to free them in a test), waiting
+    at most ``timeout`` seconds in all for threads still running a task."""
     with _pools_lock:
-        pools = list(_pools.values())
+        pools = [executor.pool for executor in _pools.values()] + _retired
         _pools.clear()
+        _retired.clear()
+    deadline = time.monotonic() + timeout
     for pool in pools:
-        pool.pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
+        pool.shutdown(wait=wait, timeout=max(0.0, deadline - time.monotonic()),
+                      at_exit=at_exit)
 
 
 def _shutdown_at_exit():
     global _exiting
     _exiting = True
-    shutdown_pools(at_exit=True)
+    shutdown_pools(timeout=EXIT_GRACE_SECONDS, at_exit=True)
 
 
 def _forget_pools_after_fork():
@@ -58,6 +72,7 @@ def _forget_pools_after_fork():
     # may be held by threads that no longer exist: start afresh, lazily.
     global _pools_lock
     _pools.clear()
+    _retired.clear()
     _pools_lock = threading.Lock()
 
 

@@ -28,9 +28,14 @@ sharedmem = None  # cyjob.backends.processes.sharedmem, imported on first use
 
 
 def thread_limits(n_workers):
-    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``."""
+    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``:
+    ``parallel_config(inner_max_num_threads=n)`` if given, else the caller's
+    own setting of each variable, else cpu_count // n_workers (joblib's
+    precedence)."""
     inner = get_config().get("inner_max_num_threads")
-    default = str(inner if inner is not None else max(cpu_count() // n_workers, 1))
+    if inner is not None:
+        return (str(inner),) * len(THREAD_LIMIT_VARS)
+    default = str(max(cpu_count() // n_workers, 1))
     environ = os.environ
     return tuple(environ.get(var, default) for var in THREAD_LIMIT_VARS)
 
