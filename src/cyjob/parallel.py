@@ -179,12 +179,16 @@ class Parallel:
             self._warm.__enter__()
         else:
             self._warm = self._make_executor()  # start the workers now
+            if getattr(self._warm, "reusable", False):
+                self._warm.keep_memory()
         return self
 
     def __exit__(self, *exc_info):
         warm, self._warm = self._warm, None
         if isinstance(self._backend, JoblibAPIBackend) and warm is not None:
             warm.__exit__(*exc_info)
+        elif getattr(warm, "reusable", False):
+            warm.close()
 
     def _print(self, msg):
         """Write a progress message: stderr below verbose=50, stdout from 50
@@ -200,17 +204,20 @@ class Parallel:
             if in_worker_thread():
                 # Nested inside one of our threads: the outer call already keeps
                 # every core busy, and waiting on the same pool could deadlock.
-                _warn_nested(self._requested_backend(), "threads")
+                _warn_nested(self._backend_name, "threads")
                 n_workers = 1
-            elif _in_worker_process():
-                if _warn_nested(self._requested_backend(), "processes"):
+            else:
+                below = _worker_process_kind()
+                if below is not None and _warn_nested(self._backend_name, below):
                     n_workers = 1  # joblib's rule, which the warning announced
         if n_workers == 1:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, self)
 
-    def _requested_backend(self):
-        """The backend name this Parallel was given, or parallel_config's."""
+    @property
+    def _backend_name(self):
+        """The backend name this Parallel was given, or parallel_config's
+        (None for none, or for a backend object)."""
         backend = self._backend_request
         return backend if isinstance(backend, str) else None
 
@@ -226,7 +233,10 @@ class Parallel:
             raise RuntimeError(message)
         if isinstance(self._backend, JoblibAPIBackend):
             return self._call_joblib(iterable)
-        executor = self._make_executor()
+        if getattr(self._warm, "reusable", False):
+            executor = self._warm  # (process workers: shares the block's dumped arrays)
+        else:
+            executor = self._make_executor()
         n_workers = executor.n_workers
         lazy = self.return_as != "list"
         inline = n_workers == 1 and type(executor) is InlineExecutor
@@ -295,20 +305,27 @@ class Parallel:
         return runner(iterable)
 
 
-def _in_worker_process():
+def _worker_process_kind():
+    """In a worker process: "multiprocessing" if its call asked for that
+    backend (joblib's daemonic workers), else "processes"; None outside."""
     worker = sys.modules.get("cyjob.backends.processes.worker")
-    return worker is not None and worker.IN_WORKER
+    if worker is None or not worker.IN_WORKER:
+        return None
+    return "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
 
 
 def _warn_nested(backend_name, below):
-    """joblib's warnings for process-based calls nested where they cannot run
-    on processes: below worker threads, or multiprocessing below processes.
-    True if it warned (the call then runs with n_jobs=1)."""
+    """joblib's warnings for process-based calls nested where joblib cannot
+    run them on processes: below worker threads, multiprocessing below any
+    worker process, loky below multiprocessing's workers.  True if it warned
+    (the call then runs with n_jobs=1, as in joblib)."""
     if backend_name == "multiprocessing":
-        where = " below threads" if below == "threads" else ""
+        where = {"threads": " below threads", "processes": ", below loky"}.get(below, "")
         message = f"Multiprocessing-backed parallel loops cannot be nested{where}, setting n_jobs=1"
     elif backend_name in PROCESS_BACKEND_NAMES and below == "threads":
         message = "Loky-backed parallel loops cannot be nested below threads, setting n_jobs=1"
+    elif backend_name in PROCESS_BACKEND_NAMES and below == "multiprocessing":
+        message = "Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1"
     else:
         return False
     warnings.warn(message, UserWarning, stacklevel=4)

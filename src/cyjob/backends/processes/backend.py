@@ -54,6 +54,13 @@ class ProcessExecutor(Executor):
         another initializer, or other arguments, are replaced.
     """
 
+    #: One executor may run the calls of a ``with Parallel(...)`` block, whose
+    #: large arrays then stay dumped until the block ends (``close``): the
+    #: calls share them, and ``temp_folder`` holds them meanwhile, as joblib's.
+    reusable = True
+    #: The backend name the call gave ("loky", "multiprocessing"...), if any.
+    called_as = None
+
     # A batch's round trip (pickle, socket, wake-up, results) costs ~0.2 ms:
     # batches of at least 10 ms keep it near 2% (benchmarks/bench_processes.py,
     # 240 x 2 ms tasks: 1.55x -> 1.32x of the bound with 4-task batches).
@@ -69,6 +76,7 @@ class ProcessExecutor(Executor):
         self.init = _pickle_initializer(initializer, initargs)
         self.key = (self.limits, self.init)
         self._calls = {}  # id(call) -> CallMemory
+        self._shared_memory = None  # while kept for a `with` block: every call's
         self.pool = get_pool()
         self._ensure()
         # Imported after the workers are asked for: cloudpickle loads in this
@@ -86,13 +94,25 @@ class ProcessExecutor(Executor):
             env.update(zip(THREAD_LIMIT_VARS, self.limits))
             pool.ensure(self.n_workers, self.key, env, self.init)
 
+    def keep_memory(self):
+        """Share one set of dumped arrays between the calls until ``close``."""
+        if self._shared_memory is None:
+            self._shared_memory = sharedmem.CallMemory(
+                self.max_nbytes, self.temp_folder, self.mmap_mode)
+
+    def close(self):
+        """Remove the arrays kept for a ``with`` block."""
+        memory, self._shared_memory = self._shared_memory, None
+        if memory is not None:
+            memory.cleanup()
+
     def submit(self, batch):
         self._ensure()
-        memory = self._calls.get(id(batch.call))
+        memory = self._shared_memory or self._calls.get(id(batch.call))
         if memory is None:
             memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
-        payload, buffers = _pickle_tasks(batch, memory)
+        payload, buffers = _pickle_tasks(batch, memory, self.called_as)
         self.pool.submit(Job(batch, payload, buffers, self.pool.next_token()))
 
     def call_finished(self, call):
@@ -118,10 +138,12 @@ def _pickle_initializer(initializer, initargs):
         ) from exc
 
 
-def _pickle_tasks(batch, memory):
-    """Pickle a batch once; name the task and argument that cannot be pickled."""
+def _pickle_tasks(batch, memory, called_as=None):
+    """Pickle a batch once, with the backend name the call asked for (the
+    worker's nested calls follow joblib's rules for it); name the task and
+    argument that cannot be pickled."""
     try:
-        return dumps(batch.tasks, sharedmem.TaskPickler, memory)
+        return dumps((called_as, batch.tasks), sharedmem.TaskPickler, memory)
     except Exception as exc:
         where = _find_unpicklable(batch, memory)
         # "the task to send": joblib's (loky's) words, which code matches on.
@@ -161,5 +183,7 @@ class ProcessBackend(Backend):
                 if key in self.backend_params}
         if parallel is None:
             return ProcessExecutor(n_workers, **init)
-        return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
-                               parallel.mmap_mode, **init)
+        executor = ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
+                                   parallel.mmap_mode, **init)
+        executor.called_as = getattr(parallel, "_backend_name", None)
+        return executor

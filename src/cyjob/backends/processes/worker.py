@@ -17,6 +17,10 @@ from cyjob.backends.processes.wire import dumps, recv_msg, send_msg
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
+#: The backend name of the call whose batch runs here ("loky",
+#: "multiprocessing"...; None if it gave none): nested calls follow joblib's
+#: rules for it.
+CALLED_AS = None
 
 
 def _describe(func):
@@ -73,6 +77,7 @@ def worker_loop(sock):
     """Run batches from ``sock`` until EOF."""
     from cyjob._tasks import run_tasks
 
+    global CALLED_AS
     while True:
         msg = recv_msg(sock)
         if msg is None:
@@ -80,13 +85,14 @@ def worker_loop(sock):
         token, payload, buffers = msg
         flat = None
         try:
-            flat = pickle.loads(payload, buffers=buffers)
+            called_as, flat = pickle.loads(payload, buffers=buffers)
         except BaseException as exc:
             del payload, buffers
             sock_payload, sock_buffers = dumps((None, _error_reply(exc, "load"), 0.0))
             send_msg(sock, token, sock_payload, sock_buffers)
             continue
         del payload, buffers
+        CALLED_AS = called_as
         results, error, duration = run_tasks(flat)
         _reply(sock, token, flat, results, error, duration)
         # Drop the batch now: its memmaps must not outlive the call (their
