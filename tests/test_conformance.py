@@ -407,3 +407,13 @@ def test_license_file_is_bsd_3_clause():
         text = f.read()
     assert "Redistribution and use in source and binary forms" in text
     assert "Neither the name of the copyright holder" in text
+
+
+def test_bench_demo_shows_times_and_exits_zero():
+    out = run_script("import sys; from cyjob.__main__ import main; sys.exit(main(['bench', '--quick']))",
+                     timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "plain loop" in text and "cyjob" in text and "All results agree" in text
+    assert " ms" in text or " s " in text  # absolute times, not only ratios
+    assert "faster" in text or "slower" in text or "as fast as" in text

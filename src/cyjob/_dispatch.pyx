@@ -414,6 +414,13 @@ cdef class Call:
         size = self.sizer.next_size(self._remaining())
         if size <= 0:
             return 0
+        if (not self.ordered and size > 1 and self.sizer.fixed_size <= 0
+                and self.n_dispatched_batches < self.window):
+            # Completion order: the first window's tasks go one per batch (as
+            # joblib's pre-dispatch does), so that a slow one among them
+            # never holds back a fast one put in its batch by a sizer that
+            # saw only the fastest finish.
+            size = 1
         flat = self._take(size)
         if not flat:
             return 0
