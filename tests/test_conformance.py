@@ -76,6 +76,30 @@ def nested_raise(x):
     return Parallel(n_jobs=2, backend="threading")(delayed(raise_custom)(i) for i in range(3))
 
 
+def divide(x, y):
+    return x / y
+
+
+def interrupt(x):
+    time.sleep(0.05)
+    raise KeyboardInterrupt
+
+
+class FinickyError(Exception):
+    def __init__(self, a, b, c, d):  # no super().__init__: args still travel
+        pass
+
+
+def raise_finicky(x):
+    if x == 7:
+        raise FinickyError("a", "b", "c", "d")
+    return x
+
+
+def recurse(_=None):
+    return Parallel()(delayed(recurse)() for _ in range(2))
+
+
 def record_pid(status):
     status[os.getpid()] = "initialized"
 
@@ -218,6 +242,26 @@ def test_initializer_runs_once_in_each_worker():
 def test_error_of_a_nested_call_in_a_process_keeps_its_type():
     with pytest.raises(CustomError, match="bad"):
         Parallel(n_jobs=2, backend="loky")(delayed(nested_raise)(i) for i in range(2))
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_errors_are_captured_and_a_with_block_keeps_working(backend):
+    expected = [square(i) for i in range(10)]
+    with Parallel(n_jobs=2, backend=backend) as parallel:
+        with pytest.raises(ZeroDivisionError):
+            parallel(delayed(divide)(x, y) for x, y in zip((0, 1), (1, 0)))
+        assert parallel(delayed(square)(i) for i in range(10)) == expected
+        with pytest.raises(KeyboardInterrupt):
+            parallel(delayed(interrupt)(x) for x in (1, 0))
+        assert parallel(delayed(square)(i) for i in range(10)) == expected
+    with pytest.raises(FinickyError):
+        Parallel(n_jobs=2, backend=backend)(delayed(raise_finicky)(i) for i in range(30))
+
+
+def test_recursion_error_of_nested_process_calls_keeps_its_type():
+    with parallel_config("loky", n_jobs=2):
+        with pytest.raises(RecursionError):
+            recurse()
 
 
 @pytest.mark.parametrize("max_nbytes", [1, None])

@@ -4,6 +4,7 @@ Everything here runs once per call: check the parameters, pick the backend and
 its executor, and hand the tasks to ``cyjob._dispatch.Call``, which does the work.
 """
 
+import os
 import sys
 import types
 import warnings
@@ -115,7 +116,9 @@ class Parallel:
                     temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size,
                     progress)
             # With the types: 1, 1.0 and True are equal keys, not equally valid.
-            key = (_backends.registry_version, args, tuple(map(type, args)))
+            # LOKY_MAX_CPU_COUNT: what a negative n_jobs means can change.
+            key = (_backends.registry_version, os.environ.get("LOKY_MAX_CPU_COUNT"), args,
+                   tuple(map(type, args)))
             try:
                 checked = _CHECKED.get(key)
             except TypeError:  # an unhashable argument: check it every time
