@@ -626,3 +626,41 @@ def test_dumps_from_inside_parallel_tasks(tmp_path):
 
     assert cyjob.Parallel(n_jobs=2, backend="threading")(
         cyjob.delayed(job)(i) for i in range(4)) == [True] * 4
+
+
+@pytest.mark.parametrize("opener", ["bz2", "gzip", "lzma"])
+def test_dump_into_a_compressing_file_object_loads_from_the_plain_file(tmp_path, opener):
+    import bz2  # noqa: F401
+    import gzip  # noqa: F401
+    import lzma  # noqa: F401
+
+    factory = {"bz2": "BZ2File", "gzip": "GzipFile", "lzma": "LZMAFile"}[opener]
+    factory = getattr(sys.modules[opener], factory)
+    path = tmp_path / "x.pkl"
+    with factory(path, "wb") as f:
+        dump({"a": np.arange(100.0)}, f)
+    with factory(path, "rb") as f:
+        np.testing.assert_array_equal(load(f)["a"], np.arange(100.0))
+    # joblib's rule: a raw file's compressor is recognised by its magic number.
+    np.testing.assert_array_equal(load(path)["a"], np.arange(100.0))
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(load(f)["a"], np.arange(100.0))
+
+
+def test_load_right_after_dump_into_a_buffer():
+    # joblib reads an exhausted in-memory buffer from its start: so do we.
+    buffer = io.BytesIO()
+    dump(np.arange(10), buffer)
+    np.testing.assert_array_equal(load(buffer), np.arange(10))
+
+
+def test_dump_keeps_a_replaced_file_s_mode_and_writes_through_symlinks(tmp_path):
+    path = tmp_path / "x.pkl"
+    dump(1, path)
+    os.chmod(path, 0o640)
+    dump(2, path)
+    assert os.stat(path).st_mode & 0o777 == 0o640 and load(path) == 2
+    link = tmp_path / "link.pkl"
+    os.symlink(path, link)
+    dump(3, link)
+    assert os.path.islink(link) and load(path) == 3

@@ -23,6 +23,11 @@ def _verbosity_filter(index, verbose):
     return int(sqrt((index + 1) / verbose)) == int(sqrt(index / verbose))
 
 
+def verbose_stream(verbose):
+    """Where messages go at this verbosity: stderr, stdout from 50 (joblib's rule)."""
+    return sys.stderr if verbose < 50 else sys.stdout
+
+
 class VerboseReporter:
     """Prints "Done 10 out of 100 | elapsed: 0.1s" lines through ``printer``
     (``Parallel._print``: "[Parallel(n_jobs=2)]: " first, stderr below

@@ -17,54 +17,18 @@ What changes against joblib's own "threading" backend:
 This module imports joblib; ``import cyjob`` does not.
 """
 
+from functools import partial
+
 from joblib.parallel import ParallelBackendBase, register_parallel_backend
 from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 
 from cyjob._batching import BatchSizer
-from cyjob._dispatch import Call
-from cyjob._pool import in_worker_thread
-from cyjob.backends.threads import get_pool
 from cyjob._cpus import n_workers
+from cyjob._pool import Job, in_worker_thread
+from cyjob.backends.threads import get_pool
 from cyjob.exceptions import chain_remote_traceback, traceback_text
 
 __all__ = ["CyjobBackend", "register"]
-
-
-class _JobCall(Call):
-    """One joblib batch sent to the pool as a one-task cyjob call.
-
-    It is also the future-like object joblib gets back from ``submit``: the
-    worker that runs the batch stores the outcome here, then runs joblib's
-    completion callback, which reads it through ``retrieve_result_callback``.
-    """
-
-    def __init__(self, backend, func, callback):
-        super().__init__(backend._pool, _one_task_sizer(), [(func, (), {})], 1, False)
-        self.backend = backend
-        self.n_tasks = len(func) if hasattr(func, "__len__") else 1
-        self.callback = callback
-        self.result = None
-        self.exception = None
-
-    def batch_done(self, batch, results, error, duration_ns):
-        super().batch_done(batch, results, error, duration_ns)  # frees the batch's tasks
-        backend = self.backend
-        backend._jobs.discard(self)
-        if results is None and error is None:
-            return  # skipped: joblib aborted the call and waits for nothing
-        if error is None:
-            self.result = results[0]
-            sizer = backend._sizer
-            if sizer is not None:
-                sizer.observe(self.n_tasks, duration_ns)
-        else:
-            self.exception = error
-        if self.callback is not None:
-            self.callback(self)
-
-
-def _one_task_sizer():
-    return BatchSizer(1, 1)
 
 
 class CyjobBackend(ParallelBackendBase):
@@ -110,7 +74,7 @@ class CyjobBackend(ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         self._n_jobs = n_jobs
-        self._pool = get_pool(n_jobs)
+        self._pool = get_pool(n_jobs).pool
         if self.max_batch_size is None:
             self._sizer = BatchSizer(n_jobs)
         else:
@@ -126,21 +90,33 @@ class CyjobBackend(ParallelBackendBase):
 
     def batch_completed(self, batch_size, duration):
         # joblib's figure includes the time a batch waited in the queue; the
-        # sizer already got the run time from the worker (_JobCall.batch_done).
+        # sizer already got the run time from the worker (_finished).
         pass
 
     def submit(self, func, callback=None):
-        """Queue joblib's batch callable on the pool; return its future-like."""
-        job = _JobCall(self, func, callback)
+        """Queue joblib's batch callable on the pool; return its future-like
+        (a ``cyjob._pool.Job``: the worker that runs the batch stores the
+        outcome there, then runs joblib's completion callback, which reads it
+        through ``retrieve_result_callback``)."""
+        n_tasks = len(func) if hasattr(func, "__len__") else 1
+        job = Job(func, partial(self._finished, callback, n_tasks))
         self._jobs.add(job)
-        job.start()
-        return job
+        return self._pool.submit_job(job)
+
+    def _finished(self, callback, n_tasks, job):
+        """In the worker that ran ``job``."""
+        self._jobs.discard(job)
+        sizer = self._sizer
+        if job.error is None and sizer is not None:
+            sizer.observe(n_tasks, job.duration_ns)
+        if callback is not None:
+            callback(job)
 
     def retrieve_result_callback(self, out):
         """The batch's result list, or raise the error of its failed task."""
-        error = out.exception
+        error = out.error
         if error is not None:
-            out.exception = None
+            out.error = None
             raise chain_remote_traceback(error, traceback_text(error))
         result, out.result = out.result, None
         return result
@@ -169,7 +145,7 @@ class CyjobBackend(ParallelBackendBase):
             # A batch still running finishes later: its callback must not
             # land in the next call of a Parallel that reuses this backend.
             job.callback = None
-            job.abort()
+            job.cancel()
 
     def terminate(self):
         # The pool is shared with cyjob.Parallel and stays warm for the next call.

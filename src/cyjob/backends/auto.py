@@ -22,7 +22,6 @@ measurement.
 """
 
 import functools
-import sys
 import threading
 import time
 import types
@@ -30,6 +29,7 @@ import weakref
 
 from cyjob._batching import BatchSizer
 from cyjob._dispatch import Router
+from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
@@ -177,12 +177,14 @@ _INLINE = SequentialBackend().executor(1)
 
 
 class AutoExecutor(Router):
-    """The policy of one call: what to measure and what to choose.  Routing
-    each batch (to the thread pool while probing, then to the choice) and
-    verifying a remembered choice are the core's ``Router``; these hooks run
-    before the first batch, while probing, and if a verification fails."""
+    """The policy of one call: what to measure, what to choose, and whether a
+    remembered choice still holds.  The core's ``Router`` only sends each
+    batch where this policy says; it calls these hooks before the first
+    batch (``begin``), before routing each batch while probing (``watch``),
+    and after routing each batch while a remembered choice is being checked
+    (``routed``)."""
 
-    __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered")
+    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -190,6 +192,7 @@ class AutoExecutor(Router):
         self.initial_sizer = self.call.sizer
         self.function = function
         self.remembered = None
+        self.check = None
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -203,21 +206,16 @@ class AutoExecutor(Router):
 
     def watch(self, batch):
         self._maybe_decide()
-        if self.watching:
+        if self.watch_before:
             self.seen.append(batch)
 
-    def drifted(self, per_task):
-        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
-                  f"{per_task / 1e3:.1f} us: measuring again")
-        memo.forget(self.function)  # a call that ends before choosing must not reuse it
-        self.target, self.choice = None, None
-        self.out_of_process = False
-        self.call.use_sizer(self.initial_sizer)
-        self._probe()
+    def routed(self, batch):
+        self._check_remembered()
 
     def call_finished(self, call):
         super().call_finished(call)
         self.seen = None  # batches, which hold the call, which holds this
+        self.check = None
 
     # -- measuring --------------------------------------------------------
 
@@ -253,28 +251,64 @@ class AutoExecutor(Router):
         else:
             self._choose(INLINE, per_task, "tasks hold the GIL and are small: " + figures, measured=True)
 
+    # -- checking a remembered choice ---------------------------------------
+
+    def _check_later(self, n_tasks, ns_per_task, lowest, highest, then):
+        """Check the choice on the next ``n_tasks`` tasks the call's current
+        sizer observes: if each costs between ``lowest`` and ``highest``
+        times ``ns_per_task``, size the rest of the call with ``then`` (if
+        given); otherwise measure again."""
+        sizer = self.call.sizer
+        self.check = (sizer, sizer.n_tasks, sizer.work_ns, n_tasks, ns_per_task,
+                      lowest, highest, then)
+        self.watch_batches(after=True)
+
+    def _check_remembered(self):
+        sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
+        n = sizer.n_tasks - from_tasks
+        if n < n_tasks:
+            return
+        self.check = None
+        self.watch_batches()
+        per_task = (sizer.work_ns - from_ns) / n
+        ratio = per_task / expected if expected > 0 else 1.0
+        if not (lowest <= ratio <= highest):
+            self._drifted(per_task)
+        elif then is not None:
+            self.call.use_sizer(then)
+
+    def _drifted(self, per_task):
+        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
+                  f"{per_task / 1e3:.1f} us: measuring again")
+        memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        self.route_to(None)
+        self.choice = None
+        self.call.use_sizer(self.initial_sizer)
+        self._probe()
+
     # -- choosing ---------------------------------------------------------
 
     def _probe(self):
         # Measure the first batches on threads until _maybe_decide chooses.
         self.seen = []
-        self.watching = True
+        self.watch_batches(before=True)
         self.call.measure_cpu = True
 
     def _choose(self, kind, ns_per_task, reason, measured=False):
         call = self.call
-        self.out_of_process = False
-        self.watching = False
+        plan = self.plan
+        self.watch_batches()
         call.measure_cpu = False
         verifying = not measured and self.remembered is not None
         then = None  # sizer once a remembered choice is verified
+        elsewhere = False
         if kind == PROCESSES:
-            target = _process_executor(self.n_workers, self.parallel)
+            target = _process_executor(self.n_workers, plan)
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
                 target = self.first
             else:
-                self.out_of_process = True
+                elsewhere = True
                 # Batches long enough to amortise a process round trip, sized
                 # from what the threads (or an earlier call) measured.
                 sizer = call.sizer.continued(target.min_batch_seconds)
@@ -282,40 +316,37 @@ class AutoExecutor(Router):
                 call.use_sizer(sizer)
         elif kind == INLINE:
             target = _INLINE
-            parallel = self.parallel
-            if parallel is not None and parallel.return_as == "list" \
-                    and not parallel._fixed_batch_size:
-                # Balance means nothing in one thread: batches as large as
-                # allowed, once a remembered choice is verified.
-                largest = parallel._max_batch_size
+            largest = plan.one_thread_batch_size() if plan is not None else 0
+            if largest:
+                # Once a remembered choice is verified.
                 then = BatchSizer(1, largest, largest)
                 call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if verifying else then)
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
-        self.target, self.choice = target, (kind, ns_per_task, reason)
+        self.route_to(target, elsewhere)
+        self.choice = (kind, ns_per_task, reason)
         if measured:
             memo.put(self.function, (kind, ns_per_task))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
-            self.verify(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
+            self._check_later(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
         self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
-        verbose = getattr(self.parallel, "verbose", 0) if self.parallel is not None else 0
-        if verbose >= 10:
-            stream = sys.stderr if verbose < 50 else sys.stdout  # joblib's rule
-            stream.write(f"[{self.parallel!r}]: {message}\n")
+        plan = self.plan
+        if plan is not None and plan.verbose >= 10:
+            verbose_stream(plan.verbose).write(f"[{plan.label}]: {message}\n")
 
 
-def _process_executor(n_workers, parallel):
+def _process_executor(n_workers, plan):
     try:
         backend = get_backend("processes")
     except (NotImplementedError, ValueError):
         return None
-    return backend.executor(n_workers, parallel)
+    return backend.executor(n_workers, plan)
 
 
 class AutoBackend(Backend):
@@ -324,7 +355,7 @@ class AutoBackend(Backend):
     name = "auto"
     supports_sharedmem = False
 
-    def executor(self, n_workers, parallel=None):
-        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, parallel))
-        executor.parallel = parallel
+    def executor(self, n_workers, plan=None):
+        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, plan))
+        executor.plan = plan
         return executor

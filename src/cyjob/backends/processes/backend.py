@@ -10,7 +10,7 @@ from cyjob.backends.processes.pool import Job, get_pool, shutdown_pool, tasks_te
 from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
-from cyjob.config import cpu_count, get_config
+from cyjob._cpus import cpu_count
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -27,12 +27,11 @@ THREAD_LIMIT_VARS = (
 sharedmem = None  # cyjob.backends.processes.sharedmem, imported on first use
 
 
-def thread_limits(n_workers):
+def thread_limits(n_workers, inner=None):
     """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``:
-    ``parallel_config(inner_max_num_threads=n)`` if given, else the caller's
-    own setting of each variable, else cpu_count // n_workers (joblib's
-    precedence)."""
-    inner = get_config().get("inner_max_num_threads")
+    ``inner`` (parallel_config's inner_max_num_threads) if given, else the
+    caller's own setting of each variable, else cpu_count // n_workers
+    (joblib's precedence)."""
     if inner is not None:
         return (str(inner),) * len(THREAD_LIMIT_VARS)
     default = str(max(cpu_count() // n_workers, 1))
@@ -48,6 +47,8 @@ class ProcessExecutor(Executor):
     n_workers : int
     max_nbytes, temp_folder, mmap_mode
         Large-array sharing, as given to ``Parallel``.
+    inner_max_num_threads : int or None
+        BLAS/OpenMP threads per worker (default: the CPUs / n_workers).
     initializer, initargs
         ``initializer(*initargs)`` runs once in each worker before its first
         task (joblib's process backends take them too).  Workers started with
@@ -67,12 +68,12 @@ class ProcessExecutor(Executor):
     min_batch_seconds = 0.010
 
     def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r",
-                 initializer=None, initargs=()):
+                 inner_max_num_threads=None, initializer=None, initargs=()):
         super().__init__(n_workers)
         self.max_nbytes = max_nbytes
         self.temp_folder = temp_folder
         self.mmap_mode = mmap_mode
-        self.limits = thread_limits(n_workers)
+        self.limits = thread_limits(n_workers, inner_max_num_threads)
         self.init = _pickle_initializer(initializer, initargs)
         self.key = (self.limits, self.init)
         self._calls = {}  # id(call) -> CallMemory
@@ -174,16 +175,16 @@ class ProcessBackend(Backend):
     name = "processes"
     supports_sharedmem = False
 
-    def executor(self, n_workers, parallel=None):
+    def executor(self, n_workers, plan=None):
         if worker.IN_WORKER:
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
-            return ThreadingBackend().executor(n_workers, parallel)
+            return ThreadingBackend().executor(n_workers, plan)
         init = {key: self.backend_params[key] for key in ("initializer", "initargs")
                 if key in self.backend_params}
-        if parallel is None:
+        if plan is None:
             return ProcessExecutor(n_workers, **init)
-        executor = ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
-                                   parallel.mmap_mode, **init)
-        executor.called_as = getattr(parallel, "_backend_name", None)
+        executor = ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder, plan.mmap_mode,
+                                   plan.inner_max_num_threads, **init)
+        executor.called_as = plan.backend_name
         return executor
