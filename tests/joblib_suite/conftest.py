@@ -8,13 +8,14 @@ too), and collects its tests under ``tests/joblib_suite/suites.py::<name>``.
 
 * ``excluded/<name>.txt``: tests of joblib's private internals (``_backend``
   attributes, loky's classes, exact internal log lines...), skipped with their
-  reason.  A line is ``pattern  # reason``; the pattern is a test name
-  (all its parametrisations) or a name with its parameters in brackets, where
-  ``*`` matches anything (nothing else is special).  A pattern that matches no test is an error: the list stays
-  honest when joblib changes.
-* ``known_failures/<name>.txt``: the same format, for behaviours cyjob gets
-  wrong: they run as ``xfail(strict=True)``, so fixing one fails the run until
-  its line is removed.
+  reason.  A line is ``pattern  # reason``; the pattern is a test name (all
+  its parametrisations) or a name with its parameters in brackets, where ``*``
+  matches anything (nothing else is special).  A pattern that matches no test
+  is an error: the list stays honest when joblib changes.
+* ``known_failures/<name>.txt`` (optional): the same format, for behaviours
+  cyjob still gets wrong: they run as ``xfail(strict=True)``, so fixing one
+  fails the run until its line is removed.  Never for a test of cyjob's own
+  behaviour that is merely inconvenient: fix it or say why in excluded/.
 
 Scripts the module runs in a subprocess (module-level strings with a
 ``from joblib import ...`` line) get the same names from cyjob.  Functions of
@@ -170,6 +171,7 @@ class JoblibTestModule(pytest.Module):
                                     "bind cyjob's names into it")
         return _import_rebound(module_name, self.specs)
 
+
 class JoblibSuites(pytest.File):
     """suites.py: one child per joblib test module it lists."""
 
@@ -193,6 +195,7 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k/--deselect remove items
 def pytest_collection_modifyitems(session, config, items):
     """Skip the excluded tests and mark the known failures as strict xfails."""
     lists = {}  # module name -> (excluded, known, used patterns)
@@ -228,7 +231,8 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_configure(config):
     # Markers joblib's own conftest (not installed with joblib) declares.
     for marker in ("thread_unsafe: not safe to run in parallel threads",
-                   "no_cover: not run under coverage"):
+                   "no_cover: not run under coverage",
+                   "asyncio: an async test (run here with asyncio.run)"):
         config.addinivalue_line("markers", marker)
 
 
