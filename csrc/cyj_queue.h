@@ -21,7 +21,6 @@ typedef struct {
     int64_t count;         /* items queued; also read lock-free by spinners */
     int64_t n_sleeping;    /* workers parked on the condition variable */
     int64_t closed;
-    int64_t retired;       /* no more pushes; pops drain what is queued */
 } cyj_queue;
 
 static inline int cyj_queue_init(cyj_queue *q, int64_t capacity)
@@ -32,7 +31,7 @@ static inline int cyj_queue_init(cyj_queue *q, int64_t capacity)
     if (q->items == NULL)
         return -1;
     q->capacity = capacity;
-    q->head = q->count = q->n_sleeping = q->closed = q->retired = 0;
+    q->head = q->count = q->n_sleeping = q->closed = 0;
     if (cyj_monitor_init(&q->monitor) != 0) {
         free(q->items);
         q->items = NULL;
@@ -64,14 +63,12 @@ static inline int cyj_queue__grow(cyj_queue *q)
     return 0;
 }
 
-/* Returns 0, or -1 when out of memory, closed or retired (the item was not
- * queued). */
+/* Returns 0, or -1 when out of memory or closed (the item was not queued). */
 static inline int cyj_queue_push(cyj_queue *q, void *item)
 {
     int wake;
     cyj_lock(&q->monitor);
-    if (q->closed || q->retired
-            || (q->count == q->capacity && cyj_queue__grow(q) != 0)) {
+    if (q->closed || (q->count == q->capacity && cyj_queue__grow(q) != 0)) {
         cyj_unlock(&q->monitor);
         return -1;
     }
@@ -84,21 +81,20 @@ static inline int cyj_queue_push(cyj_queue *q, void *item)
     return 0;
 }
 
-/* Blocks until an item is available; returns NULL once the queue is closed,
- * or retired and empty.  Spins up to spin_ns on the lock-free count before
- * parking. */
+/* Blocks until an item is available; returns NULL once the queue is closed.
+ * Spins up to spin_ns on the lock-free count before parking. */
 static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
 {
     void *item;
-    if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed) && !cyj_load(&q->retired))
+    if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed))
         cyj_spin_while_equal(&q->count, 0, spin_ns);
     cyj_lock(&q->monitor);
-    while (q->count == 0 && !q->closed && !q->retired) {
+    while (q->count == 0 && !q->closed) {
         q->n_sleeping++;
         cyj_wait(&q->monitor);
         q->n_sleeping--;
     }
-    if (q->closed || q->count == 0) {
+    if (q->closed) {
         cyj_unlock(&q->monitor);
         return NULL;
     }
@@ -129,17 +125,6 @@ static inline void cyj_queue_close(cyj_queue *q)
 {
     cyj_lock(&q->monitor);
     __atomic_store_n(&q->closed, 1, __ATOMIC_RELEASE);
-    cyj_unlock(&q->monitor);
-    cyj_broadcast(&q->monitor);
-}
-
-/* Refuses pushes from now on; workers pop what is queued, then get NULL
- * (a pool whose threads are stuck in tasks of an aborted call retires: its
- * threads leave as they finish, new work goes to a fresh pool). */
-static inline void cyj_queue_retire(cyj_queue *q)
-{
-    cyj_lock(&q->monitor);
-    __atomic_store_n(&q->retired, 1, __ATOMIC_RELEASE);
     cyj_unlock(&q->monitor);
     cyj_broadcast(&q->monitor);
 }

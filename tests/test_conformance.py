@@ -410,8 +410,8 @@ def test_timed_out_tasks_do_not_hold_the_threads_of_later_calls():
 
 def test_exit_does_not_wait_seconds_per_thread_stuck_in_a_task():
     # Eight threads asleep in tasks of a timed-out call: exit used to join
-    # each for 2 s (16 s); it now waits 1 s in all (the subprocess timeout is
-    # the hang guard, with a wide margin).
+    # each for 2 s (16 s); it no longer waits for tasks nobody waits for (the
+    # subprocess timeout is the hang guard, with a wide margin).
     out = run_script("""
         import time
         from cyjob import Parallel, delayed

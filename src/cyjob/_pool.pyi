@@ -6,6 +6,8 @@ from typing import Any, Callable
 class Work:
     """Something a worker runs: claimed once, by whoever runs it first."""
 
+    claimed: bool
+
 class Job(Work):
     """``ThreadPool.submit(fn, callback)``: ``fn()`` run by a worker."""
 
@@ -27,6 +29,14 @@ worker_state: _WorkerState
 
 def in_worker_thread() -> bool: ...
 
+MAX_RETIRED_THREADS: int
+
+class Worker:
+    """One thread of a pool, and what it runs."""
+
+    @property
+    def thread(self) -> threading.Thread: ...
+
 class ThreadPool:
     """Worker threads that wait for work in C without the GIL."""
 
@@ -34,8 +44,6 @@ class ThreadPool:
     def threads(self) -> list[threading.Thread]: ...
     @property
     def closed(self) -> bool: ...
-    @property
-    def retired(self) -> bool: ...
     @property
     def n_threads(self) -> int: ...
     @property
@@ -46,5 +54,4 @@ class ThreadPool:
     def submit_job(self, job: Job) -> Job: ...
     def shutdown(self, wait: bool = True, timeout: float | None = None,
                  at_exit: bool = False) -> None: ...
-    def retire(self) -> None: ...
     def alive(self) -> bool: ...

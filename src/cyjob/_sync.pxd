@@ -33,4 +33,3 @@ cdef extern from "cyj_queue.h" nogil:
     void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
     void *cyj_queue_try_pop(cyj_queue *q)
     void cyj_queue_close(cyj_queue *q)
-    void cyj_queue_retire(cyj_queue *q)

@@ -193,12 +193,14 @@ class Parallel:
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, plan.max_batch_size, target, min_batch)
-        progress = None
+        progress = reporter = None
         if plan.verbose or plan.progress:
             bar = ProgressBar() if plan.progress else None
             reporter = VerboseReporter(self._print, plan.verbose, above=bar) if plan.verbose else None
             progress = combine(reporter, bar)
         call = Call(executor, sizer, iterable, window, plan.ordered, plan.timeout, progress)
+        if reporter is not None:
+            call.log = reporter.say  # the thread pool's notes (stuck workers replaced)
         self._running = call
         if not lazy:
             try:

@@ -4,7 +4,6 @@ import atexit
 import itertools
 import os
 import threading
-import time
 
 from cyjob._dispatch import ThreadExecutor
 from cyjob._pool import ThreadPool
@@ -14,23 +13,19 @@ from cyjob.backends.sequential import SequentialBackend
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
 _pools: "dict[tuple[int, bool], ThreadExecutor]" = {}
-# Pools retired while their threads ran tasks of an aborted call: joined
-# (briefly) at exit with the others.
-_retired: "list[ThreadPool]" = []
-_pools_lock = threading.Lock()
-# Longest wait at interpreter exit for threads still running a task, all
-# pools together (a task cannot be interrupted; the threads are daemons).
-EXIT_GRACE_SECONDS = 1.0
+_pools_lock = threading.RLock()
 _pool_ids = itertools.count()
 _exiting = False
 
 
 def get_pool(n_workers, caller_helps=False):
     """A shared pool running ``n_workers`` batches of a call at once: with
-    ``caller_helps``, n_workers - 1 threads plus the waiting caller."""
+    ``caller_helps``, n_workers - 1 threads plus the waiting caller while its
+    tasks are short, the pool of n_workers threads otherwise (see
+    ``ThreadExecutor``)."""
     key = (n_workers - caller_helps, caller_helps)
     pool = _pools.get(key)
-    if pool is not None and not pool.pool.retired:
+    if pool is not None:
         return pool
     if _exiting:
         # Daemon threads still calling Parallel during exit: run their tasks
@@ -39,32 +34,31 @@ def get_pool(n_workers, caller_helps=False):
         return SequentialBackend().executor(1)
     with _pools_lock:
         pool = _pools.get(key)
-        if pool is None or not pool.pool.alive():
-            if pool is not None and pool.pool.retired:
-                _retired[:] = [p for p in _retired if any(t.is_alive() for t in p.threads)]
-                _retired.append(pool.pool)
+        if (pool is None or not pool.pool.alive()
+                or (pool.full is not None and not pool.full.pool.alive())):
+            full = None
+            if caller_helps:
+                full = get_pool(n_workers)  # (the lock is an RLock)
+                if not isinstance(full, ThreadExecutor):
+                    return full  # exiting
             threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}")
-            pool = _pools[key] = ThreadExecutor(threads, caller_helps)
+            pool = _pools[key] = ThreadExecutor(threads, caller_helps, full)
     return pool
 
 
 def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
-    """Stop every worker thread (at exit, or to free them in a test), waiting
-    at most ``timeout`` seconds in all for threads still running a task."""
+    """Stop every worker thread (at exit, or to free them in a test)."""
     with _pools_lock:
-        pools = [executor.pool for executor in _pools.values()] + _retired
+        pools = list(_pools.values())
         _pools.clear()
-        _retired.clear()
-    deadline = time.monotonic() + timeout
     for pool in pools:
-        pool.shutdown(wait=wait, timeout=max(0.0, deadline - time.monotonic()),
-                      at_exit=at_exit)
+        pool.pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
 
 
 def _shutdown_at_exit():
     global _exiting
     _exiting = True
-    shutdown_pools(timeout=EXIT_GRACE_SECONDS, at_exit=True)
+    shutdown_pools(at_exit=True)
 
 
 def _forget_pools_after_fork():
@@ -72,8 +66,7 @@ def _forget_pools_after_fork():
     # may be held by threads that no longer exist: start afresh, lazily.
     global _pools_lock
     _pools.clear()
-    _retired.clear()
-    _pools_lock = threading.Lock()
+    _pools_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -89,8 +82,8 @@ class ThreadingBackend(Backend):
 
     def executor(self, n_workers, plan=None):
         # A caller that returns a list has nothing else to do while it waits,
-        # so it works as one of the n_jobs workers.  A generator's caller is
-        # busy with the results, and a caller running a task could not notice
-        # a time-out: those get n_jobs threads of their own.
+        # so it works as one of the n_jobs workers while its tasks are short.
+        # A generator's caller is busy with the results, and a caller running
+        # a task could not notice a time-out: those get n_jobs threads.
         helps = plan is None or (plan.return_as == "list" and plan.timeout is None)
         return get_pool(n_workers, helps and n_workers > 1)
