@@ -425,6 +425,7 @@ def test_flipped_byte_in_a_compressed_frame_is_detected(tmp_path, method):
 def test_top_level_api_names():
     assert cyjob.dump is dump and cyjob.load is load
     assert callable(cyjob.register_compressor)
+    assert cyjob.persist.dump is dump and cyjob.persist.NUMPY_ARRAY_ALIGNMENT_BYTES == 64
     with pytest.raises(AttributeError):
         cyjob.not_a_name  # noqa: B018
 
@@ -664,3 +665,15 @@ def test_dump_keeps_a_replaced_file_s_mode_and_writes_through_symlinks(tmp_path)
     os.symlink(path, link)
     dump(3, link)
     assert os.path.islink(link) and load(path) == 3
+
+
+def test_a_mapped_file_keeps_its_contents_when_dumped_over(tmp_path):
+    # joblib rewrites the file in place: a reader's map of it changes under
+    # it (or faults, if the new file is shorter).  A rename leaves the old
+    # file whole for whoever still maps it.
+    path = tmp_path / "x.pkl"
+    dump(np.arange(100_000.0), path)
+    mapped = load(path, mmap_mode="r")
+    dump(np.zeros(10), path)
+    assert mapped[99_999] == 99_999.0 and mapped.sum() == np.arange(100_000.0).sum()
+    np.testing.assert_array_equal(load(path), np.zeros(10))

@@ -292,3 +292,14 @@ def test_untrusted_package_wildcards_cover_submodules_only(tmp_path):
     policy = Policy(["sklearn.*"])
     assert policy.allows("sklearn", "x") and policy.allows("sklearn.tree._tree", "Tree")
     assert not policy.allows("sklearnx", "x") and not policy.allows("os", "system")
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_joblib_files_of_protocols_without_a_magic_number(tmp_path, protocol):
+    path = tmp_path / "joblib.pkl"
+    value = sample()
+    joblib.dump(value, path, protocol=protocol)
+    check(load(path), value)
+    loaded = load(path, mmap_mode="r")
+    assert isinstance(loaded["c"], np.memmap)
+    np.testing.assert_array_equal(loaded["c"], value["c"])

@@ -30,6 +30,8 @@ _LAZY = {"dump": "cyjob.persist", "load": "cyjob.persist",
 
 
 def __getattr__(name):
+    if name in ("persist", "cache"):  # the subpackages themselves, also on first use
+        return importlib.import_module(f"cyjob.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cyjob' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from cyjob.persist import joblib_format
 from cyjob.persist.atomic import atomic_write
 from cyjob.persist.codecs import CODECS, EXTENSIONS, REGISTERED, method_names
 from cyjob.persist.joblib_format import native_byte_order
-from cyjob.persist.restricted import Policy
+from cyjob.persist.restricted import Policy, UntrustedTypeError
 
 MMAP_MODES = (None, "r", "r+", "w+", "c")
 _PREFIX_SIZE = 8
@@ -256,8 +256,18 @@ def _read(file, name, filename, mmap_mode, native, policy):
             and _format.MAGIC.startswith(prefix):
         raise _format.CorruptFileError(f"{name} is truncated: it ends in the cyjob header")
     if kind is None:
-        what = "is empty" if not prefix else f"starts with {prefix!r}"
-        raise ValueError(f"{name} is neither a cyjob nor a joblib file: it {what}")
+        if not prefix:
+            raise ValueError(f"{name} is neither a cyjob nor a joblib file: it is empty")
+        # joblib with protocol=0 or 1 wrote a pickle with no magic number:
+        # try it as one, but say what the file is not if it is not one.
+        try:
+            return joblib_format.read(file, name, filename, mmap_mode if filename else None,
+                                      native, policy, "pickle")
+        except (UntrustedTypeError, ImportError):
+            raise
+        except Exception as exc:
+            raise ValueError(f"{name} is neither a cyjob nor a joblib file: it starts with "
+                             f"{prefix!r} (read as a pickle: {exc})") from exc
     if kind not in ("pickle", "compat"):
         # A whole-file compressed stream: joblib's file, or any file (ours
         # too) written through a compressor's file object.
