@@ -211,7 +211,19 @@ class AutoExecutor(Router):
             self.seen.append(batch)
 
     def routed(self, batch):
-        self._check_remembered()
+        # Routed while a remembered choice is being checked (_check_later).
+        sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
+        n = sizer.n_tasks - from_tasks
+        if n < n_tasks:
+            return
+        self.check = None
+        self.watch_batches()
+        per_task = (sizer.work_ns - from_ns) / n
+        ratio = per_task / expected if expected > 0 else 1.0
+        if not (lowest <= ratio <= highest):
+            self._drifted(per_task)
+        elif then is not None:
+            self.call.use_sizer(then)
 
     def call_finished(self, call):
         super().call_finished(call)
@@ -258,25 +270,11 @@ class AutoExecutor(Router):
         """Check the choice on the next ``n_tasks`` tasks the call's current
         sizer observes: if each costs between ``lowest`` and ``highest``
         times ``ns_per_task``, size the rest of the call with ``then`` (if
-        given); otherwise measure again."""
+        given); otherwise measure again (``routed`` checks)."""
         sizer = self.call.sizer
         self.check = (sizer, sizer.n_tasks, sizer.work_ns, n_tasks, ns_per_task,
                       lowest, highest, then)
         self.watch_batches(after=True)
-
-    def _check_remembered(self):
-        sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
-        n = sizer.n_tasks - from_tasks
-        if n < n_tasks:
-            return
-        self.check = None
-        self.watch_batches()
-        per_task = (sizer.work_ns - from_ns) / n
-        ratio = per_task / expected if expected > 0 else 1.0
-        if not (lowest <= ratio <= highest):
-            self._drifted(per_task)
-        elif then is not None:
-            self.call.use_sizer(then)
 
     def _drifted(self, per_task):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
@@ -319,7 +317,7 @@ class AutoExecutor(Router):
                 call.use_sizer(sizer)
         elif kind == INLINE:
             target = _INLINE
-            largest = plan.one_thread_batch_size() if plan is not None else 0
+            largest = plan.one_thread_batch_size if plan is not None else 0
             if largest:
                 # Once a remembered choice is verified.
                 then = BatchSizer(1, largest, largest)
@@ -336,7 +334,8 @@ class AutoExecutor(Router):
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
             self._check_later(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
-        self._say(f"Using {kind}: {reason}")
+        if plan is not None and plan.verbose >= 10:  # (not even formatted otherwise: every call)
+            self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
         plan = self.plan
