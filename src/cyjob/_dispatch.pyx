@@ -23,7 +23,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t
 
 from cyjob._batching cimport BatchSizer
-from cyjob._pool cimport ThreadPool, Work, retire_stuck_workers
+from cyjob._pool cimport ThreadPool, Work, enter_worker, leave_worker, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
     cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
@@ -31,7 +31,6 @@ from cyjob._sync cimport (
 )
 from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
 
-from cyjob._pool import worker_state as _worker_state
 from cyjob._tasks import check_tasks
 from cyjob.exceptions import TimeoutError as _TimeoutError
 
@@ -539,14 +538,13 @@ cdef class Call:
             return False
         # While it runs a task the caller is a worker: a nested call made by
         # that task must not add workers of its own.
-        previous = _worker_state.pool
-        _worker_state.pool = self.executor
+        enter_worker()
         self.caller_running = True
         try:
             _execute_claimed(batch)
         finally:
             self.caller_running = False
-            _worker_state.pool = previous
+            leave_worker()
         return True
 
     # -- completion (any thread, GIL held) ----------------------------------
