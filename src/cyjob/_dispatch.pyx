@@ -51,7 +51,10 @@ cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
 # Time per task of recent calls, by their first task's code: a call of tasks
 # seen short before lets its caller run batches from the first one (many
 # small calls in a loop, the caller-helps saving), without waiting for a
-# worker to measure one.
+# worker to measure one.  Keyed by the key's address, each entry holding
+# `(key, ns)`: hashing a code object hashes its bytecode, names and
+# constants (~700 instructions, twice a call), and the key held there keeps
+# its address from being reused by another object.
 cdef dict _task_ns = {}
 cdef Py_ssize_t TASK_NS_MAX_ENTRIES = 256
 
@@ -389,7 +392,7 @@ cdef class Call:
         if self.monitor_ready:
             cyj_monitor_destroy(&self.monitor)
 
-    def use_sizer(self, BatchSizer sizer):
+    def use_sizer(self, BatchSizer sizer not None):
         """Size the coming batches with another sizer (an executor that has
         just moved the call elsewhere knows better)."""
         self.sizer = sizer
@@ -468,7 +471,9 @@ cdef class Call:
             if first_function is not None:
                 if self.caller_helps:
                     self.task_key = _task_key(first_function)
-                    self.known_ns = _task_ns.get(self.task_key, -1.0)
+                    known = _task_ns.get(<Py_ssize_t><void *>self.task_key)
+                    if known is not None and (<tuple>known)[0] is self.task_key:
+                        self.known_ns = (<tuple>known)[1]
                 self.executor.call_started(self, first_function)
         size = self.sizer.next_size(self._remaining())
         if size <= 0:
@@ -720,9 +725,10 @@ cdef class Call:
         if self.task_key is not None and self.sizer.n_observed > 0:
             if len(_task_ns) >= TASK_NS_MAX_ENTRIES:
                 _task_ns.clear()
-            _task_ns[self.task_key] = (self.sizer.ns_per_task
-                                       if self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS
-                                       else self.slowest_task_ns)
+            _task_ns[<Py_ssize_t><void *>self.task_key] = (
+                self.task_key,
+                self.sizer.ns_per_task if self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS
+                else self.slowest_task_ns)
             self.task_key = None
 
     cdef void _report(self) except *:
