@@ -24,15 +24,24 @@ def _is_int(value):
 
 
 def check_n_jobs(n_jobs):
-    """None (use the configured value) or a non-zero int."""
+    """None (use the configured value) or a non-zero int.
+
+    As joblib does, a float or a numeric string is converted with ``int()``
+    (``n_jobs=cpu_count() / 2`` works); a bool is refused.
+    """
     if n_jobs is None:
         return None
-    if not _is_int(n_jobs):
-        raise TypeError(f"n_jobs must be an int or None, got {type(n_jobs).__name__} {n_jobs!r}")
+    if type(n_jobs) is not int:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (numbers.Real, str)):
+            raise TypeError(f"n_jobs must be an int or None, got {type(n_jobs).__name__} {n_jobs!r}")
+        try:
+            n_jobs = int(n_jobs)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"n_jobs could not be converted to int: got {n_jobs!r}") from None
     if n_jobs == 0:
-        raise ValueError("n_jobs == 0 has no meaning: use a positive number of "
+        raise ValueError("n_jobs == 0 in Parallel has no meaning: use a positive number of "
                          "workers, or a negative one counted from the number of CPUs")
-    return int(n_jobs)
+    return n_jobs
 
 
 def check_batch_size(batch_size):
@@ -70,7 +79,7 @@ def check_timeout(timeout):
         raise TypeError(f"timeout must be None or a number of seconds, got {type(timeout).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return float(timeout)
+    return timeout
 
 
 def _eval_node(node):
@@ -87,6 +96,11 @@ def _eval_node(node):
     raise ValueError(f"unsupported element {type(node).__name__}")
 
 
+# Batches in flight at most: larger pre_dispatch values (n_jobs*10**30) mean
+# "all" and must not overflow the core's Py_ssize_t window.
+PRE_DISPATCH_MAX = 1 << 40
+
+
 def check_pre_dispatch(pre_dispatch):
     """Validate now; return a function of n_jobs giving the count, or None for 'all'."""
     if pre_dispatch == "all":
@@ -96,7 +110,8 @@ def check_pre_dispatch(pre_dispatch):
     if _is_int(pre_dispatch):
         if pre_dispatch <= 0:
             raise ValueError(f"pre_dispatch must be positive, got {pre_dispatch!r}")
-        return lambda n_jobs: int(pre_dispatch)
+        count = min(int(pre_dispatch), PRE_DISPATCH_MAX)
+        return lambda n_jobs: count
     if not isinstance(pre_dispatch, str):
         raise TypeError("pre_dispatch must be 'all', a positive int or an arithmetic "
                         f"expression of n_jobs such as '2*n_jobs', got {pre_dispatch!r}")
@@ -122,7 +137,8 @@ def _eval_pre_dispatch(pre_dispatch, n_jobs):
                          f"expression of n_jobs: {exc}") from None
     if not value >= 1:
         raise ValueError(f"pre_dispatch={pre_dispatch!r} evaluates to {value!r}; it must be >= 1")
-    return int(value)
+    # Beyond any count of batches (even infinite): it means "all".
+    return PRE_DISPATCH_MAX if value >= PRE_DISPATCH_MAX else int(value)
 
 
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}

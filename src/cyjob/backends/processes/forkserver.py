@@ -38,10 +38,13 @@ def _exit_code(status):
 def forkserver_main(ctrl_fd):
     """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
 
-    Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
-    attached, ``("kill", wid, signum)``.  Replies: ``("spawned", wid, pid)``,
-    ``("exited", wid, exit_code)`` (a negative code is a signal).  EOF from
-    the parent: wait a moment for the workers to leave, kill the rest, exit.
+    Requests: ``("spawn", wid, env, sys_path, cwd, authkey, init)`` with the
+    worker's socket attached, ``("kill", wid, signum)``, ``("folder", path,
+    watch)`` (a temp folder of the parent's, to remove if it dies), ``("bye",)``
+    (the parent shuts down).  Replies: ``("spawned", wid, pid)``, ``("exited",
+    wid, exit_code)`` (a negative code is a signal).  EOF from the parent: wait
+    a moment for the workers to leave, kill the rest, remove the folders if
+    the parent died without "bye", exit.
     """
     # Ctrl-C in a terminal reaches the whole process group: the parent decides
     # what to stop, not us.
@@ -54,6 +57,8 @@ def forkserver_main(ctrl_fd):
     signal.signal(signal.SIGCHLD, lambda *args: None)
 
     # What every worker needs, loaded once here and shared copy-on-write.
+    import multiprocessing  # noqa: F401  (workers set its authkey)
+
     import cloudpickle  # noqa: F401
 
     import cyjob  # noqa: F401
@@ -62,6 +67,8 @@ def forkserver_main(ctrl_fd):
 
     pids = {}  # wid -> pid, until reaped
     wids = {}  # pid -> wid
+    folders = set()  # the parent's temp folders in use
+    said_bye = False
 
     def reap():
         while True:
@@ -98,7 +105,7 @@ def forkserver_main(ctrl_fd):
             break
         msg = pickle.loads(data)
         if msg[0] == "spawn":
-            _, wid, env, sys_path, cwd = msg
+            _, wid, env, sys_path, cwd, authkey, init = msg
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -107,11 +114,15 @@ def forkserver_main(ctrl_fd):
                 os.close(wake_w)
                 ctrl.close()
                 os.set_inheritable(fds[0], False)
-                worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd)
+                worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd, authkey, init)
             os.close(fds[0])
             pids[wid] = pid
             wids[pid] = wid
             _send_ctrl(ctrl, ("spawned", wid, pid))
+        elif msg[0] == "folder":
+            (folders.add if msg[2] else folders.discard)(msg[1])
+        elif msg[0] == "bye":
+            said_bye = True
         elif msg[0] == "kill":
             for fd in fds:
                 os.close(fd)
@@ -139,3 +150,10 @@ def forkserver_main(ctrl_fd):
         except ChildProcessError:
             break
         wids.pop(pid, None)
+    if not said_bye:
+        # The parent died (SIGKILL, say): nobody else will remove its folders.
+        import shutil
+
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    ctrl.close()  # (left open, `python -X dev` reports it as a ResourceWarning)
