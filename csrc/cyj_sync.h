@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct {
@@ -59,6 +60,23 @@ static inline int64_t cyj_thread_cpu_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The calling thread's context switches so far: voluntary (it blocked: the
+ * GIL, a sleep, I/O) and involuntary (the CPU was taken from it).  Zero where
+ * the OS keeps no per-thread counts. */
+static inline void cyj_thread_switches(int64_t *voluntary, int64_t *involuntary)
+{
+#ifdef RUSAGE_THREAD
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+        *voluntary = (int64_t)ru.ru_nvcsw;
+        *involuntary = (int64_t)ru.ru_nivcsw;
+        return;
+    }
+#endif
+    *voluntary = 0;
+    *involuntary = 0;
 }
 
 /* Wait with the mutex held until signalled or the absolute monotonic deadline

@@ -215,7 +215,9 @@ def measured(capsys, make_tasks, expected, attempts=5, **kwargs):
     for _ in range(attempts):
         memo.clear()
         results, using = run(capsys, make_tasks(), **kwargs)
-        if using and using[0][0] == expected:
+        # (A choice corrected within the call was measured on a machine
+        # whose load changed under it: measure again.)
+        if using and using[0][0] == expected and len(using) == 1:
             return results, using
         if not _two_cpus_free():
             busy_machine = True
@@ -548,7 +550,7 @@ def test_verbose_10_reports_the_choice_with_its_figures_on_stderr(capsys):
     kind, reason = using[0]
     assert kind == "inline"
     assert re.search(r"\d+(\.\d+)? us per task", reason), reason
-    assert "parallel efficiency" in reason and "busy" in reason
+    assert "too small to gain from workers" in reason, reason
 
 
 def test_verbose_50_reports_the_choice_on_stdout(capsys):
@@ -599,3 +601,63 @@ def test_calls_sent_to_processes_leave_nothing_behind(capsys):
     while (descendants(), threading.active_count()) != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (descendants(), threading.active_count()) == before
+
+
+# --------------------------------------------------------------------------
+# a wrong choice corrects itself (issue 15)
+
+
+def test_processes_slower_than_threads_move_back_within_the_call(capsys):
+    """A remembered "processes" choice whose tasks run slower there than the
+    threads did (here: threads recorded at 1 us per task, so any process
+    round trip is slower) moves the rest of the call to threads, says why,
+    and is remembered so: the next call starts on threads."""
+    n = gil_n()
+    args = [(n, x) for x in range(80)]
+    memo.put(gil, ("processes", 2e6, 1e3))
+    results, using = run(capsys, tasks_of(gil, args, where=True))
+    assert using[0] == ("processes", "remembered from an earlier call")
+    assert len(using) == 2, using
+    kind, reason = using[1]
+    assert kind == "threading" and reason.startswith("correcting: processes ran"), reason
+    assert [r[0] for r in results] == sequential(gil, args)
+    pids = [pid for _, pid, _ in results]
+    assert os.getpid() in pids and any(pid != os.getpid() for pid in pids)
+    assert memo.get(gil)[0] == "threading"
+    _, using = run(capsys, tasks_of(gil, args))
+    assert using[0] == ("threading", "remembered from an earlier call")
+
+
+def test_inline_slower_than_threads_moves_to_threads_within_the_call(capsys):
+    """Sleeping tasks remembered as "inline" (a wrong choice: they wait, and
+    threads overlap the waits) move to threads once inline proves slower
+    than the threads were."""
+    memo.put(nap, ("inline", 2e6, 1e6))
+    results, using = run(capsys, tasks_of(nap, [(x,) for x in range(60)], where=True))
+    assert using[0] == ("inline", "remembered from an earlier call")
+    assert [k for k, _ in using[1:]] == ["threading"], using
+    assert "correcting: inline ran" in using[1][1]
+    assert [r[0] for r in results] == [x * x for x in range(60)]
+    assert len({ident for _, _, ident in results}) >= 2
+    assert memo.get(nap)[0] == "threading"
+
+
+def test_gil_bound_tasks_left_on_threads_move_to_processes(capsys):
+    """GIL-bound tasks remembered as "threading" (as a loaded machine can
+    make the probe conclude) are measured again on threads as they run,
+    and moved to processes within the call."""
+    n = gil_n()
+    args = [(n, x) for x in range(120)]
+    for _ in range(5):
+        memo.put(gil, ("threading", 2e6, 1e6))
+        results, using = run(capsys, tasks_of(gil, args, where=True))
+        assert using[0] == ("threading", "remembered from an earlier call")
+        assert [r[0] for r in results] == sequential(gil, args)
+        if [k for k, _ in using[1:]] == ["processes"]:
+            break
+        if not _two_cpus_free():
+            pytest.skip(f"machine too busy to measure GIL contention ({using})")
+    assert [k for k, _ in using[1:]] == ["processes"], using
+    assert "correcting: threads measured again: tasks hold the GIL" in using[1][1]
+    assert any(pid != os.getpid() for _, pid, _ in results)
+    assert memo.get(gil)[0] == "processes"

@@ -15,11 +15,15 @@ cdef class Batch:
     # runs it elsewhere); a pool's queue holds &ticket.
     cdef cyj_ticket ticket
     cdef public double duration_ns
-    # Where it ran in this process: monotonic start and end, and the CPU time
-    # of the thread that ran it (how the auto backend sees GIL contention).
+    # Where it ran in this process: monotonic start and end, the CPU time of
+    # the thread that ran it, and that thread's voluntary / involuntary
+    # context switches meanwhile (how the auto backend tells waiting for the
+    # GIL from a CPU taken by other programs; backends/_probe.py).
     cdef public int64_t started_ns
     cdef public int64_t finished_ns
     cdef public int64_t cpu_ns
+    cdef public int64_t voluntary
+    cdef public int64_t involuntary
 
 
 cdef class Executor:

@@ -56,6 +56,8 @@ class Batch:
     started_ns: int
     finished_ns: int
     cpu_ns: int
+    voluntary: int
+    involuntary: int
     def __len__(self) -> int: ...
     def task_tuples(self) -> list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]: ...
 

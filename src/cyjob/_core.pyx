@@ -34,7 +34,7 @@ from libc.stdint cimport int64_t
 from cyjob._batching cimport BatchSizer
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_thread_cpu_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_now_ns, cyj_thread_cpu_ns, cyj_thread_switches, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_signal,
     cyj_spin_while_equal, cyj_store, cyj_ticket, cyj_unlock, cyj_wait_until,
 )
@@ -304,18 +304,25 @@ cdef inline void _execute(Batch batch):
 cdef void _execute_claimed(Batch batch):
     """Run a batch this thread has claimed, and report it (GIL held)."""
     cdef Call call = batch.call
-    cdef int64_t t0, cpu0
+    cdef int64_t t0, cpu0 = 0, vol0 = 0, invol0 = 0, vol1, invol1
+    cdef bint measure = call.measure_cpu
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
         return
-    # The thread's CPU clock is a system call (~0.5 us), not a vDSO read:
-    # only calls being measured by the auto backend pay for it.  Read inside
-    # the wall-clock window, so CPU time never exceeds the wall time.
+    # The thread's CPU clock and switch counts are system calls (~0.5 us
+    # each), not vDSO reads: only calls being measured by the auto backend
+    # pay for them.  Read inside the wall-clock window, so CPU time never
+    # exceeds the wall time.
     t0 = cyj_now_ns()
-    cpu0 = cyj_thread_cpu_ns() if call.measure_cpu else 0
+    if measure:
+        cyj_thread_switches(&vol0, &invol0)
+        cpu0 = cyj_thread_cpu_ns()
     results, error = _run(batch.tasks, &call.aborted)
-    if call.measure_cpu:
+    if measure:
         batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
+        cyj_thread_switches(&vol1, &invol1)
+        batch.voluntary = vol1 - vol0
+        batch.involuntary = invol1 - invol0
     batch.finished_ns = cyj_now_ns()
     batch.started_ns = t0
     call.batch_done(batch, results, error, <double>(batch.finished_ns - t0))
@@ -841,6 +848,9 @@ cdef class Call:
         batch.results = results
         batch.error = error
         batch.duration_ns = duration_ns
+        if batch.finished_ns == 0:
+            # Run elsewhere (a process, dask): when its results arrived.
+            batch.finished_ns = cyj_now_ns()
         batch.done = True
         batch.tasks = None  # free the arguments as soon as possible
         self.n_done_batches += 1

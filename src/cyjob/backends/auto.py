@@ -30,35 +30,34 @@ import weakref
 
 from cyjob._batching import BatchSizer
 from cyjob._core import Router
+from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
+                                   decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
 
-# Probe until the batches measured hold this much work.  A task that releases
-# the GIL lets a second thread start at once, so two batches overlap within
-# this much; GIL-bound ones cannot (the second thread waits up to a switch
-# interval for the GIL).
-PROBE_MIN_WORK_NS = 2_000_000
-# Parallel efficiency (CPU seconds per wall second) that proves GIL release.
-PARALLEL_EFFICIENCY = 1.3
-# CPU per wall second of a running batch under which tasks mostly wait.
-WAITING_BUSY = 0.3
-# A GIL-bound task this long (CPU) is worth sending to a process: pickling a
-# batch costs ~0.15-10 us per task (PERFORMANCE.md), a round trip ~100 us.
-PROCESS_MIN_TASK_NS = 50_000
-# Below this per-task time, even a GIL-releasing task gains nothing from threads.
-TINY_TASK_NS = 20_000
+# What the probe's figures mean is decided in _probe.decide (a pure function,
+# tested on recorded figures).
+# Past this much probing (from the first batch's start) without clear
+# evidence, the call stays on threads.
+PROBE_MAX_NS = 150_000_000
+# A choice is checked against threads while the call runs: another place
+# that turns out this much slower per task than the probe's threads moves
+# the call back to threads (and is remembered so)...
+CORRECTION_MARGIN = 1.25
+# ...once it has run this many batches, over at least this long.
+CHECK_MIN_BATCHES = 4
+CHECK_MIN_NS = 50_000_000
+# Threads check the probe's verdict on this many of their latest batches.
+CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
 MEMO_DRIFT = 10.0
 # ...over this many tasks (one task right after other work runs on cold
 # caches, 10x slower than the next: benchmarks/bench_auto.py).
 MEMO_CHECK_TASKS = 8
 # ...and in any case after this many seconds: a choice made while other
-# programs held the CPUs (a GIL-free task that finds no second CPU looks
-# GIL-bound) must not stick for the life of the process.
+# programs held the CPUs must not stick for the life of the process.
 MEMO_MAX_AGE = 60.0
-
-THREADS, PROCESSES, INLINE = "threading", "processes", "inline"
 
 _MARKER = "__cyjob_backend__"
 
@@ -121,7 +120,8 @@ def _memo_key(function):
 
 
 class _Memo:
-    """Choices per function, ``(kind, ns_per_task)``, each kept for
+    """Choices per function, ``(kind, ns_per_task, threads_ns_per_task)``
+    (the last: wall time per task the probe got on threads), each kept for
     MEMO_MAX_AGE seconds: weakly keyed where possible, so a closure's memory
     is not kept alive by cyjob."""
 
@@ -137,9 +137,9 @@ class _Memo:
             entry = self.weak.get(function) or self.strong.get(function)
         except TypeError:  # unhashable callable
             return None
-        if entry is None or entry[2] < time.monotonic():
+        if entry is None or entry[-1] < time.monotonic():
             return None
-        return entry[:2]
+        return entry[:-1]
 
     def put(self, function, choice):
         function = _memo_key(function)
@@ -176,12 +176,15 @@ _INLINE = SequentialBackend().executor(1)
 
 
 class AutoExecutor(Router):
-    """The policy of one call: what to measure and what to choose.  Routing
-    each batch (to the thread pool while probing, then to the choice) and
-    verifying a remembered choice are the core's ``Router``; these hooks run
-    before the first batch, while probing, and if a verification fails."""
+    """The policy of one call: what to measure, what to choose, and when a
+    choice proved wrong.  Routing each batch (to the thread pool while
+    probing, then to the choice) and verifying a remembered choice are the
+    core's ``Router``; these hooks run before the first batch, before each
+    batch while watching (probing or checking a choice), and if a
+    verification fails."""
 
-    __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered")
+    __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered",
+                 "threads_ns", "checked", "corrected", "left")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -189,6 +192,10 @@ class AutoExecutor(Router):
         self.initial_sizer = self.call.sizer
         self.function = function
         self.remembered = None
+        self.threads_ns = 0.0   # wall ns per task the call got on threads
+        self.checked = None     # batches routed since the choice, while checked
+        self.corrected = False
+        self.left = []          # executors the call was moved away from
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -198,59 +205,112 @@ class AutoExecutor(Router):
         if remembered is None:
             self._probe()
         else:
+            self.threads_ns = remembered[2]
             self._choose(remembered[0], remembered[1], "remembered from an earlier call")
 
     def watch(self, batch):
+        if self.checked is not None:
+            self.checked.append(batch)
+            self._check()
+            return
         self._maybe_decide()
-        if self.watching:
+        if self.checked is not None:
+            self.checked.append(batch)  # the first batch sent to the choice
+        elif self.watching:
             self.seen.append(batch)
 
     def drifted(self, per_task):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
                   f"{per_task / 1e3:.1f} us: measuring again")
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        if self.target is not None and self.target is not self.first:
+            self.left.append(self.target)
         self.target, self.choice = None, None
         self.out_of_process = False
+        self.checked = None
         self.call.use_sizer(self.initial_sizer)
         self._probe()
 
     def call_finished(self, call):
+        for executor in self.left:
+            executor.call_finished(call)
+        self.left = []
         super().call_finished(call)
-        self.seen = None  # batches, which hold the call, which holds this
+        # Batches hold the call, which holds this.
+        self.seen = self.checked = None
 
     # -- measuring --------------------------------------------------------
 
     def _maybe_decide(self):
-        probe = self.seen
-        done = [b for b in probe if b.done and b.results is not None]
-        if len(done) < min(self.n_workers, len(probe)):
+        done = [b for b in self.seen if b.done and b.results is not None]
+        if not done:
             return
+        figures = [_figures(b) for b in done]
+        first = min(b.started_ns for b in done)
+        last_chance = time.monotonic_ns() - first >= PROBE_MAX_NS
+        verdict = decide(figures, self.n_workers, last_chance)
+        if verdict.kind is None:
+            return
+        span = _span_ns(done)
         n_tasks = sum(b.size for b in done)
-        wall = sum(b.finished_ns - b.started_ns for b in done)
-        cpu = sum(b.cpu_ns for b in done)
-        if not n_tasks or wall <= 0:
+        self.threads_ns = span / n_tasks if n_tasks else 0.0
+        self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
+                     remember=verdict.remember)
+
+    def _check(self):
+        """Compare the chosen place with what threads gave (or, on threads,
+        look again at the evidence); move the call at most once."""
+        kind = self.choice[0]
+        done = [b for b in self.checked if b.done and b.results is not None]
+        if len(done) < CHECK_MIN_BATCHES:
             return
-        span = max(b.finished_ns for b in done) - min(b.started_ns for b in done)
-        per_task = wall / n_tasks
-        efficiency = cpu / span if span > 0 else 0.0
-        overlap = wall / span if span > 0 else 1.0
-        busy = cpu / wall
-        figures = (f"{per_task / 1e3:.1f} us per task, parallel efficiency "
-                   f"{efficiency:.2f} on {overlap:.2f} overlapping threads, busy {busy:.2f}")
-        if efficiency >= PARALLEL_EFFICIENCY and per_task >= TINY_TASK_NS:
-            self._choose(THREADS, per_task, "tasks release the GIL: " + figures, measured=True)
-        elif per_task < TINY_TASK_NS:
-            if len(done) >= self.n_workers:
-                self._choose(INLINE, per_task, "tasks too small to gain from workers: " + figures,
-                             measured=True)
-        elif wall < PROBE_MIN_WORK_NS:
-            return  # not enough seen yet
-        elif busy < WAITING_BUSY:
-            self._choose(THREADS, per_task, "tasks mostly wait (I/O, sleep): " + figures, measured=True)
-        elif per_task * busy >= PROCESS_MIN_TASK_NS:
-            self._choose(PROCESSES, per_task, "tasks hold the GIL: " + figures, measured=True)
+        if kind == THREADS:
+            window = done[-CHECK_WINDOW:]
+            verdict = decide([_figures(b) for b in window], self.n_workers)
+            if verdict.kind is None or verdict.kind == THREADS or not verdict.remember:
+                if len(done) >= 4 * CHECK_WINDOW:
+                    self._stop_checking()
+                return
+            self._correct(verdict.kind, verdict.ns_per_task,
+                          "threads measured again: " + verdict.reason)
+            return
+        if not self.threads_ns:
+            self._stop_checking()
+            return
+        if kind == PROCESSES:
+            # Steady throughput: batches run out of this process (no start
+            # time here), from the moment every worker has answered once (a
+            # cold pool's start-up is paid once, not per task).
+            remote = sorted((b for b in done if b.started_ns == 0),
+                            key=lambda b: b.finished_ns)[self.n_workers - 1:]
+            if len(remote) < CHECK_MIN_BATCHES + 1:
+                return
+            elapsed = remote[-1].finished_ns - remote[0].finished_ns
+            n_tasks = sum(b.size for b in remote[1:])
         else:
-            self._choose(INLINE, per_task, "tasks hold the GIL and are small: " + figures, measured=True)
+            elapsed = sum(b.duration_ns for b in done)
+            n_tasks = sum(b.size for b in done)
+        if elapsed < CHECK_MIN_NS or not n_tasks:
+            return
+        per_task = elapsed / n_tasks
+        if per_task > CORRECTION_MARGIN * self.threads_ns:
+            self._correct(THREADS, self.threads_ns,
+                          f"{kind} ran {per_task / 1e3:.1f} us per task against "
+                          f"{self.threads_ns / 1e3:.1f} on threads")
+        else:
+            self._stop_checking()
+
+    def _stop_checking(self):
+        self.checked = None
+        self.watching = False
+        self.call.measure_cpu = False
+
+    def _correct(self, kind, ns_per_task, reason):
+        self.corrected = True
+        previous = self.target
+        self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
+        if previous is not self.first and previous is not self.target:
+            self.left.append(previous)  # still runs batches: told when the call ends
 
     # -- choosing ---------------------------------------------------------
 
@@ -260,12 +320,12 @@ class AutoExecutor(Router):
         self.watching = True
         self.call.measure_cpu = True
 
-    def _choose(self, kind, ns_per_task, reason, measured=False):
+    def _choose(self, kind, ns_per_task, reason, remember=False):
         call = self.call
         self.out_of_process = False
         self.watching = False
         call.measure_cpu = False
-        verifying = not measured and self.remembered is not None
+        verifying = reason == "remembered from an earlier call"
         then = None  # sizer once a remembered choice is verified
         if kind == PROCESSES:
             target = _process_executor(self.n_workers, self.parallel)
@@ -287,19 +347,29 @@ class AutoExecutor(Router):
                 # Balance means nothing in one thread: batches as large as
                 # allowed, once a remembered choice is verified.
                 largest = parallel._max_batch_size
-                then = BatchSizer(1, largest, largest)
+                if ns_per_task >= TINY_TASK_NS:
+                    # Not tiny: batches that grow as measured, so that the
+                    # choice can be checked (and corrected) as the call runs.
+                    then = BatchSizer(1, 0, largest)
+                else:
+                    then = BatchSizer(1, largest, largest)
                 call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if verifying else then)
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
         self.target, self.choice = target, (kind, ns_per_task, reason)
-        if measured:
-            memo.put(self.function, (kind, ns_per_task))
+        if remember:
+            memo.put(self.function, (kind, ns_per_task, self.threads_ns))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
             self.verify(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
+        if not self.corrected and not reason.startswith("marked"):
+            # A choice is watched until it proves itself (or is corrected).
+            self.checked = []
+            self.watching = True
+            call.measure_cpu = kind == THREADS
         self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
@@ -307,6 +377,24 @@ class AutoExecutor(Router):
         if verbose >= 10:
             stream = sys.stderr if verbose < 50 else sys.stdout  # joblib's rule
             stream.write(f"[{self.parallel!r}]: {message}\n")
+
+
+def _figures(batch):
+    return BatchFigures(batch.started_ns, batch.finished_ns, batch.cpu_ns, batch.size,
+                        batch.voluntary, batch.involuntary)
+
+
+def _span_ns(batches):
+    """Wall time during which at least one of ``batches`` ran."""
+    total, end = 0, None
+    for start, finish in sorted((b.started_ns, b.finished_ns) for b in batches):
+        if end is None or start > end:
+            total += finish - start
+            end = finish
+        elif finish > end:
+            total += finish - end
+            end = finish
+    return total
 
 
 def _process_executor(n_workers, parallel):
