@@ -33,6 +33,14 @@ KINDS = ("threading", "processes", "inline")
 RETURN_AS = ["list", "generator", "generator_unordered"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def warm_process_pool():
+    """Worker processes already started: a call sent to a cold pool keeps
+    running on threads while it boots (test_a_cold_pool_...), and the
+    tests below check where tasks ran once a kind is chosen."""
+    Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))
+
+
 @pytest.fixture(autouse=True)
 def fresh_memo():
     """Every test starts with no remembered choice and leaves none behind."""
@@ -661,3 +669,24 @@ def test_gil_bound_tasks_left_on_threads_move_to_processes(capsys):
     assert "correcting: threads measured again: tasks hold the GIL" in using[1][1]
     assert any(pid != os.getpid() for _, pid, _ in results)
     assert memo.get(gil)[0] == "processes"
+
+
+def test_a_cold_pool_boots_while_threads_run_the_call(capsys):
+    """Sent to processes while the pool is not started, a call's batches
+    keep running on threads until a worker is up: a cold start (0.1-0.3 s)
+    is not dead time.  Results and errors are unchanged."""
+    from cyjob.backends.processes import shutdown_pool
+
+    shutdown_pool()
+    try:
+        n = gil_n()
+        marked = cyjob.gil_bound(gil)
+        results = Parallel(n_jobs=2)(delayed(marked)(n, x, where=True) for x in range(60))
+        assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(60)])
+        assert os.getpid() in {pid for _, pid, _ in results}
+        with pytest.raises(TaskFailed, match="boom 50"):
+            Parallel(n_jobs=2)(delayed(marked)(n, x, bad=50, exc=TaskFailed)
+                               for x in range(60))
+    finally:
+        shutdown_pool()
+        Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))

@@ -24,6 +24,8 @@ cdef class Batch:
     cdef public int64_t cpu_ns
     cdef public int64_t voluntary
     cdef public int64_t involuntary
+    # A pool worker's wait for the GIL before started_ns (measured calls).
+    cdef public int64_t waited_ns
 
 
 cdef class Executor:

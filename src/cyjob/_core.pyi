@@ -58,6 +58,7 @@ class Batch:
     cpu_ns: int
     voluntary: int
     involuntary: int
+    waited_ns: int
     def __len__(self) -> int: ...
     def task_tuples(self) -> list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]: ...
 

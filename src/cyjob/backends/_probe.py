@@ -36,9 +36,12 @@ __all__ = ["BatchFigures", "Verdict", "decide", "THREADS", "PROCESSES", "INLINE"
 THREADS, PROCESSES, INLINE = "threading", "processes", "inline"
 
 #: One measured batch.  Times in ns; ``voluntary`` / ``involuntary`` are the
-#: running thread's context switches during the batch.
+#: running thread's context switches during the batch, counted from when a
+#: pool worker took it and began waiting for the GIL, ``waited_ns`` before
+#: ``started_ns`` (0 for a batch the caller ran: it held the GIL already).
 BatchFigures = namedtuple(
-    "BatchFigures", "started_ns finished_ns cpu_ns n_tasks voluntary involuntary")
+    "BatchFigures", "started_ns finished_ns cpu_ns n_tasks voluntary involuntary waited_ns",
+    defaults=(0,))
 
 #: ``kind`` is None while the evidence is not enough ("keep measuring");
 #: ``remember`` says whether later calls may reuse it without measuring.
@@ -54,11 +57,15 @@ MIN_OVERLAP_NS = 10_000_000
 # A batch counts as overlapping when another one ran beside it for this share
 # of its own wall time.
 OVERLAP_SHARE = 0.5
-# Voluntary switches per 10 ms of a batch's wall time.  Two GIL-bound threads
-# hand the GIL over at least once per switch interval: ~2 per 10 ms measured;
-# GIL-free ones block only now and then between calls (~0.1).
-FREE_SWITCHES = 0.4
-CONTENDED_SWITCHES = 0.8
+# Voluntary switches per 10 ms of CPU time of overlapping batches.  A
+# GIL-bound thread beside another one must hand the GIL over after at most a
+# switch interval (5 ms) of CPU, then wait for it back: 5-10 per 10 ms
+# measured, idle or loaded.  A GIL-free thread blocks only at the few points
+# a task takes the GIL back (per task, not per CPU time): 0.2-0.8 measured.
+# (Per wall time instead, a loaded machine stretches the GIL-bound figure
+# down towards the GIL-free one: waits get longer, not more frequent.)
+FREE_SWITCHES = 1.5
+CONTENDED_SWITCHES = 3.0
 # CPUs used per wall second by overlapping batches that proves GIL release.
 PARALLEL_EFFICIENCY = 1.3
 # CPUs the call wanted (used, or was preempted from) per wall second, under
@@ -72,8 +79,14 @@ PARALLEL_DEMAND = 1.5
 PROCESS_MIN_TASK_NS = 50_000
 
 
+def _begin(b):
+    """When the batch's thread wanted to run it (its wait for the GIL counts:
+    that wait is what GIL-bound work does to a second thread)."""
+    return b.started_ns - b.waited_ns
+
+
 def _wall(b):
-    return max(b.finished_ns - b.started_ns, 0)
+    return max(b.finished_ns - _begin(b), 0)
 
 
 def _preempted_ns(b):
@@ -105,7 +118,7 @@ def _overlap_ns(i, batches):
     for j, other in enumerate(batches):
         if j == i:
             continue
-        start = max(b.started_ns, other.started_ns)
+        start = max(_begin(b), _begin(other))
         finish = min(b.finished_ns, other.finished_ns)
         if finish > start:
             clipped.append((start, finish))
@@ -116,8 +129,8 @@ def _at_least_two_ns(batches):
     """Time during which two or more batches ran at once."""
     events = []
     for b in batches:
-        if b.finished_ns > b.started_ns:
-            events.append((b.started_ns, 1))
+        if b.finished_ns > _begin(b):
+            events.append((_begin(b), 1))
             events.append((b.finished_ns, -1))
     events.sort()
     running, since, total = 0, 0, 0
@@ -136,7 +149,7 @@ def figures_text(per_task, efficiency=None, demand=None, switches=None, overlap=
     if efficiency is not None:
         text += f", parallel efficiency {efficiency:.2f}, demand {demand:.2f} CPUs"
     if switches is not None:
-        text += f", {switches:.2f} waits per 10 ms"
+        text += f", {switches:.2f} waits per 10 ms of CPU"
     return text
 
 
@@ -166,7 +179,8 @@ def decide(batches, n_workers, last_chance=False):
     n_tasks = sum(b.n_tasks for b in batches)
     # Run time per task on a CPU of its own: wall time less what other
     # programs took (a tiny batch preempted once must not look heavy).
-    per_task = sum(_wall(b) - _preempted_ns(b) for b in batches) / n_tasks
+    per_task = sum(max(b.finished_ns - b.started_ns - _preempted_ns(b), b.cpu_ns)
+                   for b in batches) / n_tasks
     if per_task < TINY_TASK_NS:
         if len(batches) >= n_workers or last_chance:
             return Verdict(INLINE, per_task, "tasks too small to gain from workers: "
@@ -183,12 +197,12 @@ def decide(batches, n_workers, last_chance=False):
                            + figures_text(per_task, overlap=overlap) + ")", False)
         return unclear
 
-    span = _union_ns([(b.started_ns, b.finished_ns) for b in overlapping])
+    span = _union_ns([(_begin(b), b.finished_ns) for b in overlapping])
     wall = sum(_wall(b) for b in overlapping)
     cpu = sum(b.cpu_ns for b in overlapping)
     efficiency = cpu / span
     demand = (cpu + sum(_preempted_ns(b) for b in overlapping)) / span
-    switches = 10e6 * sum(b.voluntary for b in overlapping) / wall
+    switches = 10e6 * sum(b.voluntary for b in overlapping) / max(cpu, 1)
     figures = figures_text(per_task, efficiency, demand, switches, overlap)
     if efficiency >= PARALLEL_EFFICIENCY:
         return Verdict(THREADS, per_task, "tasks release the GIL: " + figures, True)

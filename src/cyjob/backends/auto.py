@@ -184,7 +184,7 @@ class AutoExecutor(Router):
     verification fails."""
 
     __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered",
-                 "threads_ns", "checked", "corrected", "left")
+                 "threads_ns", "checked", "corrected", "left", "booting")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -196,6 +196,8 @@ class AutoExecutor(Router):
         self.checked = None     # batches routed since the choice, while checked
         self.corrected = False
         self.left = []          # executors the call was moved away from
+        self.booting = None     # the chosen process executor, while its pool starts
+        self.choice = self.seen = None
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -209,10 +211,17 @@ class AutoExecutor(Router):
             self._choose(remembered[0], remembered[1], "remembered from an earlier call")
 
     def watch(self, batch):
+        booting = self.booting
+        if booting is not None and booting.ready():
+            self.booting = None
+            self.target, self.out_of_process = booting, True
+            self.watching = self.checked is not None
         if self.checked is not None:
             self.checked.append(batch)
             self._check()
             return
+        if self.choice is not None:
+            return  # only waiting for the pool to boot
         self._maybe_decide()
         if self.checked is not None:
             self.checked.append(batch)  # the first batch sent to the choice
@@ -225,6 +234,9 @@ class AutoExecutor(Router):
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
         if self.target is not None and self.target is not self.first:
             self.left.append(self.target)
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
         self.target, self.choice = None, None
         self.out_of_process = False
         self.checked = None
@@ -232,6 +244,9 @@ class AutoExecutor(Router):
         self._probe()
 
     def call_finished(self, call):
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
         for executor in self.left:
             executor.call_finished(call)
         self.left = []
@@ -302,12 +317,14 @@ class AutoExecutor(Router):
 
     def _stop_checking(self):
         self.checked = None
-        self.watching = False
+        self.watching = self.booting is not None
         self.call.measure_cpu = False
 
     def _correct(self, kind, ns_per_task, reason):
         self.corrected = True
         previous = self.target
+        if self.booting is not None:
+            previous, self.booting = self.booting, None
         self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
         if previous is not self.first and previous is not self.target:
             self.left.append(previous)  # still runs batches: told when the call ends
@@ -370,6 +387,13 @@ class AutoExecutor(Router):
             self.checked = []
             self.watching = True
             call.measure_cpu = kind == THREADS
+        ready = getattr(target, "ready", None)
+        if self.out_of_process and ready is not None and not ready():
+            # A cold pool takes 0.1-0.3 s to boot: the threads keep running
+            # batches meanwhile (GIL-bound, about as fast as one process).
+            self.booting = target
+            self.target, self.out_of_process = self.first, False
+            self.watching = True
         self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
@@ -381,7 +405,7 @@ class AutoExecutor(Router):
 
 def _figures(batch):
     return BatchFigures(batch.started_ns, batch.finished_ns, batch.cpu_ns, batch.size,
-                        batch.voluntary, batch.involuntary)
+                        batch.voluntary, batch.involuntary, batch.waited_ns)
 
 
 def _span_ns(batches):

@@ -78,6 +78,12 @@ class ProcessExecutor(Executor):
             env.update(zip(THREAD_LIMIT_VARS, self.limits))
             pool.ensure(self.n_workers, self.limits, env)
 
+    def ready(self):
+        """True once the fork server has started a worker: batches sent now
+        start within milliseconds (before, they wait for it to boot)."""
+        pool = self.pool
+        return any(w.pid is not None for w in list(pool.active))
+
     def submit(self, batch):
         self._ensure()
         memory = self._calls.get(id(batch.call))
