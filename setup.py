@@ -31,16 +31,46 @@ class CythonBuildExt(build_ext):
         for ext in self.distribution.ext_modules:
             ext.extra_compile_args = cflags + ["-Wno-unused-function"]
             ext.extra_link_args = ldflags
-        directives = {"language_level": 3, "embedsignature": True}
-        if debug:
-            directives.update(boundscheck=True, wraparound=True)
-        self.distribution.ext_modules[:] = cythonize(
-            self.distribution.ext_modules,
-            compiler_directives=directives,
-            annotate=_flag("CYJOB_ANNOTATE"),
-            force=debug or sanitize,
-        )
+        # The one place for Cython directives: no .pyx carries a `# cython:`
+        # header (it would override these, and a debug build would check
+        # nothing; tests/test_architecture.py keeps it so).
+        directives = {"language_level": 3, "embedsignature": True,
+                      "boundscheck": debug, "wraparound": debug}
+        # Generated C is reused while the sources are unchanged: regenerate it
+        # all when the directives differ from the last build's (a release
+        # build after a debug one must not keep the bounds checks, nor the
+        # other way round).
+        stamp = os.path.join("build", "cyjob-directives.txt")
+        mode = repr(sorted(directives.items())) + repr(MODULE_DIRECTIVES)
+        try:
+            with open(stamp) as f:
+                stale = f.read() != mode
+        except OSError:
+            stale = True
+        compiled = []
+        for ext in self.distribution.ext_modules:
+            compiled += cythonize(
+                [ext],
+                compiler_directives={**directives, **MODULE_DIRECTIVES.get(ext.name, {})},
+                annotate=_flag("CYJOB_ANNOTATE"),
+                force=stale or sanitize,
+            )
+        os.makedirs("build", exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(mode)
+        self.distribution.ext_modules[:] = compiled
         super().finalize_options()
+
+
+# The core, one compiled module per job, joined by .pxd cimports:
+#   _tasks     delayed, task coercion, flat batches, the per-task loop
+#   _batching  the batch-size rule
+#   _pool      the thread pool, its nogil worker loop, submit()
+#   _dispatch  Batch, executors, Router, Call
+CORE_MODULES = ("_tasks", "_batching", "_pool", "_dispatch")
+# C division (no zero check, C's sign rule) where every divisor is known to be
+# positive; the batch-size rule keeps Python's (a zero duration must raise).
+MODULE_DIRECTIVES = {f"cyjob.{m}": {"cdivision": True} for m in ("_tasks", "_pool", "_dispatch")}
 
 
 def _ext(name):
@@ -48,11 +78,13 @@ def _ext(name):
         f"cyjob.{name}",
         [f"src/cyjob/{name}.pyx"],
         include_dirs=["csrc"],
-        depends=["csrc/cyj_sync.h", "csrc/cyj_queue.h", "src/cyjob/_sync.pxd"],
+        depends=["csrc/cyj_sync.h", "csrc/cyj_queue.h"]
+        + [f"src/cyjob/{m}.pxd" for m in ("_sync",) + CORE_MODULES],
     )
 
 
 setup(
-    ext_modules=[_ext("_batching"), _ext("_core")],
+    ext_modules=[_ext(name) for name in CORE_MODULES]
+    + [Extension("cyjob.cache._canon", ["src/cyjob/cache/_canon.pyx"])],
     cmdclass={"build_ext": CythonBuildExt},
 )

@@ -102,10 +102,15 @@ static inline int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
 
 /* What a pool's queue holds for a batch: a claim flag that whoever runs the
  * batch sets first (compare-and-swap, no GIL needed), and the batch object
- * itself, which only code holding the GIL may touch. */
+ * itself, which only code holding the GIL may touch.  The worker that claims
+ * it notes, before it waits for the GIL, when it took it and its context
+ * switches so far (the auto backend measures that wait; 0, 0, -1 unless). */
 typedef struct {
     int64_t claimed;
     void *owner;
+    int64_t taken_ns;
+    int64_t voluntary;
+    int64_t involuntary;
 } cyj_ticket;
 
 static inline void cyj_cpu_relax(void)

@@ -68,7 +68,7 @@ class PyBatchSizer:
 def simulate(durations_ns, n_workers, sizer, window=None, lazy=False, overhead_ns=0.0):
     """Simulated makespan of running tasks with the given durations.
 
-    Mirrors ``cyjob._core.Call``: at most ``window`` batches in flight; a lazy
+    Mirrors ``cyjob._dispatch.Call``: at most ``window`` batches in flight; a lazy
     input is read ``n_workers * last_size`` tasks ahead, and its length is
     known only once a read comes back short.  ``overhead_ns`` is added to each
     batch (dispatch cost).  Returns (makespan_ns, batch_sizes).

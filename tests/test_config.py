@@ -16,7 +16,7 @@ from cyjob import (
     parallel_config,
     register_parallel_backend,
 )
-from cyjob._core import Executor, InlineExecutor
+from cyjob._dispatch import Executor, InlineExecutor
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
 from helpers import Counter, assert_runs_concurrently, assert_runs_in_caller_thread, ident
@@ -226,7 +226,6 @@ class RecordingExecutor(Executor):
 class RecordingBackend(Backend):
     name = "test-recording"
     supports_sharedmem = True
-    in_process = True
 
     def __init__(self, **backend_params):
         super().__init__(**backend_params)
@@ -261,7 +260,6 @@ class SizeRecordingExecutor(Executor):
 class SizeRecordingBackend(Backend):
     name = "test-size-recording"
     supports_sharedmem = True
-    in_process = True
 
     def __init__(self, **backend_params):
         super().__init__(**backend_params)

@@ -6,9 +6,10 @@
 [0, 1, 4, 9, 16]
 """
 
-from cyjob._core import delayed
+from cyjob._tasks import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
+from cyjob.cache import hash
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
@@ -53,4 +54,5 @@ __all__ = [
     "TerminatedWorkerError",
     "nogil",
     "gil_bound",
+    "hash",
 ]

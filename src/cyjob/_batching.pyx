@@ -1,4 +1,3 @@
-# cython: language_level=3
 """The auto batch-size rule: a pure function of what has been measured.
 
 No clock lives here.  Whoever runs a batch reports ``observe(size, duration)``

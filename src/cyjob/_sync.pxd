@@ -23,6 +23,9 @@ cdef extern from "cyj_sync.h" nogil:
     ctypedef struct cyj_ticket:
         int64_t claimed
         void *owner
+        int64_t taken_ns
+        int64_t voluntary
+        int64_t involuntary
 
 cdef extern from "cyj_queue.h" nogil:
     ctypedef struct cyj_queue:

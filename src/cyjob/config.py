@@ -1,9 +1,10 @@
 """parallel_config / parallel_backend, cpu_count and effective_n_jobs (joblib's meaning)."""
 
-import os
 import threading
 
 from cyjob import _validation as check
+from cyjob._cpus import cpu_count, n_workers
+from cyjob.backends import get_backend
 
 __all__ = ["parallel_config", "parallel_backend", "cpu_count", "effective_n_jobs"]
 
@@ -96,8 +97,6 @@ class parallel_config:
         check.check_verbose(new["verbose"])
         check.check_temp_folder(new["temp_folder"])
         if new["backend"] is not None:
-            from cyjob.backends import get_backend
-
             get_backend(new["backend"])  # unknown names fail here, not later
         if inner_max_num_threads is not None:
             if not check._is_int(inner_max_num_threads) or inner_max_num_threads < 1:
@@ -128,60 +127,9 @@ class parallel_backend(parallel_config):
                          inner_max_num_threads=inner_max_num_threads, **backend_params)
 
 
-def _cgroup_cpu_limit():
-    """CPUs allowed by a cgroup v2/v1 quota, or None."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            return max(1, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
-            quota = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
-            period = int(f.read())
-        if quota > 0 and period > 0:
-            return max(1, -(-quota // period))
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-_cpu_count_cache = None
-
-
-def cpu_count(only_physical_cores=False):
-    """CPUs this process may use: affinity mask, cgroup quota and the
-    ``LOKY_MAX_CPU_COUNT`` override (as joblib honours it)."""
-    global _cpu_count_cache
-    if _cpu_count_cache is None:
-        try:
-            count = len(os.sched_getaffinity(0))
-        except AttributeError:
-            count = os.cpu_count() or 1
-        limit = _cgroup_cpu_limit()
-        if limit is not None:
-            count = min(count, limit)
-        _cpu_count_cache = max(1, count)
-    count = _cpu_count_cache
-    override = os.environ.get("LOKY_MAX_CPU_COUNT")
-    if override:
-        try:
-            count = min(count, max(1, int(override)))
-        except ValueError:
-            pass
-    return count
-
-
 def effective_n_jobs(n_jobs=-1):
     """How many workers ``Parallel(n_jobs=n_jobs)`` would use here."""
     n_jobs = check.check_n_jobs(n_jobs)
     if n_jobs is None:
         n_jobs = get_config()["n_jobs"]
-    if n_jobs is None:
-        return 1
-    if n_jobs < 0:
-        return max(cpu_count() + 1 + n_jobs, 1)
-    return n_jobs
+    return n_workers(n_jobs)

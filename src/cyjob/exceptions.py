@@ -2,6 +2,7 @@
 
 import builtins
 import multiprocessing
+import traceback
 
 
 class TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError):
@@ -22,3 +23,29 @@ class TerminatedWorkerError(WorkerError):
 
 class PoolShutdownError(WorkerError):
     """The pool was shut down (interpreter exit) while tasks were pending."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of a task that failed in a worker (a thread, a process
+    or a dask worker), chained as the ``__cause__`` of the error re-raised in
+    the caller, as joblib shows it."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return f'\n"""\n{self.tb}"""'
+
+
+def traceback_text(error):
+    """The formatted traceback of ``error`` (what ``RemoteTraceback`` shows)."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def chain_remote_traceback(error, text):
+    """Rebuild a task's error for the caller: chain the worker-side traceback
+    ``text`` as its ``__cause__``, unless it already has a cause."""
+    if error.__cause__ is None:
+        error.__cause__ = RemoteTraceback(text)
+    return error

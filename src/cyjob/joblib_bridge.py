@@ -17,30 +17,17 @@ What changes against joblib's own "threading" backend:
 This module imports joblib; ``import cyjob`` does not.
 """
 
-import traceback
-
 from joblib.parallel import ParallelBackendBase, register_parallel_backend
 from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 
 from cyjob._batching import BatchSizer
-from cyjob._core import Call, in_worker_thread
+from cyjob._dispatch import Call
+from cyjob._pool import in_worker_thread
 from cyjob.backends.threads import get_pool
-from cyjob.config import cpu_count
+from cyjob._cpus import n_workers
+from cyjob.exceptions import chain_remote_traceback, traceback_text
 
 __all__ = ["CyjobBackend", "register"]
-
-
-class RemoteTraceback(Exception):
-    """The traceback of a task that failed in a worker, chained as the
-    ``__cause__`` of the re-raised error (joblib's threading backend shows it
-    the same way, and joblib drops the error's own ``__traceback__``)."""
-
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return self.tb
 
 
 class _JobCall(Call):
@@ -112,13 +99,8 @@ class CyjobBackend(ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs):
         """Threads for ``n_jobs`` (joblib's meaning; 1 inside a cyjob worker)."""
-        if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        if n_jobs is None or in_worker_thread():
-            return 1
-        if n_jobs < 0:
-            return max(cpu_count() + 1 + n_jobs, 1)
-        return n_jobs
+        workers = n_workers(n_jobs)
+        return 1 if in_worker_thread() else workers
 
     def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
         """Pick the pool for this ``Parallel`` call; return its worker count."""
@@ -159,10 +141,7 @@ class CyjobBackend(ParallelBackendBase):
         error = out.exception
         if error is not None:
             out.exception = None
-            if error.__cause__ is None:
-                text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-                error.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-            raise error
+            raise chain_remote_traceback(error, traceback_text(error))
         result, out.result = out.result, None
         return result
 

@@ -1,7 +1,7 @@
 """``Parallel``: joblib's API over the cyjob core.
 
 Everything here runs once per call: check the parameters, pick the backend and
-its executor, and hand the tasks to ``cyjob._core.Call``, which does the work.
+its executor, and hand the tasks to ``cyjob._dispatch.Call``, which does the work.
 """
 
 import types
@@ -10,7 +10,8 @@ from cyjob import _validation as check
 from cyjob import backends as _backends
 from cyjob._batching import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SECONDS,
                              DEFAULT_TARGET_SECONDS, BatchSizer)
-from cyjob._core import Call, in_worker_thread
+from cyjob._dispatch import Call
+from cyjob._pool import in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine
 from cyjob.backends import default_backend_name, get_backend
 from cyjob.backends.sequential import SequentialBackend
@@ -173,7 +174,7 @@ class Parallel:
         if n_workers > 1 and in_worker_thread():
             # Nested inside one of our threads: the outer call already keeps
             # every core busy, and waiting on the same pool could deadlock.
-            backend, n_workers = backend.nested_backend(), 1
+            n_workers = 1
         if n_workers == 1:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, self)

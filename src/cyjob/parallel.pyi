@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from typing_extensions import Self, TypeAlias
 
-from cyjob._core import _Task
+from cyjob._tasks import _Task
 from cyjob.backends.base import Backend
 
 __all__ = ["Parallel"]

@@ -3,43 +3,59 @@
 joblib's names are accepted: "threading", "sequential", and the process
 backends "loky", "multiprocessing" (plus cyjob's "processes").  With none
 given, "auto" measures the first batches and picks (backends/auto.py).
+
+The registry holds factories and imports no backend: a built-in one is
+imported the first time its name is asked for (dask need not be installed,
+and `import cyjob` stays light for thread users).
 """
 
-from cyjob.backends.auto import AutoBackend
+import importlib
+import threading
+
 from cyjob.backends.base import Backend
-from cyjob.backends.sequential import SequentialBackend
-from cyjob.backends.threads import ThreadingBackend
 
 PROCESS_BACKEND_NAMES = ("loky", "multiprocessing", "processes")
 
 
-def _dask_backend(**backend_params):
-    # Imported on first use: cyjob does not need dask installed.
-    from cyjob.backends.dask import DaskBackend
+class _Lazy:
+    """The factory at ``"module:name"``, imported on its first call."""
 
-    return DaskBackend(**backend_params)
+    __slots__ = ("path", "_factory")
+
+    def __init__(self, path):
+        self.path = path
+        self._factory = None
+
+    def load(self):
+        if self._factory is None:
+            module, _, name = self.path.partition(":")
+            self._factory = getattr(importlib.import_module(module), name)
+        return self._factory
+
+    def __call__(self, **backend_params):
+        return self.load()(**backend_params)
+
+    def __repr__(self):
+        return f"<backend factory {self.path}>"
 
 
-def _process_backend(**backend_params):
-    # Imported on first use: `import cyjob` stays light for thread users.
-    from cyjob.backends.processes import ProcessBackend
-
-    return ProcessBackend(**backend_params)
-
-
-BACKENDS = {
-    "auto": AutoBackend,
-    "threading": ThreadingBackend,
-    "sequential": SequentialBackend,
-    "dask": _dask_backend,
-    **{name: _process_backend for name in PROCESS_BACKEND_NAMES},
+_BUILTIN = {
+    "auto": _Lazy("cyjob.backends.auto:AutoBackend"),
+    "threading": _Lazy("cyjob.backends.threads:ThreadingBackend"),
+    "sequential": _Lazy("cyjob.backends.sequential:SequentialBackend"),
+    "dask": _Lazy("cyjob.backends.dask:DaskBackend"),
+    **dict.fromkeys(PROCESS_BACKEND_NAMES, _Lazy("cyjob.backends.processes:ProcessBackend")),
 }
+BACKENDS = dict(_BUILTIN)
+
+# Built-in backends that hold no state: one instance each serves every call.
+_STATELESS = ("auto", "threading", "sequential")
+_SHARED: "dict[str, Backend]" = {}
+_shared_lock = threading.Lock()
 
 _default_backend = ["auto"]
 # Bumped by every registration: what a backend name means may have changed.
 registry_version = 0
-# Built-in backends hold no state: one instance each serves every call.
-_SHARED = {cls.name: cls() for cls in (AutoBackend, ThreadingBackend, SequentialBackend)}
 
 
 def register_parallel_backend(name, factory, make_default=False):
@@ -79,14 +95,18 @@ def get_backend(backend, **backend_params):
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
-    if not backend_params:
-        shared = _SHARED.get(backend)
-        if shared is not None and BACKENDS.get(backend) is type(shared):
-            return shared
     factory = BACKENDS.get(backend)
     if factory is None:
         raise ValueError(f"Invalid backend: {backend!r}, expected one of "
                          f"{sorted(BACKENDS)}")
+    if not backend_params and backend in _STATELESS and factory is _BUILTIN[backend]:
+        shared = _SHARED.get(backend)
+        if shared is None:
+            with _shared_lock:
+                shared = _SHARED.get(backend)
+                if shared is None:
+                    shared = _SHARED[backend] = factory()
+        return shared
     instance = factory(**backend_params)
     if not isinstance(instance, Backend):
         raise TypeError(f"the factory registered for backend {backend!r} returned "

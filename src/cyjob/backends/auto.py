@@ -29,7 +29,8 @@ import types
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._core import Router
+from cyjob._dispatch import Router
+from cyjob.backends import get_backend
 from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
                                    decide)
 from cyjob.backends.base import Backend
@@ -422,8 +423,6 @@ def _span_ns(batches):
 
 
 def _process_executor(n_workers, parallel):
-    from cyjob.backends import get_backend
-
     try:
         backend = get_backend("processes")
     except (NotImplementedError, ValueError):
@@ -436,7 +435,6 @@ class AutoBackend(Backend):
 
     name = "auto"
     supports_sharedmem = False
-    in_process = True
 
     def executor(self, n_workers, parallel=None):
         executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, parallel))

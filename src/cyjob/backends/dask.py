@@ -5,7 +5,7 @@ client passed as ``client=...``, else the active one (``distributed.get_client``
 The core does the batching, ordering, errors and time-outs as for threads; this
 module only ships batches and brings results back:
 
-* each batch is one dask task running ``cyjob._core.run_tasks`` on a worker,
+* each batch is one dask task running ``cyjob._tasks.run_tasks`` on a worker,
   which measures the batch there, so the batch sizer sees run times, not
   network round trips;
 * large arguments are scattered once per call and the tasks refer to them:
@@ -34,9 +34,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 import cloudpickle
 import numpy as np
 
-from cyjob._core import Executor, run_tasks
+from cyjob._cpus import n_workers
+from cyjob._dispatch import Executor
+from cyjob._tasks import run_tasks
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
+from cyjob.exceptions import chain_remote_traceback, traceback_text
 
 __all__ = ["DaskBackend", "DaskExecutor", "inside_dask_worker"]
 
@@ -60,18 +63,6 @@ def inside_dask_worker():
     except ValueError:
         return False
     return True
-
-
-class RemoteTraceback(Exception):
-    """The traceback of a task that failed on a dask worker, chained as the
-    ``__cause__`` of the error re-raised in the caller."""
-
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return self.tb
 
 
 class _Ref:
@@ -117,7 +108,7 @@ def _run_batch(payload, *values):
     results, error, duration_ns = run_tasks(flat)
     if error is None:
         return results, None, None, duration_ns
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    text = traceback_text(error)
     try:
         pickle.loads(pickle.dumps(error))
     except Exception:
@@ -248,8 +239,8 @@ class DaskExecutor(Executor):
             except BaseException as exc:  # the task itself failed on dask's side
                 error = exc
             else:
-                if error is not None and error.__cause__ is None:
-                    error.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+                if error is not None:
+                    chain_remote_traceback(error, text)
         call.batch_done(batch, results, error, duration_ns)
 
     def call_finished(self, call):
@@ -284,7 +275,6 @@ class DaskBackend(Backend):
 
     name = "dask"
     supports_sharedmem = False
-    in_process = False
 
     def __init__(self, client=None, wait_for_workers_timeout=10.0, **submit_kwargs):
         super().__init__(client=client, wait_for_workers_timeout=wait_for_workers_timeout,
@@ -335,16 +325,13 @@ class DaskBackend(Backend):
         for other negative values, ``n_jobs`` when positive; 1 inside a dask
         task (nested calls run sequentially there)."""
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 has no meaning")
+            n_workers(n_jobs)  # the same error as everywhere
         if inside_dask_worker():
             return 1
         if n_jobs is not None and n_jobs > 0:
             self.get_client()  # no client: fail now, not at the first call
             return n_jobs
-        total = self.n_threads()
-        if n_jobs is None or n_jobs == -1:
-            return total
-        return max(total + 1 + n_jobs, 1)
+        return n_workers(-1 if n_jobs is None else n_jobs, total=self.n_threads())
 
     def executor(self, n_workers, parallel=None):
         if inside_dask_worker():

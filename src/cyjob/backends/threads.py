@@ -5,12 +5,14 @@ import itertools
 import os
 import threading
 
-from cyjob._core import ThreadPool
+from cyjob._dispatch import ThreadExecutor
+from cyjob._pool import ThreadPool
 from cyjob.backends.base import Backend
+from cyjob.backends.sequential import SequentialBackend
 
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
-_pools: "dict[tuple[int, bool], ThreadPool]" = {}
+_pools: "dict[tuple[int, bool], ThreadExecutor]" = {}
 _pools_lock = threading.Lock()
 _pool_ids = itertools.count()
 _exiting = False
@@ -27,14 +29,12 @@ def get_pool(n_workers, caller_helps=False):
         # Daemon threads still calling Parallel during exit: run their tasks
         # in their own thread instead of starting workers that would be
         # frozen mid-task.
-        from cyjob.backends.sequential import SequentialBackend
-
         return SequentialBackend().executor(1)
     with _pools_lock:
         pool = _pools.get(key)
-        if pool is None or not pool.alive():
-            pool = ThreadPool(key[0], caller_helps, name=f"cyjob-worker-{next(_pool_ids)}")
-            _pools[key] = pool
+        if pool is None or not pool.pool.alive():
+            threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}")
+            pool = _pools[key] = ThreadExecutor(threads, caller_helps)
     return pool
 
 
@@ -44,7 +44,7 @@ def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
         pools = list(_pools.values())
         _pools.clear()
     for pool in pools:
-        pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
+        pool.pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
 
 
 def _shutdown_at_exit():
@@ -71,7 +71,6 @@ atexit.register(_shutdown_at_exit)
 class ThreadingBackend(Backend):
     name = "threading"
     supports_sharedmem = True
-    in_process = True
 
     def executor(self, n_workers, parallel=None):
         # A caller that returns a list has nothing else to do while it waits,

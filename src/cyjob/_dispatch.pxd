@@ -1,9 +1,10 @@
 from libc.stdint cimport int64_t
-from cyjob._sync cimport cyj_monitor, cyj_queue, cyj_ticket
+from cyjob._sync cimport cyj_monitor
 from cyjob._batching cimport BatchSizer
+from cyjob._pool cimport ThreadPool, Work
 
 
-cdef class Batch:
+cdef class Batch(Work):
     cdef readonly Call call
     cdef readonly list tasks
     cdef readonly Py_ssize_t start
@@ -11,9 +12,6 @@ cdef class Batch:
     cdef public list results
     cdef public object error
     cdef public bint done
-    # Claimed by whoever runs it first (caller, worker, or an executor that
-    # runs it elsewhere); a pool's queue holds &ticket.
-    cdef cyj_ticket ticket
     cdef public double duration_ns
     # Where it ran in this process: monotonic start and end, the CPU time of
     # the thread that ran it, and that thread's voluntary / involuntary
@@ -30,7 +28,7 @@ cdef class Batch:
 
 cdef class Executor:
     cdef readonly Py_ssize_t n_workers
-    cdef public bint caller_may_help
+    cdef public bint caller_helps
     cpdef submit(self, Batch batch)
     cpdef call_started(self, Call call, object first_function)
     cpdef call_finished(self, Call call)
@@ -49,13 +47,8 @@ cdef class Router(Executor):
     cdef int _verify(self) except -1
 
 
-cdef class ThreadPool(Executor):
-    cdef cyj_queue queue
-    cdef bint queue_ready
-    cdef readonly list threads
-    cdef readonly Py_ssize_t n_threads
-    cdef readonly bint closed
-    cdef readonly long owner_pid
+cdef class ThreadExecutor(Executor):
+    cdef readonly ThreadPool pool
 
 
 cdef class Call:
@@ -88,15 +81,14 @@ cdef class Call:
     cdef readonly Py_ssize_t n_dispatched_batches
     cdef readonly Py_ssize_t n_done_batches
     cdef readonly Py_ssize_t n_returned_batches
-    cdef readonly Py_ssize_t n_dispatched_tasks
     cdef readonly Py_ssize_t n_completed_tasks
     cdef object pending       # deque of dispatched batches, input order
     cdef object completed     # deque of finished batches, completion order
     cdef object unclaimed     # dispatched batches the caller may run itself
-    cdef readonly bint helps
+    cdef readonly bint caller_helps  # the caller runs batches while it waits
     cdef public bint measure_cpu  # record each batch's thread CPU time
     cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
-    cdef bint caller_busy     # the caller is running one of its batches
+    cdef bint caller_running  # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)
     cdef bint started         # the executor has been told (call_started)
     cdef readonly bint finished
@@ -108,7 +100,7 @@ cdef class Call:
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef Batch _claim(self)
-    cdef bint _help(self) except -1
+    cdef bint _caller_runs_one(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
@@ -116,3 +108,7 @@ cdef class Call:
     cdef void _report(self) except *
     cdef void _release(self)
     cpdef void abort(self)
+
+
+cdef void _execute(Batch batch)
+cdef void _execute_claimed(Batch batch)

@@ -1,19 +1,15 @@
-"""Processes: a pool of worker processes for GIL-bound Python tasks.
-
-Names: "processes", and joblib's "loky" and "multiprocessing".  The pool
-itself (fork server, workers, I/O thread) is in ``_process_pool``; the
-worker's side in ``_process_worker``; large numpy arrays in ``_sharedmem``.
-Here: the backend, and the executor that pickles each batch once, in the
-caller's thread, before handing it to the pool.
-"""
+"""Processes: the backend, and the executor that pickles each batch once, in
+the caller's thread, before handing it to the pool (``pool.py``)."""
 
 import os
 import pickle
 
-from cyjob._core import Executor
-from cyjob.backends import _process_worker as worker
-from cyjob.backends._process_pool import Job, get_pool, shutdown_pool, tasks_text
+from cyjob._dispatch import Executor
+from cyjob.backends.processes import worker
+from cyjob.backends.processes.pool import Job, get_pool, shutdown_pool, tasks_text
+from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
+from cyjob.backends.threads import ThreadingBackend
 from cyjob.config import cpu_count, get_config
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
@@ -28,7 +24,7 @@ THREAD_LIMIT_VARS = (
 # --------------------------------------------------------------------------
 # the executor and the backend
 
-_sharedmem = None  # cyjob.backends._sharedmem, imported on first use
+sharedmem = None  # cyjob.backends.processes.sharedmem, imported on first use
 
 
 def thread_limits(n_workers):
@@ -65,9 +61,9 @@ class ProcessExecutor(Executor):
         self._ensure()
         # Imported after the workers are asked for: cloudpickle loads in this
         # process while the fork server boots (cold start).
-        global _sharedmem
-        if _sharedmem is None:
-            from cyjob.backends import _sharedmem
+        global sharedmem
+        if sharedmem is None:
+            from cyjob.backends.processes import sharedmem
 
     def _ensure(self):
         pool = self.pool
@@ -88,7 +84,7 @@ class ProcessExecutor(Executor):
         self._ensure()
         memory = self._calls.get(id(batch.call))
         if memory is None:
-            memory = self._calls[id(batch.call)] = _sharedmem.CallMemory(
+            memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
         payload, buffers = _pickle_tasks(batch, memory)
         self.pool.submit(Job(batch, payload, buffers, self.pool.next_token()))
@@ -103,7 +99,7 @@ class ProcessExecutor(Executor):
 def _pickle_tasks(batch, memory):
     """Pickle a batch once; name the task and argument that cannot be pickled."""
     try:
-        return worker.dumps(batch.tasks, _sharedmem.TaskPickler, memory)
+        return dumps(batch.tasks, sharedmem.TaskPickler, memory)
     except Exception as exc:
         where = _find_unpicklable(batch, memory)
         raise pickle.PicklingError(
@@ -121,7 +117,7 @@ def _find_unpicklable(batch, memory):
         parts += [(f"keyword argument {k!r} of task {index}", v) for k, v in kwargs.items()]
         for label, obj in parts:
             try:
-                worker.dumps(obj, _sharedmem.TaskPickler, memory)
+                dumps(obj, sharedmem.TaskPickler, memory)
             except Exception:
                 return label
     return tasks_text(batch)
@@ -132,19 +128,13 @@ class ProcessBackend(Backend):
 
     name = "processes"
     supports_sharedmem = False
-    in_process = False
 
     def executor(self, n_workers, parallel=None):
         if worker.IN_WORKER:
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
-            return self.nested_backend().executor(n_workers, parallel)
+            return ThreadingBackend().executor(n_workers, parallel)
         if parallel is None:
             return ProcessExecutor(n_workers)
         return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
                                parallel.mmap_mode)
-
-    def nested_backend(self):
-        from cyjob.backends.threads import ThreadingBackend
-
-        return ThreadingBackend()

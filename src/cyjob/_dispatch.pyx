@@ -1,315 +1,66 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The scheduling core: delayed tasks, batches, the dispatcher and the thread pool.
+"""The dispatcher: batches, executors, the automatic backend's router, and
+``Call``, which runs one ``Parallel.__call__``.
 
 Who does what
 -------------
-* The caller's thread runs ``Call.next_batch``: it pulls tasks from the input,
-  cuts them into batches sized by ``BatchSizer``, hands them to an executor and
-  waits for completions with the GIL released.
-* An executor runs batches.  ``ThreadPool`` keeps its batches in a C queue
-  (csrc/cyj_queue.h) that worker threads pop without the GIL; a worker takes the
-  GIL once per batch, runs every task in it, and reports back through
+* The caller's thread runs ``Call.next_batch``: it cuts the input into flat
+  batches (``_tasks``) sized by ``BatchSizer`` (``_batching``), hands them to
+  an executor and waits for completions with the GIL released.
+* An executor runs batches.  ``ThreadExecutor`` queues them on a
+  ``ThreadPool`` (``_pool``), whose workers pop them without the GIL, take the
+  GIL once per batch, run every task in it and report back through
   ``Call.batch_done``.  ``InlineExecutor`` runs a batch as soon as it is
   submitted (the sequential backend); Python executors (processes, dask)
   subclass ``Executor`` and call ``batch_done`` from their own threads.
-
-Reference rule for the C queue: ``ThreadPool.submit`` takes one reference to
-the batch (with the GIL) before pushing its pointer; the worker that pops the
-pointer owns that reference and drops it with the GIL.  Nothing else in C ever
-touches a Python object.
+* ``Router`` sends a call's batches to one executor, then another, as the
+  automatic backend (backends/auto.py) decides.
 """
 
-import itertools
-import os
-from collections.abc import Mapping
-import sys
-import threading
 from collections import deque
 
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._batching cimport BatchSizer
+from cyjob._pool cimport ThreadPool, Work
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_thread_cpu_ns, cyj_thread_switches, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
-    cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_signal,
-    cyj_spin_while_equal, cyj_store, cyj_ticket, cyj_unlock, cyj_wait_until,
+    cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
+    cyj_thread_switches, cyj_unlock, cyj_wait_until,
 )
+from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
 
-from cyjob.exceptions import PoolShutdownError, TimeoutError as _TimeoutError
+from cyjob._pool import worker_state as _worker_state
+from cyjob._tasks import check_tasks
+from cyjob.exceptions import TimeoutError as _TimeoutError
 
 cdef extern from "Python.h":
-    object PyObject_Call(object callable, object args, PyObject *kwargs)
-    Py_ssize_t PyDict_GET_SIZE(object d)
-    bint PyObject_IS_GC(object o)
-    int PyObject_GC_IsTracked(object o)
     void PyObject_GC_UnTrack(void *o)
 
-# A waiting worker spins this long before parking on the queue's condition
-# variable; a parked wake-up costs ~15 us, and calls of a few tiny tasks
-# arrive closer together than that (benchmarks/bench_overhead.py, small calls).
-cdef int64_t WORKER_SPIN_NS = 50_000
 # The caller spins this long before parking while it waits for a batch.
 cdef int64_t CALLER_SPIN_NS = 20_000
 # Longest uninterrupted park of the caller: Ctrl-C is seen within this delay.
 cdef int64_t SIGNAL_CHECK_NS = 50_000_000
-# Tasks between two looks at the clock in a batch (a vDSO clock read ~20 ns).
-cdef Py_ssize_t YIELD_CHECK_EVERY = 64
-
-_islice = itertools.islice
 
 
 # --------------------------------------------------------------------------
-# delayed
+# running batches
 
-cdef class DelayedFunction:
-    """``delayed(f)``: calling it returns the task ``(f, args, kwargs)``.
-
-    ``__name__``, ``__doc__``, ``__wrapped__``... are read from ``f`` when
-    asked for, so making the wrapper costs an allocation and each call a
-    tuple (joblib runs ``functools.wraps`` on every call, ~2 us per task).
-    """
-
-    cdef readonly object func
-
-    def __init__(self, func):
-        if not callable(func):
-            raise TypeError(f"delayed() expects a callable, got {type(func).__name__}")
-        self.func = func
-
-    def __call__(self, *args, **kwargs):
-        return (self.func, args, kwargs)
-
-    @property
-    def __wrapped__(self):
-        return self.func
-
-    @property
-    def __name__(self):
-        return getattr(self.func, "__name__", type(self.func).__name__)
-
-    @property
-    def __qualname__(self):
-        return getattr(self.func, "__qualname__", self.__name__)
-
-    @property
-    def __doc__(self):
-        return getattr(self.func, "__doc__", None)
-
-    @property
-    def __module__(self):
-        return getattr(self.func, "__module__", None)
-
-    def __reduce__(self):
-        # As a decorator, the module attribute named like the function is
-        # this wrapper: pickle it by name, as pickle does plain functions.
-        module = sys.modules.get(getattr(self.func, "__module__", None) or "")
-        name = getattr(self.func, "__qualname__", None)
-        if module is not None and name and "<" not in name:
-            obj = module
-            for part in name.split("."):
-                obj = getattr(obj, part, None)
-            if obj is self:
-                return name
-        return (DelayedFunction, (self.func,))
-
-    def __repr__(self):
-        return f"delayed({self.func!r})"
-
-
-# `delayed(f)(x) for x in xs` asks for the same wrapper once per task: keep the
-# last one.  A race between threads at worst makes one more wrapper.
-cdef object _last_func = None
-cdef DelayedFunction _last_wrapper = None
-
-
-def delayed(function):
-    """Capture the arguments of a function to run it later in ``Parallel``.
-
-    ``delayed(f)(*args, **kwargs)`` returns the plain tuple
-    ``(f, args, kwargs)``.  Works as a decorator too.
-
-    Parameters
-    ----------
-    function : callable
-        The function to call.
-
-    Returns
-    -------
-    callable
-        A wrapper with ``function``'s name and docstring.
-    """
-    global _last_func, _last_wrapper
-    if function is _last_func:
-        return _last_wrapper
-    wrapper = DelayedFunction(function)
-    _last_func, _last_wrapper = function, wrapper
-    return wrapper
-
-
-# --------------------------------------------------------------------------
-# task validation
-
-cdef inline bint _is_clean_task(object t):
-    return (type(t) is tuple and len(<tuple>t) == 3
-            and type((<tuple>t)[1]) is tuple and type((<tuple>t)[2]) is dict
-            and callable((<tuple>t)[0]))
-
-
-cdef tuple _coerce_task(object t, Py_ssize_t index):
-    """Turn any (callable, args, kwargs) sequence into the canonical tuple."""
-    if not isinstance(t, (tuple, list)) or len(t) != 3:
-        raise TypeError(
-            f"task {index} is not a (function, args, kwargs) triple as made by "
-            f"delayed(f)(...): got {type(t).__name__} {_short_repr(t)}")
-    func, args, kwargs = t
-    if not callable(func):
-        raise TypeError(f"task {index}: the function {_short_repr(func)} is not callable")
-    if type(args) is not tuple:
-        if not isinstance(args, (tuple, list)):
-            raise TypeError(
-                f"task {index}: args must be a tuple or list, got {type(args).__name__}")
-        args = tuple(args)
-    if type(kwargs) is not dict:
-        if kwargs is None:
-            kwargs = {}
-        elif isinstance(kwargs, Mapping):
-            kwargs = dict(kwargs)
-        else:
-            raise TypeError(
-                f"task {index}: kwargs must be a mapping, got {type(kwargs).__name__}")
-    return (func, args, kwargs)
-
-
-cdef str _short_repr(object o):
-    cdef str r
-    try:
-        r = repr(o)
-    except Exception:
-        r = object.__repr__(o)
-    return r if len(r) <= 80 else r[:77] + "..."
-
-
-cdef inline void _append_task(list flat, object task, Py_ssize_t index) except *:
-    """Append a task to a flat batch as three items: func, args, kwargs.
-
-    Batches are flat lists rather than lists of task tuples so that the
-    tuples the user's generator made die at once: tens of thousands of live
-    tuples waiting in batches would make the cyclic GC promote and rescan them
-    (it tripled the time of 200k tiny tasks, benchmarks/bench_overhead.py).
-    """
-    if not _is_clean_task(task):
-        task = _coerce_task(task, index)
-    flat.append((<tuple>task)[0])
-    _untrack_if_atomic(<tuple>(<tuple>task)[1])
-    flat.append((<tuple>task)[1])
-    flat.append((<tuple>task)[2])
-
-
-cdef inline list _private_list(Py_ssize_t n):
-    """A list only cyjob ever references (a batch's tasks or results, the
-    look-ahead buffer), kept out of the cyclic GC.
-
-    Nothing outside the core holds a reference to it, so no reference cycle
-    can pass through it, and it is freed by reference counting like any
-    list.  Left tracked, every young-generation collection would walk its
-    thousands of items: on 200k tiny tasks on threads, 5x the GC time of the
-    same tasks run inline (benchmarks/bench_overhead.py).
-    """
-    cdef list lst = [None] * n
-    PyObject_GC_UnTrack(<void *>lst)
-    return lst
-
-
-cdef inline void _untrack_if_atomic(tuple args):
-    """Take an args tuple that cannot be part of a reference cycle out of the
-    cyclic GC now, by CPython's own rule (_PyTuple_MaybeUntrack): every item
-    is of a type the GC ignores (numbers, strings, arrays) or an untracked
-    tuple.  The GC would do it at its next pass, after scanning it first."""
-    cdef object item
-    if not PyObject_GC_IsTracked(args):
-        return
-    for item in args:
-        if PyObject_IS_GC(item) and (type(item) is not tuple or PyObject_GC_IsTracked(item)):
-            return
-    PyObject_GC_UnTrack(<void *>args)
-
-
-def check_tasks(tasks):
-    """Raise TypeError for the first malformed task of a sequence."""
-    cdef Py_ssize_t i = 0
-    for t in tasks:
-        if not _is_clean_task(t):
-            _coerce_task(t, i)
-        i += 1
-
-
-# --------------------------------------------------------------------------
-# running tasks
-
-cdef int64_t _switch_interval_ns = <int64_t>(sys.getswitchinterval() * 1e9)
-
-
-cdef tuple _run(list flat, int64_t *abort_flag):
-    """Run a flat batch in order with the GIL held; return (results, error).
-
-    Calling C-implemented functions from compiled code never passes through
-    the eval loop, so nothing would ever offer the GIL to other threads: give
-    it up once per switch interval, as the interpreter does.
-    """
-    cdef Py_ssize_t i, n = len(flat) // 3
-    cdef list results = _private_list(n)
-    cdef object kwargs
-    cdef int64_t last_yield = cyj_now_ns(), now
-    for i in range(n):
-        if (i % YIELD_CHECK_EVERY) == YIELD_CHECK_EVERY - 1:
-            if abort_flag != NULL and cyj_load(abort_flag):
-                return None, None
-            now = cyj_now_ns()
-            if now - last_yield >= _switch_interval_ns:
-                with nogil:
-                    pass
-                last_yield = now
-        kwargs = flat[3 * i + 2]
-        try:
-            if PyDict_GET_SIZE(kwargs) == 0:
-                results[i] = PyObject_Call(flat[3 * i], flat[3 * i + 1], NULL)
-            else:
-                results[i] = PyObject_Call(flat[3 * i], flat[3 * i + 1], <PyObject *>kwargs)
-        except BaseException as exc:
-            return None, exc
-    return results, None
-
-
-def run_tasks(list flat):
-    """Run a flat batch; return ``(results, error, duration_ns)``.
-
-    Used by out-of-process workers; exactly what a thread worker does.
-    """
-    cdef int64_t t0 = cyj_now_ns()
-    results, error = _run(flat, NULL)
-    return results, error, <double>(cyj_now_ns() - t0)
-
-
-cdef inline void _execute(Batch batch):
+cdef void _execute(Batch batch):
     """Run one batch in this thread unless someone else claimed it first
     (the caller of a call runs its own batches while it waits)."""
     if cyj_cas(&batch.ticket.claimed, 0, 1):
         _execute_claimed(batch)
 
 
-cdef void _execute_claimed(Batch batch, int64_t popped_ns=0, int64_t vol0=-1,
-                           int64_t invol0=-1):
+cdef void _execute_claimed(Batch batch, bint from_queue=False):
     """Run a batch this thread has claimed, and report it (GIL held).
 
-    A pool worker passes when it took the batch from the queue, before it
-    waited for the GIL, and its switch counts then: a measured batch's wait
-    for the GIL is part of what the auto backend must see."""
+    ``from_queue``: a pool worker popped it and noted in its ticket when,
+    and its switch counts, before it waited for the GIL; a measured batch
+    counts that wait (GIL-bound work makes a second thread wait there)."""
     cdef Call call = batch.call
-    cdef int64_t t0, cpu0 = 0, vol1, invol1
+    cdef int64_t t0, cpu0 = 0, vol0 = 0, invol0 = 0, vol1, invol1
     cdef bint measure = call.measure_cpu
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
@@ -320,12 +71,13 @@ cdef void _execute_claimed(Batch batch, int64_t popped_ns=0, int64_t vol0=-1,
     # exceeds the wall time.
     t0 = cyj_now_ns()
     if measure:
-        if vol0 < 0:
+        if from_queue and batch.ticket.taken_ns > 0:
+            batch.waited_ns = t0 - batch.ticket.taken_ns
+            vol0, invol0 = batch.ticket.voluntary, batch.ticket.involuntary
+        else:
             cyj_thread_switches(&vol0, &invol0)
-        elif popped_ns > 0:
-            batch.waited_ns = t0 - popped_ns
         cpu0 = cyj_thread_cpu_ns()
-    results, error = _run(batch.tasks, &call.aborted)
+    results, error = run_flat(batch.tasks, &call.aborted)
     if measure:
         batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
         cyj_thread_switches(&vol1, &invol1)
@@ -339,23 +91,33 @@ cdef void _execute_claimed(Batch batch, int64_t popped_ns=0, int64_t vol0=-1,
 # --------------------------------------------------------------------------
 # batches and executors
 
-cdef class Batch:
+cdef class Batch(Work):
     """Consecutive tasks of one call, run together by one worker.
 
     ``tasks`` is flat: ``[f0, args0, kwargs0, f1, args1, kwargs1, ...]``.
     """
 
-    def __cinit__(self):
-        self.ticket.owner = <void *>self
+    cdef int run_in_worker(self) except -1:
+        cdef Call call = self.call
+        cdef Batch batch
+        call.n_queued -= 1
+        _execute_claimed(self, True)
+        if call.caller_helps:
+            # The call's other batches wait in its own deque rather than
+            # in the queue (see ThreadExecutor.submit): take them from there.
+            while True:
+                batch = call._claim()
+                if batch is None:
+                    break
+                _execute_claimed(batch)
+        return 0
 
-    @property
-    def claimed(self):
-        """True once someone runs (or has run) this batch."""
-        return cyj_load(&self.ticket.claimed) != 0
+    cdef void skipped_in_worker(self):
+        self.call.n_queued -= 1
 
-    @claimed.setter
-    def claimed(self, bint value):
-        cyj_store(&self.ticket.claimed, value)
+    cdef int fail(self, object error) except -1:
+        self.call.batch_done(self, None, error, 0.0)
+        return 0
 
     def __len__(self):
         return self.size
@@ -376,7 +138,7 @@ cdef class Executor:
 
     def __init__(self, Py_ssize_t n_workers=1):
         self.n_workers = n_workers
-        self.caller_may_help = False
+        self.caller_helps = False
 
     cpdef submit(self, Batch batch):
         raise NotImplementedError
@@ -416,7 +178,7 @@ cdef class Router(Executor):
         self.first = first
         # The caller helps only with the first executor's (thread) batches;
         # a target that runs them elsewhere has them claimed as they go.
-        self.caller_may_help = first.caller_may_help
+        self.caller_helps = first.caller_helps
 
     cpdef call_started(self, Call call, object first_function):
         self.call = call
@@ -486,180 +248,35 @@ cdef class Router(Executor):
         """``verify`` measured tasks far from the expected cost."""
 
 
-class _WorkerState(threading.local):
-    # A class default, so that reading it in a thread that never set it
-    # costs no AttributeError (every call reads it).
-    pool = None
+cdef class ThreadExecutor(Executor):
+    """Runs batches on a ``ThreadPool``.  With ``caller_helps``, a caller
+    runs its own batches while it waits and counts as one more worker
+    (``n_workers == pool.n_threads + 1``): at most n_jobs batches of a call
+    run at once either way, and tiny tasks save a GIL hand-off (~15-50 us)
+    per batch that the caller runs itself."""
 
-
-_worker_state = _WorkerState()
-
-
-def in_worker_thread():
-    """True inside a cyjob thread-pool worker (used to run nested calls inline)."""
-    return _worker_state.pool is not None
-
-
-# Stale queue entries (batches the caller ran first) a worker drops in one go
-# once it holds the GIL: it skips them without it.
-cdef enum:
-    STALE_BATCH = 1024
-
-
-def _worker_main(ThreadPool pool):
-    cdef void *item
-    cdef cyj_ticket *ticket
-    cdef int64_t popped_ns = 0, vol0 = -1, invol0 = -1
-    cdef void *stale[STALE_BATCH]
-    cdef Py_ssize_t n_stale = 0, i
-    cdef Batch batch
-    cdef Call call
-    _worker_state.pool = pool
-    try:
-        while True:
-            ticket = NULL
-            with nogil:
-                while True:
-                    if n_stale > 0:
-                        item = cyj_queue_try_pop(&pool.queue)  # flush before parking
-                    else:
-                        item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS)
-                    if item == NULL:
-                        break
-                    if cyj_cas(&(<cyj_ticket *>item).claimed, 0, 1):
-                        ticket = <cyj_ticket *>item
-                        # Before waiting for the GIL (one system call per
-                        # batch, ~0.3 us): see _execute_claimed.
-                        popped_ns = cyj_now_ns()
-                        cyj_thread_switches(&vol0, &invol0)
-                        break
-                    stale[n_stale] = (<cyj_ticket *>item).owner
-                    n_stale += 1
-                    if n_stale == STALE_BATCH:
-                        break
-            for i in range(n_stale):  # the queue's references to stale batches
-                batch = <Batch>stale[i]
-                batch.call.n_queued -= 1
-                Py_DECREF(batch)
-            n_stale = 0
-            batch = None
-            if ticket == NULL:
-                if item == NULL and pool.closed:
-                    break
-                continue
-            batch = <Batch>ticket.owner
-            Py_DECREF(batch)  # the queue's reference; `batch` holds its own
-            call = batch.call
-            call.n_queued -= 1
-            _execute_claimed(batch, popped_ns, vol0, invol0)
-            if call.helps:
-                # The call's other batches wait in its own deque rather than
-                # in the queue (see ThreadPool.submit): take them from there.
-                while True:
-                    batch = call._claim()
-                    if batch is None:
-                        break
-                    _execute_claimed(batch)
-            batch = None
-            call = None
-    finally:
-        _worker_state.pool = None
-
-
-cdef class ThreadPool(Executor):
-    """Worker threads started through ``threading`` (so they show up in
-    ``threading.enumerate()`` and work with profilers and faulthandler) that
-    wait for batches in C without the GIL."""
-
-    def __cinit__(self, *args, **kwargs):
-        if cyj_queue_init(&self.queue, 64) != 0:
-            raise MemoryError("cannot allocate the cyjob work queue")
-        self.queue_ready = True
-
-    def __init__(self, Py_ssize_t n_threads, bint caller_helps=False,
-                 str name="cyjob-worker"):
-        """``n_threads`` worker threads.  With ``caller_helps``, a caller
-        runs its own batches while it waits and counts as one more worker
-        (``n_workers == n_threads + 1``): at most n_jobs batches of a call run
-        at once either way, and tiny tasks save a GIL hand-off (~15-50 us)
-        per batch that the caller runs itself."""
-        if n_threads < 1:
-            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-        self.n_workers = n_threads + caller_helps
-        self.n_threads = n_threads
-        self.caller_may_help = caller_helps
-        self.owner_pid = os.getpid()
-        self.threads = []
-        for i in range(n_threads):
-            t = threading.Thread(target=_worker_main, args=(self,),
-                                 name=f"{name}-{i}", daemon=True)
-            t.start()
-            self.threads.append(t)
+    def __init__(self, ThreadPool pool, bint caller_helps=False):
+        self.pool = pool
+        self.n_workers = pool.n_threads + caller_helps
+        self.caller_helps = caller_helps
 
     cpdef submit(self, Batch batch):
         cdef int rc
-        if self.caller_may_help and batch.call.n_queued >= self.n_threads:
+        if self.caller_helps and batch.call.n_queued >= self.pool.n_threads:
             # Enough of this call's batches are queued to wake every thread;
             # the rest wait in the call's own deque, where the caller and the
             # workers take them.  Queued batches the caller runs first would
             # otherwise pile up as stale entries for the workers to skip.
             return
         batch.call.n_queued += 1
-        Py_INCREF(batch)
-        # Pushing keeps the GIL: releasing it would wake threads waiting for
-        # it only to make them sleep again.  Safe, as no thread ever waits for
-        # the GIL while holding the queue's mutex.
-        rc = cyj_queue_push(&self.queue, <void *>&batch.ticket)
+        rc = self.pool.push(batch)
         if rc != 0:
             batch.call.n_queued -= 1
-            Py_DECREF(batch)
-            if not self.closed:
+            if rc == 2:
                 raise MemoryError("cannot grow the cyjob work queue")
             # Shut down (at exit, say) under a caller that still runs: the
             # work is done in the caller's thread rather than failed.
             _execute(batch)
-
-    def shutdown(self, bint wait=True, timeout=None, bint at_exit=False):
-        """Stop the workers.  Batches still queued are reported as failed,
-        except at exit: then only daemon threads can be waiting for them,
-        and they are about to be frozen, so the batches are just dropped
-        (a failure would print a traceback from each of those threads)."""
-        cdef void *item
-        cdef Batch batch
-        if self.closed:
-            return
-        self.closed = True
-        with nogil:
-            cyj_queue_close(&self.queue)
-        while True:
-            with nogil:
-                item = cyj_queue_try_pop(&self.queue)
-            if item == NULL:
-                break
-            batch = <Batch>(<cyj_ticket *>item).owner
-            Py_DECREF(batch)
-            if not at_exit and cyj_cas(&batch.ticket.claimed, 0, 1):
-                batch.call.batch_done(
-                    batch, None,
-                    PoolShutdownError("the cyjob thread pool was shut down before this batch ran"),
-                    0.0)
-        if wait:
-            current = threading.current_thread()
-            for t in self.threads:
-                if t is not current:
-                    t.join(timeout)
-
-    def alive(self):
-        """True while every worker thread is running in this process."""
-        return (not self.closed and self.owner_pid == os.getpid()
-                and all(t.is_alive() for t in self.threads))
-
-    def __dealloc__(self):
-        # After fork() the child inherits the queue's mutex in whatever state
-        # a parent thread left it: never touch it there, leak it instead.
-        if self.queue_ready and self.owner_pid == os.getpid():
-            cyj_queue_destroy(&self.queue)
-
 
 # --------------------------------------------------------------------------
 # the dispatcher
@@ -703,7 +320,7 @@ cdef class Call:
         self.pending = deque()
         self.completed = deque()
         self.unclaimed = deque()
-        self.helps = executor.caller_may_help
+        self.caller_helps = executor.caller_helps
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
             self.ahead = []
@@ -711,7 +328,7 @@ cdef class Call:
             self.n_total = len(tasks)
         else:
             self.iterator = iter(tasks)
-            self.ahead = _private_list(0)
+            self.ahead = private_list(0)
             self.n_total = -1
 
     def __dealloc__(self):
@@ -745,9 +362,7 @@ cdef class Call:
         if have >= wanted:
             return 0
         index = self.n_taken + have
-        for task in _islice(self.iterator, wanted - have):
-            _append_task(ahead, task, index + got)
-            got += 1
+        got = flat_extend(ahead, self.iterator, wanted - have, index)
         if got < wanted - have:
             self.iterator = None
             self.n_total = self.n_taken + have + got
@@ -765,9 +380,7 @@ cdef class Call:
         cdef list flat
         cdef Py_ssize_t i, start = self.n_taken
         if self.source is not None:
-            flat = _private_list(0)
-            for i in range(start, min(start + size, self.n_total)):
-                _append_task(flat, self.source[i], i)
+            flat = flat_slice(self.source, start, min(start + size, self.n_total))
         else:
             self._pull(size)
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
@@ -808,10 +421,9 @@ cdef class Call:
         batch.size = len(flat) // 3
         batch.start = self.n_taken - batch.size
         self.n_dispatched_batches += 1
-        self.n_dispatched_tasks += batch.size
         if self.ordered:
             self.pending.append(batch)
-        if self.helps:
+        if self.caller_helps:
             self.unclaimed.append(batch)
         self.executor.submit(batch)
         return 1
@@ -825,7 +437,7 @@ cdef class Call:
                 return batch
         return None
 
-    cdef bint _help(self) except -1:
+    cdef bint _caller_runs_one(self) except -1:
         """Run one of this call's batches that no worker has claimed yet."""
         cdef Batch batch = None
         # From the newest end: workers take the oldest.  A batch also sitting
@@ -842,11 +454,11 @@ cdef class Call:
         # that task must not add workers of its own.
         previous = _worker_state.pool
         _worker_state.pool = self.executor
-        self.caller_busy = True
+        self.caller_running = True
         try:
             _execute_claimed(batch)
         finally:
-            self.caller_busy = False
+            self.caller_running = False
             _worker_state.pool = previous
         return True
 
@@ -876,7 +488,7 @@ cdef class Call:
             self.sizer.observe(len(results), duration_ns)
         if not self.ordered:
             self.completed.append(batch)
-        if self.caller_busy and not cyj_load(&self.aborted):
+        if self.caller_running and not cyj_load(&self.aborted):
             # The caller is running one of our tasks, which may wait for
             # later tasks of this call (threads share memory): dispatch for it,
             # as joblib's callbacks do.
@@ -995,7 +607,7 @@ cdef class Call:
                         break
                 if self.error is not None:
                     raise self.error
-                if self.helps and self._help():
+                if self.caller_helps and self._caller_runs_one():
                     continue
                 self._wait(seen, deadline)
         except BaseException:

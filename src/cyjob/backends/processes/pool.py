@@ -3,7 +3,7 @@
 * One pool per parent process, started on first use, reused by every call and
   every ``Parallel``, stopped at exit (``atexit``) and forgotten in a forked
   child (which builds its own if it needs one).
-* Workers come from a **fork server** (see ``_process_worker``): a fresh
+* Workers come from a **fork server** (see ``forkserver.py``): a fresh
   interpreter started with fork + exec that preloads cyjob and cloudpickle,
   then forks workers on request.  Plain ``fork`` of the caller is not safe:
   cyjob's own worker threads (and the user's, and BLAS's) may hold locks at
@@ -43,8 +43,10 @@ import threading
 import time
 from collections import deque
 
-from cyjob.backends import _process_worker as worker
-from cyjob.exceptions import PoolShutdownError, TerminatedWorkerError, WorkerError
+from cyjob.backends.processes import wire
+from cyjob.exceptions import (
+    PoolShutdownError, TerminatedWorkerError, WorkerError, chain_remote_traceback,
+)
 
 __all__ = ["get_pool", "shutdown_pool", "describe_exit"]
 
@@ -62,19 +64,9 @@ PIPELINE_DEPTH = 2
 # writing one never blocks on a worker that is busy.
 PIPELINE_MAX_BYTES = 64 * 1024
 
-_CYJOB_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class RemoteTraceback(Exception):
-    """The worker-side traceback, chained as ``__cause__`` of a task's error
-    (as joblib does)."""
-
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return f'\n"""\n{self.tb}"""'
+# The directory holding the cyjob package (src/ in a checkout).
+_CYJOB_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 
 
 def describe_exit(code):
@@ -176,7 +168,7 @@ class _Pool:
     def _start_server(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (f"import sys; sys.path.insert(0, {_CYJOB_ROOT!r}); "
-                "from cyjob.backends._process_worker import forkserver_main; "
+                "from cyjob.backends.processes.forkserver import forkserver_main; "
                 f"forkserver_main({theirs.fileno()})")
         # The interpreter's own flags (-W, -X, -O...) carry over, as with
         # multiprocessing's spawn.
@@ -316,7 +308,7 @@ class _Pool:
                         break
                     job = w.outbox.popleft()
                 try:
-                    worker.send_msg(w.sock, job.token, job.payload, job.buffers)
+                    wire.send_msg(w.sock, job.token, job.payload, job.buffers)
                 except OSError:
                     pass  # it died: the I/O thread sees its EOF and reports it
                 except BaseException:
@@ -464,7 +456,7 @@ class _Pool:
 
     def _read_worker(self, w):
         try:
-            msg = worker.recv_msg(w.sock)
+            msg = wire.recv_msg(w.sock)
         except OSError:
             msg = None
         if msg is None:
@@ -651,8 +643,7 @@ def rebuild_error(batch, info):
         error = pickle.PicklingError(
             f"the result of task {batch.start + index} (function {func}) cannot be "
             f"pickled to send it back from the worker process: {reason}")
-        error.__cause__ = RemoteTraceback(text)
-        return error
+        return chain_remote_traceback(error, text)
     _, blob, type_name, message, text = info
     error = None
     if blob is not None:
@@ -667,8 +658,7 @@ def rebuild_error(batch, info):
         error = pickle.UnpicklingError(
             f"a worker process cannot unpickle {tasks_text(batch)}: "
             f"{type(error).__name__}: {error}")
-    error.__cause__ = RemoteTraceback(text)
-    return error
+    return chain_remote_traceback(error, text)
 
 
 # --------------------------------------------------------------------------
@@ -704,7 +694,7 @@ def shutdown_pool(timeout=2.0):
         pool, _pool = _pool, None
     if pool is not None and pool.pid == os.getpid():
         pool.shutdown(timeout)
-    sharedmem = sys.modules.get("cyjob.backends._sharedmem")
+    sharedmem = sys.modules.get("cyjob.backends.processes.sharedmem")
     if sharedmem is not None:
         sharedmem.cleanup_all()
 

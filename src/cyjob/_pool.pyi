@@ -1,0 +1,46 @@
+"""Type stubs for the compiled module cyjob._pool (see _pool.pyx)."""
+
+import threading
+from typing import Any, Callable
+
+class Work:
+    """Something a worker runs: claimed once, by whoever runs it first."""
+
+class Job(Work):
+    """``ThreadPool.submit(fn, callback)``: ``fn()`` run by a worker."""
+
+    @property
+    def fn(self) -> Callable[[], Any] | None: ...
+    callback: Callable[[Job], object] | None
+    @property
+    def result(self) -> Any: ...
+    @property
+    def error(self) -> BaseException | None: ...
+    @property
+    def duration_ns(self) -> float: ...
+    def cancel(self) -> bool: ...
+
+class _WorkerState(threading.local):
+    pool: Any
+
+worker_state: _WorkerState
+
+def in_worker_thread() -> bool: ...
+
+class ThreadPool:
+    """Worker threads that wait for work in C without the GIL."""
+
+    @property
+    def threads(self) -> list[threading.Thread]: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def n_threads(self) -> int: ...
+    @property
+    def owner_pid(self) -> int: ...
+    def __init__(self, n_threads: int, name: str = "cyjob-worker") -> None: ...
+    def submit(self, fn: Callable[[], Any],
+               callback: Callable[[Job], object] | None = None) -> Job: ...
+    def shutdown(self, wait: bool = True, timeout: float | None = None,
+                 at_exit: bool = False) -> None: ...
+    def alive(self) -> bool: ...

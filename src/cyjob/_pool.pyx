@@ -1,0 +1,251 @@
+"""The thread pool: worker threads that wait for work in C without the GIL.
+
+A worker pops a ``Work`` from the C queue (csrc/cyj_queue.h) without the GIL,
+claims it, takes the GIL once and runs it.  The pool knows nothing of calls
+and batches: a ``Batch`` (``_dispatch``) is a ``Work`` whose ``run_in_worker``
+runs its tasks and reports to its call; ``ThreadPool.submit(fn, callback)``
+runs one function as a ``Job`` (the joblib bridge's future).
+
+Reference rule for the C queue: ``push`` takes one reference to the work
+(with the GIL) before pushing its ticket; the worker that pops the ticket owns
+that reference and drops it with the GIL.  Nothing else in C ever touches a
+Python object.
+"""
+
+import os
+import threading
+
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t
+
+from cyjob._sync cimport (
+    cyj_cas, cyj_load, cyj_now_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
+)
+
+from cyjob.exceptions import PoolShutdownError
+
+# A waiting worker spins this long before parking on the queue's condition
+# variable; a parked wake-up costs ~15 us, and calls of a few tiny tasks
+# arrive closer together than that (benchmarks/bench_overhead.py, small calls).
+cdef int64_t WORKER_SPIN_NS = 50_000
+
+
+cdef class Work:
+    """Something a worker runs: claimed once, by whoever runs it first."""
+
+    def __cinit__(self):
+        self.ticket.owner = <void *>self
+
+    cdef int run_in_worker(self) except -1:
+        """A worker popped and claimed this (GIL held): run it."""
+        raise NotImplementedError
+
+    cdef void skipped_in_worker(self):
+        """A worker popped this, already claimed by someone else (GIL held)."""
+
+    cdef int fail(self, object error) except -1:
+        """The pool shut down before a worker ran this (claimed, GIL held)."""
+        raise NotImplementedError
+
+
+cdef class Job(Work):
+    """``ThreadPool.submit(fn, callback)``: ``fn()`` run by a worker, then
+    ``callback(job)`` in that worker with ``result``, ``error`` and
+    ``duration_ns`` set (``error`` None on success)."""
+
+    cdef readonly object fn
+    cdef public object callback
+    cdef readonly object result
+    cdef readonly object error
+    cdef readonly double duration_ns
+
+    cdef int run_in_worker(self) except -1:
+        cdef int64_t t0 = cyj_now_ns()
+        fn, self.fn = self.fn, None
+        try:
+            self.result = fn()
+        except BaseException as exc:
+            self.error = exc
+        self.duration_ns = <double>(cyj_now_ns() - t0)
+        self._report()
+        return 0
+
+    cdef int fail(self, object error) except -1:
+        self.fn = None
+        self.error = error
+        self._report()
+        return 0
+
+    cdef _report(self):
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(self)
+
+    def cancel(self):
+        """Keep any worker from running this; True if none had started it."""
+        if cyj_cas(&self.ticket.claimed, 0, 1):
+            self.fn = self.callback = None
+            return True
+        return False
+
+
+class _WorkerState(threading.local):
+    # A class default, so that reading it in a thread that never set it
+    # costs no AttributeError (every call reads it).
+    pool = None
+
+
+# What this thread works for: a pool in its workers, an executor while a
+# caller runs one of its own batches (set by _dispatch).
+worker_state = _WorkerState()
+
+
+def in_worker_thread():
+    """True inside a cyjob thread-pool worker (used to run nested calls inline)."""
+    return worker_state.pool is not None
+
+
+# Stale queue entries (work someone else ran first) a worker drops in one go
+# once it holds the GIL: it skips them without it.
+cdef enum:
+    STALE_BATCH = 1024
+
+
+def _worker_main(ThreadPool pool):
+    cdef void *item
+    cdef cyj_ticket *ticket
+    cdef void *stale[STALE_BATCH]
+    cdef Py_ssize_t n_stale = 0, i
+    cdef Work work
+    worker_state.pool = pool
+    try:
+        while True:
+            ticket = NULL
+            with nogil:
+                while True:
+                    if n_stale > 0:
+                        item = cyj_queue_try_pop(&pool.queue)  # flush before parking
+                    else:
+                        item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS)
+                    if item == NULL:
+                        break
+                    if cyj_cas(&(<cyj_ticket *>item).claimed, 0, 1):
+                        ticket = <cyj_ticket *>item
+                        # Before waiting for the GIL (a clock read and one
+                        # system call, ~0.3 us per batch): a measured batch
+                        # counts that wait (_dispatch._execute_claimed).
+                        ticket.taken_ns = cyj_now_ns()
+                        cyj_thread_switches(&ticket.voluntary, &ticket.involuntary)
+                        break
+                    stale[n_stale] = (<cyj_ticket *>item).owner
+                    n_stale += 1
+                    if n_stale == STALE_BATCH:
+                        break
+            for i in range(n_stale):  # the queue's references to stale work
+                work = <Work>stale[i]
+                work.skipped_in_worker()
+                Py_DECREF(work)
+            n_stale = 0
+            work = None
+            if ticket == NULL:
+                if item == NULL and pool.closed:
+                    break
+                continue
+            work = <Work>ticket.owner
+            Py_DECREF(work)  # the queue's reference; `work` holds its own
+            work.run_in_worker()
+            work = None
+    finally:
+        worker_state.pool = None
+
+
+cdef class ThreadPool:
+    """``n_threads`` worker threads started through ``threading`` (so they
+    show up in ``threading.enumerate()`` and work with profilers and
+    faulthandler) that wait for work in C without the GIL."""
+
+    def __cinit__(self, *args, **kwargs):
+        if cyj_queue_init(&self.queue, 64) != 0:
+            raise MemoryError("cannot allocate the cyjob work queue")
+        self.queue_ready = True
+
+    def __init__(self, Py_ssize_t n_threads, str name="cyjob-worker"):
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        self.n_threads = n_threads
+        self.owner_pid = os.getpid()
+        self.threads = []
+        for i in range(n_threads):
+            t = threading.Thread(target=_worker_main, args=(self,),
+                                 name=f"{name}-{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    cdef int push(self, Work work):
+        """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed,
+        2 if the queue cannot grow (out of memory)."""
+        cdef int rc
+        Py_INCREF(work)
+        # Pushing keeps the GIL: releasing it would wake threads waiting for
+        # it only to make them sleep again.  Safe, as no thread ever waits for
+        # the GIL while holding the queue's mutex.
+        rc = cyj_queue_push(&self.queue, <void *>&work.ticket)
+        if rc == 0:
+            return 0
+        Py_DECREF(work)
+        return 1 if self.closed else 2
+
+    def submit(self, fn, callback=None):
+        """Run ``fn()`` in a worker, then ``callback(job)`` there; return the
+        ``Job`` (``job.cancel()`` keeps it from running if no worker started
+        it).  Closed, the pool runs it in the caller's thread instead."""
+        cdef Job job = Job.__new__(Job)
+        cdef int rc
+        job.fn = fn
+        job.callback = callback
+        rc = self.push(job)
+        if rc == 2:
+            raise MemoryError("cannot grow the cyjob work queue")
+        if rc == 1 and cyj_cas(&job.ticket.claimed, 0, 1):
+            job.run_in_worker()
+        return job
+
+    def shutdown(self, bint wait=True, timeout=None, bint at_exit=False):
+        """Stop the workers.  Work still queued is failed, except at exit:
+        then only daemon threads can be waiting for it, and they are about
+        to be frozen, so it is just dropped (a failure would print a
+        traceback from each of those threads)."""
+        cdef void *item
+        cdef Work work
+        if self.closed:
+            return
+        self.closed = True
+        with nogil:
+            cyj_queue_close(&self.queue)
+        while True:
+            with nogil:
+                item = cyj_queue_try_pop(&self.queue)
+            if item == NULL:
+                break
+            work = <Work>(<cyj_ticket *>item).owner
+            Py_DECREF(work)
+            if not at_exit and cyj_cas(&work.ticket.claimed, 0, 1):
+                work.fail(PoolShutdownError(
+                    "the cyjob thread pool was shut down before this batch ran"))
+        if wait:
+            current = threading.current_thread()
+            for t in self.threads:
+                if t is not current:
+                    t.join(timeout)
+
+    def alive(self):
+        """True while every worker thread is running in this process."""
+        return (not self.closed and self.owner_pid == os.getpid()
+                and all(t.is_alive() for t in self.threads))
+
+    def __dealloc__(self):
+        # After fork() the child inherits the queue's mutex in whatever state
+        # a parent thread left it: never touch it there, leak it instead.
+        if self.queue_ready and self.owner_pid == os.getpid():
+            cyj_queue_destroy(&self.queue)

@@ -1,0 +1,141 @@
+"""The fork server: forks worker processes on the parent's request.
+
+It is started once per parent process with ``subprocess.Popen`` (fork + exec:
+a fresh interpreter, safe whatever threads the parent runs).  It imports
+cyjob and cloudpickle once, then forks a worker whenever the parent asks, so a
+new worker is ready in a few ms instead of the ~150 ms of a fresh interpreter
+(workers killed after Ctrl-C, a time-out or a crash are replaced at that
+price).  It is single-threaded, which is what makes ``fork`` safe there.  It
+reaps its children and tells the parent their exit status (the parent is not
+their parent and could not ``waitpid`` them), and kills them on request
+(race-free: a pid it has not reaped yet cannot have been reused).
+"""
+
+import os
+import pickle
+import select
+import signal
+import socket
+import time
+
+from cyjob.backends.processes.worker import worker_main
+
+def _send_ctrl(ctrl, msg):
+    try:
+        ctrl.send(pickle.dumps(msg))
+    except OSError:
+        pass
+
+
+def _exit_code(status):
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return status
+
+
+def forkserver_main(ctrl_fd):
+    """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
+
+    Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
+    attached, ``("kill", wid, signum)``.  Replies: ``("spawned", wid, pid)``,
+    ``("exited", wid, exit_code)`` (a negative code is a signal).  EOF from
+    the parent: wait a moment for the workers to leave, kill the rest, exit.
+    """
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides
+    # what to stop, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *args: None)
+
+    # What every worker needs, loaded once here and shared copy-on-write.
+    import cloudpickle  # noqa: F401
+
+    import cyjob  # noqa: F401
+    import cyjob._tasks  # noqa: F401
+    import cyjob.backends.processes.sharedmem  # noqa: F401
+
+    pids = {}  # wid -> pid, until reaped
+    wids = {}  # pid -> wid
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            wid = wids.pop(pid, None)
+            if wid is not None:
+                pids.pop(wid, None)
+                _send_ctrl(ctrl, ("exited", wid, _exit_code(status)))
+
+    while True:
+        try:
+            ready, _, _ = select.select([ctrl, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if ctrl not in ready:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(ctrl, 1 << 20, 1)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            break
+        msg = pickle.loads(data)
+        if msg[0] == "spawn":
+            _, wid, env, sys_path, cwd = msg
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(wake_r)
+                os.close(wake_w)
+                ctrl.close()
+                os.set_inheritable(fds[0], False)
+                worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd)
+            os.close(fds[0])
+            pids[wid] = pid
+            wids[pid] = wid
+            _send_ctrl(ctrl, ("spawned", wid, pid))
+        elif msg[0] == "kill":
+            for fd in fds:
+                os.close(fd)
+            pid = pids.get(msg[1])
+            if pid is not None:
+                try:
+                    os.kill(pid, msg[2])
+                except ProcessLookupError:
+                    pass
+
+    # The parent is gone or shutting down: it closed the workers' sockets
+    # first, so idle workers are leaving; give them a moment, then kill.
+    deadline = time.monotonic() + 1.0
+    while pids and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.01)
+    for pid in list(wids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while wids:
+        try:
+            pid, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        wids.pop(pid, None)

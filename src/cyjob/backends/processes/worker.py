@@ -1,0 +1,131 @@
+"""The worker process: read a batch, run it, write back its outcome.
+
+A worker owns one end of a socket pair whose other end is the parent's.  It
+reads a batch, runs it with ``cyjob._tasks.run_tasks`` and writes back
+``(results, error, duration_ns)``.  EOF on its socket means the parent is gone
+or done with it: it exits.  Workers are forked by the fork server
+(``forkserver.py``), which imports this module before it forks any worker:
+it must stay light (no numpy, no thread started at import).
+"""
+
+import os
+import pickle
+import sys
+import traceback
+
+from cyjob.backends.processes.wire import dumps, recv_msg, send_msg
+
+#: True in a process started by the fork server (nested Parallel calls check it).
+IN_WORKER = False
+
+
+def _describe(func):
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return name or type(func).__name__
+
+
+def _error_reply(exc, kind="task"):
+    """What the parent needs to re-raise ``exc``: the exception itself when it
+    survives a pickling round trip, its type name and message, and the
+    worker-side traceback text."""
+    import cloudpickle
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(blob)
+    except BaseException:
+        blob = None
+    return (kind, blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+
+
+def _reply(sock, token, flat, results, error, duration):
+    if error is not None:
+        payload, buffers = dumps((None, _error_reply(error), duration))
+    else:
+        try:
+            payload, buffers = dumps((results, None, duration))
+        except BaseException as exc:
+            index, culprit = _first_unpicklable(results)
+            func = _describe(flat[3 * index])
+            reason = culprit if culprit is not None else exc
+            text = "".join(traceback.format_exception(
+                type(reason), reason, reason.__traceback__, chain=False))
+            info = ("result", index, func, f"{type(reason).__name__}: {reason}", text)
+            payload, buffers = dumps((None, info, duration))
+    send_msg(sock, token, payload, buffers)
+
+
+def _first_unpicklable(results):
+    import cloudpickle
+
+    for i, r in enumerate(results):
+        try:
+            cloudpickle.dumps(r, protocol=5)
+        except BaseException as exc:
+            return i, exc
+    return 0, None
+
+
+def worker_loop(sock):
+    """Run batches from ``sock`` until EOF."""
+    from cyjob._tasks import run_tasks
+
+    while True:
+        msg = recv_msg(sock)
+        if msg is None:
+            return
+        token, payload, buffers = msg
+        flat = None
+        try:
+            flat = pickle.loads(payload, buffers=buffers)
+        except BaseException as exc:
+            del payload, buffers
+            sock_payload, sock_buffers = dumps((None, _error_reply(exc, "load"), 0.0))
+            send_msg(sock, token, sock_payload, sock_buffers)
+            continue
+        del payload, buffers
+        results, error, duration = run_tasks(flat)
+        _reply(sock, token, flat, results, error, duration)
+        # Drop the batch now: its memmaps must not outlive the call (their
+        # files are deleted when it ends) and its arguments may be large.
+        del flat, results, error
+        # Output of print() in a task must not sit in a buffer of a worker
+        # that may be killed before it exits.
+        _flush()
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def worker_main(sock, env, sys_path, cwd):
+    """Become a worker: runs in the forked child, never returns."""
+    global IN_WORKER
+    code = 0
+    try:
+        IN_WORKER = True
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:] = sys_path
+        if cwd is not None:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        import faulthandler
+
+        faulthandler.enable()  # a segfaulting task leaves its traceback on stderr
+        worker_loop(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone: nothing to report to anyone
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        _flush()
+        os._exit(code)
