@@ -687,13 +687,20 @@ def test_a_cold_pool_boots_while_threads_run_the_call(capsys):
     shutdown_pool()
     try:
         n = gil_n()
-        marked = cyjob.gil_bound(gil)
-        results = Parallel(n_jobs=2)(delayed(marked)(n, x, where=True) for x in range(60))
+        memo.put(gil, ("processes", 2e6, 2e6))
+        results = Parallel(n_jobs=2)(delayed(gil)(n, x, where=True) for x in range(60))
         assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(60)])
         assert os.getpid() in {pid for _, pid, _ in results}
+        shutdown_pool()
+        memo.put(gil, ("processes", 2e6, 2e6))
         with pytest.raises(TaskFailed, match="boom 50"):
-            Parallel(n_jobs=2)(delayed(marked)(n, x, bad=50, exc=TaskFailed)
+            Parallel(n_jobs=2)(delayed(gil)(n, x, bad=50, exc=TaskFailed)
                                for x in range(60))
+        # A marker asked for processes: its batches wait for the pool.
+        shutdown_pool()
+        marked = cyjob.gil_bound(gil)
+        results = Parallel(n_jobs=2)(delayed(marked)(n, x, where=True) for x in range(20))
+        assert os.getpid() not in {pid for _, pid, _ in results}
     finally:
         shutdown_pool()
         Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))

@@ -389,9 +389,11 @@ class AutoExecutor(Router):
             self.watching = True
             call.measure_cpu = kind == THREADS
         ready = getattr(target, "ready", None)
-        if self.out_of_process and ready is not None and not ready():
+        if self.out_of_process and ready is not None and not ready() \
+                and not reason.startswith("marked"):
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
             # batches meanwhile (GIL-bound, about as fast as one process).
+            # (A marker asked for processes: its batches wait for them.)
             self.booting = target
             self.target, self.out_of_process = self.first, False
             self.watching = True
