@@ -6,6 +6,9 @@
 [0, 1, 4, 9, 16]
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from cyjob._tasks import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
@@ -13,6 +16,24 @@ from cyjob.cache import hash
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
+
+if TYPE_CHECKING:
+    from cyjob.persist import dump, load, register_compressor
+
+# Persistence needs numpy, which `import cyjob` does not import: its names
+# are imported on first use (PEP 562).
+_LAZY = {"dump": "cyjob.persist", "load": "cyjob.persist",
+         "register_compressor": "cyjob.persist"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyjob' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -70,4 +91,7 @@ __all__ = [
     "nogil",
     "gil_bound",
     "hash",
+    "dump",
+    "load",
+    "register_compressor",
 ]

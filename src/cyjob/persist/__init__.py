@@ -1,0 +1,17 @@
+"""Persistence: ``dump`` / ``load`` with joblib's API.
+
+- ``format``: cyjob's file (header, pickle stream, aligned out-of-band
+  buffers, checksums, compressed frames)
+- ``codecs``: compression methods, joblib's ``register_compressor``
+- ``atomic``: crash-safe writes (temporary file + rename)
+- ``joblib_format``: reading the files ``joblib.dump`` writes
+- ``restricted``: what ``load(..., trusted=False)`` lets through
+"""
+
+from cyjob.persist.api import dump, load
+from cyjob.persist.codecs import CompressorWrapper, MissingCompressorError, register_compressor
+from cyjob.persist.format import CorruptFileError
+from cyjob.persist.restricted import UntrustedTypeError
+
+__all__ = ["dump", "load", "register_compressor", "CompressorWrapper", "CorruptFileError",
+           "UntrustedTypeError", "MissingCompressorError"]
