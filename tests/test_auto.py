@@ -179,6 +179,17 @@ def run(capsys, tasks, **kwargs):
     return results, USING.findall(err + out)
 
 
+def settled(using):
+    """The "Using" lines of a remembered call, which a machine whose load
+    changed since the choice can make correct itself (processes measured
+    slower than the threads were): skip then, unless the machine is free."""
+    if len(using) > 1 and using[1][1].startswith("correcting: "):
+        if _two_cpus_free():
+            pytest.fail(f"corrected on a free machine: {using}")
+        pytest.skip(f"machine too busy: the remembered choice was corrected ({using})")
+    return using
+
+
 def error_of(tasks, **kwargs):
     """The exception a call raises, as (type, args)."""
     with pytest.raises(Exception) as info:
@@ -254,7 +265,8 @@ def test_each_workload_gets_its_kind_and_the_sequential_results(capsys, workload
     assert [r[0] for r in results] == sequential(func, args)
     pids = [pid for _, pid, _ in results]
     if kind == "processes":
-        assert sum(pid != main for pid in pids) >= len(pids) // 2
+        # The probe's batches ran on threads; the end of the call in processes.
+        assert pids[-1] != main and sum(pid != main for pid in pids) >= len(pids) // 6
     else:
         assert set(pids) == {main}
     assert memo.get(func)[0] == expected
@@ -296,7 +308,7 @@ def test_second_call_reuses_the_remembered_choice(capsys, kind):
     remembered = memo.get(func)
     assert remembered[0] == kind and remembered[1] > 0
     _, using = run(capsys, tasks_of(func, make_args()))
-    assert using == [(kind, "remembered from an earlier call")], using
+    assert settled(using) == [(kind, "remembered from an earlier call")], using
     assert memo.get(func)[0] == kind
 
 
@@ -494,7 +506,7 @@ def test_results_equal_the_sequential_backend(capsys, kind, return_as):
     first = measured(capsys, lambda: tasks_of(func, make_args()), kind, return_as=return_as)
     again = run(capsys, tasks_of(func, make_args()), return_as=return_as)
     assert first[1][0][0] == kind, first[1]
-    assert again[1][0] == (kind, "remembered from an earlier call"), again[1]
+    assert settled(again[1])[0] == (kind, "remembered from an earlier call"), again[1]
     for results, _ in (first, again):
         if return_as == "generator_unordered":
             assert sorted(results) == sorted(expected)
@@ -583,8 +595,10 @@ def test_verbose_0_prints_nothing(capfd, kind):
     func, make_args = BY_KIND[kind]
     capfd.readouterr()
     Parallel(n_jobs=2)(tasks_of(func, make_args()))
-    assert memo.get(func) is not None  # a choice was made, silently
     assert capfd.readouterr() == ("", "")
+    if memo.get(func) is None and not _two_cpus_free():
+        pytest.skip("machine too busy for the probe to conclude on this short call")
+    assert memo.get(func) is not None  # a choice was made, silently
 
 
 def test_verbose_below_10_does_not_report_the_choice(capsys):
@@ -611,7 +625,8 @@ def test_calls_sent_to_processes_leave_nothing_behind(capsys):
     for _ in range(2):
         measured(capsys, tasks, "processes")  # probe on threads, then processes
         for _ in range(3):
-            assert run(capsys, tasks())[1] == [("processes", "remembered from an earlier call")]
+            assert settled(run(capsys, tasks())[1]) == [
+                ("processes", "remembered from an earlier call")]
     deadline = time.monotonic() + 10
     while (descendants(), threading.active_count()) != before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -628,7 +643,7 @@ def test_processes_slower_than_threads_move_back_within_the_call(capsys):
     round trip is slower) moves the rest of the call to threads, says why,
     and is remembered so: the next call starts on threads."""
     n = gil_n()
-    args = [(n, x) for x in range(80)]
+    args = [(n, x) for x in range(200)]
     memo.put(gil, ("processes", 2e6, 1e3))
     results, using = run(capsys, tasks_of(gil, args, where=True))
     assert using[0] == ("processes", "remembered from an earlier call")
@@ -704,3 +719,15 @@ def test_a_cold_pool_boots_while_threads_run_the_call(capsys):
     finally:
         shutdown_pool()
         Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))
+
+
+def test_a_short_call_slower_than_threads_is_measured_again_next_time(capsys):
+    """Too short to be corrected while it ran (20 sleeping tasks remembered
+    as inline, threads recorded 10x faster): the next call measures afresh."""
+    memo.put(nap, ("inline", 2e6, 2e5))
+    results, using = run(capsys, tasks_of(nap, [(x,) for x in range(12)]))
+    assert results == [x * x for x in range(12)]
+    assert using == [("inline", "remembered from an earlier call")], using
+    assert memo.get(nap) is None
+    _, using = run(capsys, tasks_of(nap, [(x,) for x in range(40)]))
+    assert using[0][0] == "threading" and "remembered" not in using[0][1], using

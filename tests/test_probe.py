@@ -162,3 +162,18 @@ def test_a_workers_wait_for_the_gil_counts_as_overlap():
     assert verdict.kind == PROCESSES, verdict.reason
     no_wait = [row[:6] for row in rows]
     assert decide(figures(no_wait), n_workers=2).kind is None
+
+
+def test_sleeping_threads_woken_on_a_loaded_machine_still_wait():
+    """Recorded: time.sleep(0.002) tasks on an overloaded machine, where
+    each wake-up was followed by preemptions (2 involuntary switches for 1
+    voluntary): their off-CPU time, split by switch counts, makes them look
+    CPU-hungry (demand 0.40), but ~500 waits per 10 ms of CPU is no GIL."""
+    rows = [(2570233436581, 2570240111792, 59488, 1, 3, 0, 23504),
+            (2570240246672, 2570242485086, 14211, 1, 1, 0, 0),
+            (2570242526337, 2570244969695, 20460, 1, 1, 0, 0),
+            (2570233424854, 2570240269787, 25287, 1, 1, 2, 0),
+            (2570240315094, 2570242362514, 34853, 1, 1, 0, 0),
+            (2570242471135, 2570245111185, 12718, 1, 1, 0, 0)]
+    verdict = decide(figures(rows), n_workers=2)
+    assert verdict.kind == THREADS and "mostly wait" in verdict.reason, verdict.reason

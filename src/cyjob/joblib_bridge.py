@@ -216,7 +216,10 @@ class _Route:
         if verdict.kind is None:
             return
         n = sum(f.n_tasks for f in self.figures)
-        span = _span_ns(self.figures)
+        # End to end, gaps between batches included, as the check of the
+        # choice will measure it.
+        span = (max(f.finished_ns for f in self.figures)
+                - min(f.started_ns - f.waited_ns for f in self.figures))
         self.threads_ns = span / n if n else 0.0
         self._set(verdict.kind, verdict.ns_per_task, verdict.reason, verdict.remember)
 
@@ -270,18 +273,6 @@ class _Route:
         if remember and self.function is not None:
             memo.put(self.function, (kind, ns_per_task, self.threads_ns))
         self.backend._routed(kind, ns_per_task, reason)
-
-
-def _span_ns(figures):
-    total, end = 0, None
-    for start, finish in sorted((f.started_ns, f.finished_ns) for f in figures):
-        if end is None or start > end:
-            total += finish - start
-            end = finish
-        elif finish > end:
-            total += finish - end
-            end = finish
-    return total
 
 
 class CyjobBackend(ParallelBackendBase):

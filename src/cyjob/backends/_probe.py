@@ -66,6 +66,10 @@ OVERLAP_SHARE = 0.5
 # down towards the GIL-free one: waits get longer, not more frequent.)
 FREE_SWITCHES = 1.5
 CONTENDED_SWITCHES = 3.0
+# Far above what the GIL causes: threads that block this often per CPU time
+# mostly wait (sleep, I/O: ~500 measured for time.sleep(0.002) tasks), even
+# when being woken on a loaded machine makes them look CPU-hungry.
+WAITING_SWITCHES = 100.0
 # CPUs used per wall second by overlapping batches that proves GIL release.
 PARALLEL_EFFICIENCY = 1.3
 # CPUs the call wanted (used, or was preempted from) per wall second, under
@@ -206,7 +210,7 @@ def decide(batches, n_workers, last_chance=False):
     figures = figures_text(per_task, efficiency, demand, switches, overlap)
     if efficiency >= PARALLEL_EFFICIENCY:
         return Verdict(THREADS, per_task, "tasks release the GIL: " + figures, True)
-    if demand < WAITING_DEMAND:
+    if demand < WAITING_DEMAND or switches >= WAITING_SWITCHES:
         return Verdict(THREADS, per_task, "tasks mostly wait (I/O, sleep): " + figures, True)
     if switches < CONTENDED_SWITCHES and (switches <= FREE_SWITCHES
                                           or demand >= PARALLEL_DEMAND):

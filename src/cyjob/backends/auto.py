@@ -49,6 +49,9 @@ CORRECTION_MARGIN = 1.25
 # ...once it has run this many batches, over at least this long.
 CHECK_MIN_BATCHES = 4
 CHECK_MIN_NS = 50_000_000
+# A call run inline too short for that check forgets its choice if its tasks
+# ran this much slower than on threads: the next call measures again.
+LAST_LOOK_MARGIN = 1.5
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
@@ -251,9 +254,27 @@ class AutoExecutor(Router):
         for executor in self.left:
             executor.call_finished(call)
         self.left = []
+        if self.checked is not None and not call.was_aborted:
+            self._last_look()
         super().call_finished(call)
         # Batches hold the call, which holds this.
         self.seen = self.checked = None
+
+    def _last_look(self):
+        """A call run in the caller's thread too short for its choice to be
+        checked while it ran: if its tasks took clearly longer there than on
+        the probe's threads, the next call measures again instead of reusing
+        the choice.  (Not for processes: their end-to-end times over a few
+        batches are too noisy on a loaded machine to act on.)"""
+        if self.choice is None or self.choice[0] != INLINE or not self.threads_ns:
+            return
+        done = [b for b in self.checked if b.done and b.results is not None]
+        elapsed = sum(b.duration_ns for b in done)
+        n_tasks = sum(b.size for b in done)
+        if n_tasks and elapsed / n_tasks > LAST_LOOK_MARGIN * self.threads_ns:
+            memo.forget(self.function)
+            self._say(f"inline ran {elapsed / n_tasks / 1e3:.1f} us per task against "
+                      f"{self.threads_ns / 1e3:.1f} on threads: the next call measures again")
 
     # -- measuring --------------------------------------------------------
 
@@ -267,7 +288,9 @@ class AutoExecutor(Router):
         verdict = decide(figures, self.n_workers, last_chance)
         if verdict.kind is None:
             return
-        span = _span_ns(done)
+        # End to end, gaps between batches included, as the check of the
+        # choice will measure it.
+        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
         n_tasks = sum(b.size for b in done)
         self.threads_ns = span / n_tasks if n_tasks else 0.0
         self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
@@ -409,19 +432,6 @@ class AutoExecutor(Router):
 def _figures(batch):
     return BatchFigures(batch.started_ns, batch.finished_ns, batch.cpu_ns, batch.size,
                         batch.voluntary, batch.involuntary, batch.waited_ns)
-
-
-def _span_ns(batches):
-    """Wall time during which at least one of ``batches`` ran."""
-    total, end = 0, None
-    for start, finish in sorted((b.started_ns, b.finished_ns) for b in batches):
-        if end is None or start > end:
-            total += finish - start
-            end = finish
-        elif finish > end:
-            total += finish - end
-            end = finish
-    return total
 
 
 def _process_executor(n_workers, parallel):
