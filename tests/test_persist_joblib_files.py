@@ -202,6 +202,12 @@ def test_scikit_learn_model_saved_with_joblib_predicts_the_same(tmp_path, writer
         loaded = load(path, mmap_mode=mmap_mode)
         np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
         np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    with pytest.raises(UntrustedTypeError, match="sklearn"):
+        load(path, trusted=False)
+    # The caller vouches for scikit-learn (and numpy's random state objects,
+    # which its models hold).
+    loaded = load(path, trusted=False, allowed=["sklearn.*", "numpy.random.*"])
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
 
 
 # -- untrusted loads -------------------------------------------------------------------
@@ -278,3 +284,22 @@ def test_untrusted_refuses_subclasses_and_sklearn_unless_listed(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         assert isinstance(load(path, trusted=False, allowed=[np.matrix]), np.matrix)
+
+
+def test_untrusted_package_wildcards_cover_submodules_only(tmp_path):
+    from cyjob.persist.restricted import Policy
+
+    policy = Policy(["sklearn.*"])
+    assert policy.allows("sklearn", "x") and policy.allows("sklearn.tree._tree", "Tree")
+    assert not policy.allows("sklearnx", "x") and not policy.allows("os", "system")
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_joblib_files_of_protocols_without_a_magic_number(tmp_path, protocol):
+    path = tmp_path / "joblib.pkl"
+    value = sample()
+    joblib.dump(value, path, protocol=protocol)
+    check(load(path), value)
+    loaded = load(path, mmap_mode="r")
+    assert isinstance(loaded["c"], np.memmap)
+    np.testing.assert_array_equal(loaded["c"], value["c"])

@@ -194,5 +194,8 @@ def test_remembered_settings_follow_parallel_config_and_registrations():
     assert isinstance(Parallel(n_jobs=2, backend="cyjob-test-marked")._backend, Marked)
     first = Parallel(n_jobs=2, backend="threading")
     with first:
-        # A Parallel made with the same arguments does not share the warm executor.
-        assert Parallel(n_jobs=2, backend="threading")._warm is None
+        # A Parallel made with the same arguments shares the checked settings
+        # (an immutable plan), and no state of the first one (no executor).
+        again = Parallel(n_jobs=2, backend="threading")
+        assert vars(again) == {"_plan": first._plan}
+        assert isinstance(first._plan, tuple)  # immutable

@@ -12,21 +12,26 @@ from typing import TYPE_CHECKING
 from cyjob._tasks import delayed
 from cyjob.backends import register_parallel_backend
 from cyjob.backends.auto import gil_bound, nogil
-from cyjob.cache import hash
 from cyjob.config import cpu_count, effective_n_jobs, parallel_backend, parallel_config
 from cyjob.exceptions import TerminatedWorkerError, TimeoutError
 from cyjob.parallel import Parallel
 
 if TYPE_CHECKING:
+    from cyjob.cache import Memory, MemorizedResult, expires_after, hash, register_store_backend
     from cyjob.persist import dump, load, register_compressor
 
-# Persistence needs numpy, which `import cyjob` does not import: its names
-# are imported on first use (PEP 562).
+# Persistence and caching need numpy, inspect and friends, which `import
+# cyjob` (for Parallel) does not pay for: their names are imported on first
+# use (PEP 562).
 _LAZY = {"dump": "cyjob.persist", "load": "cyjob.persist",
-         "register_compressor": "cyjob.persist"}
+         "register_compressor": "cyjob.persist",
+         "hash": "cyjob.cache", "Memory": "cyjob.cache", "MemorizedResult": "cyjob.cache",
+         "expires_after": "cyjob.cache", "register_store_backend": "cyjob.cache"}
 
 
 def __getattr__(name):
+    if name in ("persist", "cache"):  # the subpackages themselves, also on first use
+        return importlib.import_module(f"cyjob.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cyjob' has no attribute {name!r}")
@@ -35,7 +40,12 @@ def __getattr__(name):
     return value
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __version__ = "0.1.0"
+
 
 
 def register_joblib_backend(name="cyjob", make_default=False):
@@ -91,6 +101,10 @@ __all__ = [
     "nogil",
     "gil_bound",
     "hash",
+    "Memory",
+    "MemorizedResult",
+    "expires_after",
+    "register_store_backend",
     "dump",
     "load",
     "register_compressor",

@@ -9,42 +9,38 @@ cdef class Batch(Work):
     cdef readonly list tasks
     cdef readonly Py_ssize_t start
     cdef readonly Py_ssize_t size
-    cdef public list results
-    cdef public object error
-    cdef public bint done
-    cdef public double duration_ns
+    cdef readonly list results
+    cdef readonly object error
+    cdef readonly bint done
+    cdef readonly double duration_ns
     # Where it ran in this process: monotonic start and end, the CPU time of
     # the thread that ran it, and that thread's voluntary / involuntary
     # context switches meanwhile (how the auto backend tells waiting for the
     # GIL from a CPU taken by other programs; backends/_probe.py).
-    cdef public int64_t started_ns
-    cdef public int64_t finished_ns
-    cdef public int64_t cpu_ns
-    cdef public int64_t voluntary
-    cdef public int64_t involuntary
+    cdef readonly int64_t started_ns
+    cdef readonly int64_t finished_ns
+    cdef readonly int64_t cpu_ns
+    cdef readonly int64_t voluntary
+    cdef readonly int64_t involuntary
     # A pool worker's wait for the GIL before started_ns (measured calls).
-    cdef public int64_t waited_ns
+    cdef readonly int64_t waited_ns
 
 
 cdef class Executor:
     cdef readonly Py_ssize_t n_workers
-    cdef public bint caller_helps
+    cdef readonly bint caller_helps
     cpdef submit(self, Batch batch)
     cpdef call_started(self, Call call, object first_function)
     cpdef call_finished(self, Call call)
 
 
 cdef class Router(Executor):
-    cdef readonly Executor first     # runs batches until a target is chosen
-    cdef public Executor target      # None until chosen
-    cdef public bint watching        # call watch() before routing each batch
-    cdef public bint out_of_process  # the target runs batches elsewhere
-    cdef readonly Call call          # set at the first batch
-    # Verifying a choice: tasks to measure, and from which sizer figures.
-    cdef BatchSizer verify_sizer, then_sizer
-    cdef Py_ssize_t verify_tasks, verify_from_tasks
-    cdef double verify_from_ns, expected_ns, lowest, highest
-    cdef int _verify(self) except -1
+    cdef readonly Executor first       # runs batches until a target is chosen
+    cdef readonly Executor target      # None until chosen
+    cdef readonly bint out_of_process  # the target runs batches elsewhere
+    cdef readonly bint watch_before    # call watch(batch) before routing a batch
+    cdef readonly bint watch_after     # call routed(batch) after routing it
+    cdef readonly Call call            # set at the first batch
 
 
 cdef class ThreadExecutor(Executor):

@@ -164,13 +164,12 @@ cdef class InlineExecutor(Executor):
 
 cdef class Router(Executor):
     """Sends a call's batches to ``first`` until a ``target`` is chosen, then
-    to the target (the default backend, backends/auto.py, chooses).
+    to the target.
 
-    Routing runs for every batch, so it lives here, and so does the check of a
-    choice made from an earlier call's figures (``verify``).  The policy is
-    Python and runs only in hooks: ``begin(function)`` before the first batch,
-    ``watch(batch)`` before each batch while ``watching`` is set, and
-    ``drifted(ns_per_task)`` if a verification fails.
+    Routing runs for every batch, so it lives here; the choice does not.  The
+    automatic backend (backends/auto.py) chooses in hooks: ``begin(function)``
+    before the first batch, and, while it asks for them (``watch_batches``),
+    ``watch(batch)`` before a batch is routed and ``routed(batch)`` after.
     """
 
     def __init__(self, Py_ssize_t n_workers, Executor first):
@@ -185,7 +184,7 @@ cdef class Router(Executor):
         self.begin(first_function)
 
     cpdef submit(self, Batch batch):
-        if self.watching:
+        if self.watch_before:
             self.watch(batch)
         if self.target is None:
             self.first.submit(batch)
@@ -193,10 +192,10 @@ cdef class Router(Executor):
             # (Claimed first when it runs elsewhere: otherwise the caller may
             # run it too.  Already claimed: the caller ran it meanwhile.)
             self.target.submit(batch)
-        if self.verify_tasks > 0:
-            # After routing: a batch run inline is already measured, so the
-            # next batch can be sized for the outcome.
-            self._verify()
+        if self.watch_after:
+            # A batch run inline is already measured: the next batch can be
+            # sized for what this one showed.
+            self.routed(batch)
 
     cpdef call_finished(self, Call call):
         self.first.call_finished(call)
@@ -205,47 +204,27 @@ cdef class Router(Executor):
         # The call holds this router: break the cycle so that both are
         # freed by reference counting.
         self.call = None
-        self.verify_sizer = self.then_sizer = None
-        self.verify_tasks = 0
+        self.watch_before = self.watch_after = False
 
-    def verify(self, Py_ssize_t n_tasks, double ns_per_task, double lowest, double highest,
-               BatchSizer then=None):
-        """Check the choice on the next ``n_tasks`` tasks the call's current
-        sizer observes: if each costs between ``lowest`` and ``highest``
-        times ``ns_per_task``, size the rest of the call with ``then`` (if
-        given); otherwise call ``drifted(measured_ns_per_task)``."""
-        self.verify_sizer = self.call.sizer
-        self.verify_tasks = n_tasks
-        self.verify_from_tasks = self.verify_sizer.n_tasks
-        self.verify_from_ns = self.verify_sizer.work_ns
-        self.expected_ns = ns_per_task
-        self.lowest = lowest
-        self.highest = highest
-        self.then_sizer = then
+    def route_to(self, Executor target, bint out_of_process=False):
+        """Send the coming batches to ``target`` (None: back to ``first``);
+        ``out_of_process``: it runs them elsewhere (the caller must not)."""
+        self.target = target
+        self.out_of_process = out_of_process and target is not None
 
-    cdef int _verify(self) except -1:
-        cdef Py_ssize_t n = self.verify_sizer.n_tasks - self.verify_from_tasks
-        cdef double per_task, ratio
-        if n < self.verify_tasks:
-            return 0
-        self.verify_tasks = 0
-        per_task = (self.verify_sizer.work_ns - self.verify_from_ns) / n
-        ratio = per_task / self.expected_ns if self.expected_ns > 0 else 1.0
-        if not (self.lowest <= ratio <= self.highest):
-            self.drifted(per_task)
-        elif self.then_sizer is not None:
-            self.call.use_sizer(self.then_sizer)
-        self.verify_sizer = self.then_sizer = None
-        return 0
+    def watch_batches(self, bint before=False, bint after=False):
+        """Call ``watch`` before routing each batch, ``routed`` after."""
+        self.watch_before = before
+        self.watch_after = after
 
     def begin(self, first_function):
         """The call starts; its first task calls ``first_function``."""
 
     def watch(self, Batch batch):
-        """A batch about to be routed while ``watching`` is set."""
+        """A batch about to be routed (while ``watch_before``)."""
 
-    def drifted(self, double ns_per_task):
-        """``verify`` measured tasks far from the expected cost."""
+    def routed(self, Batch batch):
+        """A batch just routed (while ``watch_after``)."""
 
 
 cdef class ThreadExecutor(Executor):

@@ -56,9 +56,13 @@ cdef class Job(Work):
 
     cdef readonly object fn
     cdef public object callback
-    cdef readonly object result
-    cdef readonly object error
+    cdef public object result   # public: a reader may drop it once taken
+    cdef public object error
     cdef readonly double duration_ns
+
+    def __init__(self, fn, callback=None):
+        self.fn = fn
+        self.callback = callback
 
     cdef int run_in_worker(self) except -1:
         cdef int64_t t0 = cyj_now_ns()
@@ -201,9 +205,14 @@ cdef class ThreadPool:
         ``Job`` (``job.cancel()`` keeps it from running if no worker started
         it).  Closed, the pool runs it in the caller's thread instead."""
         cdef Job job = Job.__new__(Job)
-        cdef int rc
         job.fn = fn
         job.callback = callback
+        return self.submit_job(job)
+
+    def submit_job(self, Job job):
+        """``submit`` for a ``Job`` made beforehand (whoever must know the job
+        before it can run and report)."""
+        cdef int rc
         rc = self.push(job)
         if rc == 2:
             raise MemoryError("cannot grow the cyjob work queue")

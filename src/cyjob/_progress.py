@@ -23,6 +23,11 @@ def _verbosity_filter(index, verbose):
     return int(sqrt((index + 1) / verbose)) == int(sqrt(index / verbose))
 
 
+def verbose_stream(verbose):
+    """Where messages go at this verbosity: stderr, stdout from 50 (joblib's rule)."""
+    return sys.stderr if verbose < 50 else sys.stdout
+
+
 class VerboseReporter:
     """Prints "[Parallel(n_jobs=2)]: Done 10 tasks | elapsed: 0.1s" lines,
     more often as ``verbose`` grows (stderr below 50, stdout from 50)."""
@@ -35,8 +40,7 @@ class VerboseReporter:
         self.n_reports = 0
 
     def _print(self, msg):
-        writer = sys.stderr if self.verbose < 50 else sys.stdout
-        writer.write(f"[{self.label}]: {msg}\n")
+        verbose_stream(self.verbose).write(f"[{self.label}]: {msg}\n")
 
     def __call__(self, call):
         total = call.n_total if call.n_total >= 0 else self.n_tasks

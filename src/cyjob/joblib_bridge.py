@@ -38,11 +38,11 @@ that makes it.
 This module imports joblib; ``import cyjob`` does not.
 """
 
-import functools
 import threading
 import time
 import types
 from collections import deque
+from functools import partial
 
 from joblib.parallel import ParallelBackendBase, register_parallel_backend
 from joblib._parallel_backends import FallbackToBackend, SequentialBackend
@@ -50,7 +50,7 @@ from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 from cyjob._batching import BatchSizer
 from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
-from cyjob._pool import in_worker_thread
+from cyjob._pool import Job, in_worker_thread
 from cyjob.backends._probe import INLINE, PROCESSES, THREADS, BatchFigures, decide
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
                                  CORRECTION_MARGIN, PROBE_MAX_NS, _marker_of, memo)
@@ -308,6 +308,7 @@ class CyjobBackend(ParallelBackendBase):
         self.max_batch_size = max_batch_size
         self.parallel = None
         self._pool = None
+        self._threads = None
         self._processes = None
         self._n_jobs = 1
         self._sizer = None
@@ -341,7 +342,8 @@ class CyjobBackend(ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         self._n_jobs = n_jobs
-        self._pool = get_pool(n_jobs)
+        self._threads = get_pool(n_jobs)
+        self._pool = self._threads.pool
         self._hints = {"max_nbytes": max_nbytes, "temp_folder": temp_folder,
                        "mmap_mode": mmap_mode}
         if require == "sharedmem":
@@ -393,7 +395,7 @@ class CyjobBackend(ParallelBackendBase):
         route = self._route
         n_tasks = len(func) if hasattr(func, "__len__") else 1
         if route is None:  # joblib never configured us: plain threads
-            return self._submit_to(self._threads(), func, callback, n_tasks, False)
+            return self._submit_job(func, callback, n_tasks)
         if route.function is None and not route.fixed:
             route.begin(func)
             if route.kind is not None:
@@ -410,16 +412,34 @@ class CyjobBackend(ParallelBackendBase):
                                        False)
         elif kind == INLINE and self._may_run_inline():
             return self._run_inline(func, callback, n_tasks)
-        return self._submit_to(self._threads(), func, callback, n_tasks, route.measuring)
+        if route.measuring:
+            return self._submit_to(self._threads, func, callback, n_tasks, True)
+        return self._submit_job(func, callback, n_tasks)
 
     def _submit_to(self, executor, func, callback, n_tasks, measure):
+        """As a one-task cyjob call: measured by the core on threads, or run
+        by the process pool (which reports to a call)."""
         job = _JobCall(self, executor, func, callback, n_tasks, measure)
         self._jobs.add(job)
         job.start()
         return job
 
-    def _threads(self):
-        return self._pool
+    def _submit_job(self, func, callback, n_tasks):
+        """Straight to the thread pool (``ThreadPool.submit_job``): the
+        worker that runs the batch stores the outcome in the ``Job``, then
+        runs joblib's completion callback."""
+        job = Job(func, partial(self._finished, callback, n_tasks))
+        self._jobs.add(job)
+        return self._pool.submit_job(job)
+
+    def _finished(self, callback, n_tasks, job):
+        """In the worker that ran ``job``."""
+        self._jobs.discard(job)
+        sizer = self._sizer
+        if job.error is None and sizer is not None:
+            sizer.observe(n_tasks, job.duration_ns)
+        if callback is not None:
+            callback(job)
 
     def _process_executor(self):
         if self._processes is None:
@@ -464,9 +484,13 @@ class CyjobBackend(ParallelBackendBase):
 
     def retrieve_result_callback(self, out):
         """The batch's result list, or raise the error of its failed task."""
-        error = out.exception
-        if error is not None:
+        if type(out) is Job:
+            error = out.error
+            out.error = None
+        else:
+            error = out.exception
             out.exception = None
+        if error is not None:
             raise chain_remote_traceback(error, traceback_text(error))
         result, out.result = out.result, None
         return result
@@ -503,7 +527,10 @@ class CyjobBackend(ParallelBackendBase):
             # A batch still running finishes later: its callback must not
             # land in the next call of a Parallel that reuses this backend.
             job.callback = None
-            job.abort()
+            if type(job) is Job:
+                job.cancel()
+            else:
+                job.abort()
 
     def terminate(self):
         # The pools are shared with cyjob.Parallel and stay warm for the next call.

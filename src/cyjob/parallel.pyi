@@ -28,17 +28,30 @@ _MmapMode: TypeAlias = Literal["r+", "r", "w+", "c"]
 class Parallel(Generic[_R_co]):
     """Run ``delayed`` tasks in parallel; a drop-in for ``joblib.Parallel``."""
 
-    n_jobs: int | None
-    verbose: float
-    return_as: str
-    timeout: float | None
-    pre_dispatch: int | str
-    batch_size: int | str
-    prefer: str | None
-    require: str | None
-    temp_folder: str | os.PathLike[str] | None
-    max_nbytes: int | None
-    mmap_mode: str | None
+    @property
+    def n_jobs(self) -> int | None: ...
+    @property
+    def verbose(self) -> float: ...
+    @property
+    def return_as(self) -> str: ...
+    @property
+    def timeout(self) -> float | None: ...
+    @property
+    def pre_dispatch(self) -> int | str: ...
+    @property
+    def batch_size(self) -> int | str: ...
+    @property
+    def prefer(self) -> str | None: ...
+    @property
+    def require(self) -> str | None: ...
+    @property
+    def temp_folder(self) -> str | os.PathLike[str] | None: ...
+    @property
+    def max_nbytes(self) -> int | None: ...
+    @property
+    def mmap_mode(self) -> str | None: ...
+    @property
+    def progress(self) -> bool: ...
 
     @overload
     def __init__(

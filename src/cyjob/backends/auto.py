@@ -22,7 +22,6 @@ measurement.
 """
 
 import functools
-import sys
 import threading
 import time
 import types
@@ -30,6 +29,7 @@ import weakref
 
 from cyjob._batching import BatchSizer
 from cyjob._dispatch import Router
+from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
 from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
                                    decide)
@@ -180,14 +180,15 @@ _INLINE = SequentialBackend().executor(1)
 
 
 class AutoExecutor(Router):
-    """The policy of one call: what to measure, what to choose, and when a
-    choice proved wrong.  Routing each batch (to the thread pool while
-    probing, then to the choice) and verifying a remembered choice are the
-    core's ``Router``; these hooks run before the first batch, before each
-    batch while watching (probing or checking a choice), and if a
-    verification fails."""
+    """The policy of one call: what to measure, what to choose, whether a
+    remembered choice still holds, and when a choice proved wrong.  The
+    core's ``Router`` only sends each batch where this policy says; it calls
+    these hooks before the first batch (``begin``), before routing each batch
+    while probing, checking a choice or waiting for a pool to boot
+    (``watch``), and after routing each batch while a remembered choice is
+    being verified (``routed``)."""
 
-    __slots__ = ("parallel", "initial_sizer", "choice", "function", "seen", "remembered",
+    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check",
                  "threads_ns", "checked", "corrected", "left", "booting")
 
     # -- hooks called by the core -------------------------------------------
@@ -196,6 +197,7 @@ class AutoExecutor(Router):
         self.initial_sizer = self.call.sizer
         self.function = function
         self.remembered = None
+        self.check = None
         self.threads_ns = 0.0   # wall ns per task the call got on threads
         self.checked = None     # batches routed since the choice, while checked
         self.corrected = False
@@ -218,8 +220,8 @@ class AutoExecutor(Router):
         booting = self.booting
         if booting is not None and booting.ready():
             self.booting = None
-            self.target, self.out_of_process = booting, True
-            self.watching = self.checked is not None
+            self.route_to(booting, True)
+            self._watch()
         if self.checked is not None:
             self.checked.append(batch)
             self._check()
@@ -229,23 +231,12 @@ class AutoExecutor(Router):
         self._maybe_decide()
         if self.checked is not None:
             self.checked.append(batch)  # the first batch sent to the choice
-        elif self.watching:
+        elif self.choice is None:
             self.seen.append(batch)
 
-    def drifted(self, per_task):
-        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
-                  f"{per_task / 1e3:.1f} us: measuring again")
-        memo.forget(self.function)  # a call that ends before choosing must not reuse it
-        if self.target is not None and self.target is not self.first:
-            self.left.append(self.target)
-        if self.booting is not None:
-            self.left.append(self.booting)
-            self.booting = None
-        self.target, self.choice = None, None
-        self.out_of_process = False
-        self.checked = None
-        self.call.use_sizer(self.initial_sizer)
-        self._probe()
+    def routed(self, batch):
+        if self.check is not None:
+            self._check_remembered()
 
     def call_finished(self, call):
         if self.booting is not None:
@@ -259,6 +250,13 @@ class AutoExecutor(Router):
         super().call_finished(call)
         # Batches hold the call, which holds this.
         self.seen = self.checked = None
+        self.check = None
+
+    def _watch(self):
+        """Ask the core for the hooks this policy needs now."""
+        self.watch_batches(before=(self.choice is None or self.checked is not None
+                                   or self.booting is not None),
+                           after=self.check is not None)
 
     def _last_look(self):
         """A call run in the caller's thread too short for its choice to be
@@ -341,8 +339,8 @@ class AutoExecutor(Router):
 
     def _stop_checking(self):
         self.checked = None
-        self.watching = self.booting is not None
         self.call.measure_cpu = False
+        self._watch()
 
     def _correct(self, kind, ns_per_task, reason):
         self.corrected = True
@@ -350,31 +348,73 @@ class AutoExecutor(Router):
         if self.booting is not None:
             previous, self.booting = self.booting, None
         self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
-        if previous is not self.first and previous is not self.target:
+        if previous is not None and previous is not self.first \
+                and previous is not self.target:
             self.left.append(previous)  # still runs batches: told when the call ends
+
+    # -- checking a remembered choice ---------------------------------------
+
+    def _check_later(self, n_tasks, ns_per_task, lowest, highest, then):
+        """Check the choice on the next ``n_tasks`` tasks the call's current
+        sizer observes: if each costs between ``lowest`` and ``highest``
+        times ``ns_per_task``, size the rest of the call with ``then`` (if
+        given); otherwise measure again."""
+        sizer = self.call.sizer
+        self.check = (sizer, sizer.n_tasks, sizer.work_ns, n_tasks, ns_per_task,
+                      lowest, highest, then)
+        self._watch()
+
+    def _check_remembered(self):
+        sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
+        n = sizer.n_tasks - from_tasks
+        if n < n_tasks:
+            return
+        self.check = None
+        self._watch()
+        per_task = (sizer.work_ns - from_ns) / n
+        ratio = per_task / expected if expected > 0 else 1.0
+        if not (lowest <= ratio <= highest):
+            self._drifted(per_task)
+        elif then is not None:
+            self.call.use_sizer(then)
+
+    def _drifted(self, per_task):
+        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
+                  f"{per_task / 1e3:.1f} us: measuring again")
+        memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        if self.target is not None and self.target is not self.first:
+            self.left.append(self.target)
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
+        self.route_to(None)
+        self.choice = None
+        self.checked = None
+        self.call.use_sizer(self.initial_sizer)
+        self._probe()
 
     # -- choosing ---------------------------------------------------------
 
     def _probe(self):
         # Measure the first batches on threads until _maybe_decide chooses.
         self.seen = []
-        self.watching = True
         self.call.measure_cpu = True
+        self._watch()
 
     def _choose(self, kind, ns_per_task, reason, remember=False):
         call = self.call
-        self.out_of_process = False
-        self.watching = False
+        plan = self.plan
         call.measure_cpu = False
         verifying = reason == "remembered from an earlier call"
         then = None  # sizer once a remembered choice is verified
+        elsewhere = False
         if kind == PROCESSES:
-            target = _process_executor(self.n_workers, self.parallel)
+            target = _process_executor(self.n_workers, plan)
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
                 target = self.first
             else:
-                self.out_of_process = True
+                elsewhere = True
                 # Batches long enough to amortise a process round trip, sized
                 # from what the threads (or an earlier call) measured.
                 sizer = call.sizer.continued(target.min_batch_seconds)
@@ -382,12 +422,8 @@ class AutoExecutor(Router):
                 call.use_sizer(sizer)
         elif kind == INLINE:
             target = _INLINE
-            parallel = self.parallel
-            if parallel is not None and parallel.return_as == "list" \
-                    and not parallel._fixed_batch_size:
-                # Balance means nothing in one thread: batches as large as
-                # allowed, once a remembered choice is verified.
-                largest = parallel._max_batch_size
+            largest = plan.one_thread_batch_size() if plan is not None else 0
+            if largest:
                 if ns_per_task >= TINY_TASK_NS:
                     # Not tiny: batches that grow as measured, so that the
                     # choice can be checked (and corrected) as the call runs.
@@ -398,35 +434,34 @@ class AutoExecutor(Router):
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
-        self.target, self.choice = target, (kind, ns_per_task, reason)
+        self.route_to(target, elsewhere)
+        self.choice = (kind, ns_per_task, reason)
         if remember:
             memo.put(self.function, (kind, ns_per_task, self.threads_ns))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
-            self.verify(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
+            self._check_later(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
         if not self.corrected and not reason.startswith("marked"):
             # A choice is watched until it proves itself (or is corrected).
             self.checked = []
-            self.watching = True
             call.measure_cpu = kind == THREADS
         ready = getattr(target, "ready", None)
-        if self.out_of_process and ready is not None and not ready() \
+        if elsewhere and ready is not None and not ready() \
                 and not reason.startswith("marked"):
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
             # batches meanwhile (GIL-bound, about as fast as one process).
             # (A marker asked for processes: its batches wait for them.)
             self.booting = target
-            self.target, self.out_of_process = self.first, False
-            self.watching = True
+            self.route_to(self.first)
+        self._watch()
         self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
-        verbose = getattr(self.parallel, "verbose", 0) if self.parallel is not None else 0
-        if verbose >= 10:
-            stream = sys.stderr if verbose < 50 else sys.stdout  # joblib's rule
-            stream.write(f"[{self.parallel!r}]: {message}\n")
+        plan = self.plan
+        if plan is not None and plan.verbose >= 10:
+            verbose_stream(plan.verbose).write(f"[{plan.label}]: {message}\n")
 
 
 def _figures(batch):
@@ -434,12 +469,12 @@ def _figures(batch):
                         batch.voluntary, batch.involuntary, batch.waited_ns)
 
 
-def _process_executor(n_workers, parallel):
+def _process_executor(n_workers, plan):
     try:
         backend = get_backend("processes")
     except (NotImplementedError, ValueError):
         return None
-    return backend.executor(n_workers, parallel)
+    return backend.executor(n_workers, plan)
 
 
 class AutoBackend(Backend):
@@ -448,7 +483,7 @@ class AutoBackend(Backend):
     name = "auto"
     supports_sharedmem = False
 
-    def executor(self, n_workers, parallel=None):
-        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, parallel))
-        executor.parallel = parallel
+    def executor(self, n_workers, plan=None):
+        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, plan))
+        executor.plan = plan
         return executor

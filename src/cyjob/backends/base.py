@@ -28,8 +28,13 @@ class Backend:
         """Workers for ``n_jobs`` (None means 1; negative counts from the CPUs)."""
         return n_workers(n_jobs)
 
-    def executor(self, n_workers, parallel=None):
-        """A ready executor running up to ``n_workers`` batches at once."""
+    def executor(self, n_workers, plan=None):
+        """A ready executor running up to ``n_workers`` batches at once.
+
+        ``plan`` (a ``cyjob._plan.Plan``, or None outside ``Parallel``) holds
+        the call's checked settings: ``return_as``, ``timeout``, the sharing
+        settings (``max_nbytes``, ``temp_folder``, ``mmap_mode``,
+        ``inner_max_num_threads``), the batch policy."""
         raise NotImplementedError
 
     def __repr__(self):

@@ -333,10 +333,10 @@ class DaskBackend(Backend):
             return n_jobs
         return n_workers(-1 if n_jobs is None else n_jobs, total=self.n_threads())
 
-    def executor(self, n_workers, parallel=None):
+    def executor(self, n_workers, plan=None):
         if inside_dask_worker():
-            return SequentialBackend().executor(1, parallel)
-        max_nbytes = getattr(parallel, "max_nbytes", 1 << 20)
+            return SequentialBackend().executor(1, plan)
+        max_nbytes = plan.max_nbytes if plan is not None else 1 << 20
         return DaskExecutor(n_workers, self.get_client(), max_nbytes, self.submit_kwargs)
 
     def __repr__(self):

@@ -14,5 +14,5 @@ class SequentialBackend(Backend):
         super().effective_n_jobs(n_jobs)  # still reject n_jobs == 0
         return 1
 
-    def executor(self, n_workers, parallel=None):
+    def executor(self, n_workers, plan=None):
         return _EXECUTOR

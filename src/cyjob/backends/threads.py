@@ -72,10 +72,10 @@ class ThreadingBackend(Backend):
     name = "threading"
     supports_sharedmem = True
 
-    def executor(self, n_workers, parallel=None):
+    def executor(self, n_workers, plan=None):
         # A caller that returns a list has nothing else to do while it waits,
         # so it works as one of the n_jobs workers.  A generator's caller is
         # busy with the results, and a caller running a task could not notice
         # a time-out: those get n_jobs threads of their own.
-        helps = (parallel is None or (parallel.return_as == "list" and parallel.timeout is None))
+        helps = plan is None or (plan.return_as == "list" and plan.timeout is None)
         return get_pool(n_workers, helps and n_workers > 1)

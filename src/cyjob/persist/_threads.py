@@ -22,8 +22,10 @@ def ordered_map(func, arg_tuples, n_chunks):
     whatever the file size).  The caller must close the returned generator
     if it stops early.
     """
+    if n_chunks < MIN_PARALLEL_CHUNKS:
+        return (func(*args) for args in arg_tuples)
     workers = n_threads()
-    if n_chunks < MIN_PARALLEL_CHUNKS or workers < 2:
+    if workers < 2:
         return (func(*args) for args in arg_tuples)
     from cyjob import Parallel, delayed  # public names: they survive refactors
 

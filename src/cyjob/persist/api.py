@@ -12,7 +12,7 @@ from cyjob.persist import joblib_format
 from cyjob.persist.atomic import atomic_write
 from cyjob.persist.codecs import CODECS, EXTENSIONS, REGISTERED, method_names
 from cyjob.persist.joblib_format import native_byte_order
-from cyjob.persist.restricted import Policy
+from cyjob.persist.restricted import Policy, UntrustedTypeError
 
 MMAP_MODES = (None, "r", "r+", "w+", "c")
 _PREFIX_SIZE = 8
@@ -197,6 +197,11 @@ def _peek(file):
             break
         head += part
     try:
+        if not head and file.tell():
+            # At the end of a seekable stream: start from its beginning, as
+            # joblib does (dump(obj, buffer); load(buffer) works without a seek).
+            file.seek(0)
+            return _peek(file)
         file.seek(-len(head), io.SEEK_CUR)
         return head, file
     except (AttributeError, io.UnsupportedOperation, OSError, ValueError):
@@ -251,11 +256,29 @@ def _read(file, name, filename, mmap_mode, native, policy):
             and _format.MAGIC.startswith(prefix):
         raise _format.CorruptFileError(f"{name} is truncated: it ends in the cyjob header")
     if kind is None:
-        what = "is empty" if not prefix else f"starts with {prefix!r}"
-        raise ValueError(f"{name} is neither a cyjob nor a joblib file: it {what}")
+        if not prefix:
+            raise ValueError(f"{name} is neither a cyjob nor a joblib file: it is empty")
+        # joblib with protocol=0 or 1 wrote a pickle with no magic number:
+        # try it as one, but say what the file is not if it is not one.
+        try:
+            return joblib_format.read(file, name, filename, mmap_mode if filename else None,
+                                      native, policy, "pickle")
+        except (UntrustedTypeError, ImportError):
+            raise
+        except Exception as exc:
+            raise ValueError(f"{name} is neither a cyjob nor a joblib file: it starts with "
+                             f"{prefix!r} (read as a pickle: {exc})") from exc
     if kind not in ("pickle", "compat"):
+        # A whole-file compressed stream: joblib's file, or any file (ours
+        # too) written through a compressor's file object.
         _warn_compressed(mmap_mode, filename)
-        mmap_mode = None
+        try:
+            return _read(joblib_format.decompressing_reader(file, kind), name, "", None,
+                         native, policy)
+        except joblib_format.STREAM_ERRORS as exc:
+            if not joblib_format.is_stream_error(exc):
+                raise
+            raise _format.CorruptFileError(f"{name} is truncated or corrupt: {exc}") from exc
     return joblib_format.read(file, name, filename, mmap_mode if filename else None,
                               native, policy, kind)
 
@@ -294,7 +317,8 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
         containers and scalars, numpy arrays, dtypes and scalars, and those
         in ``allowed``: the error names it before any of its code runs.
     allowed : iterable of type, function or "module.qualname", optional
-        What an untrusted load lets through besides those.
+        What an untrusted load lets through besides those; "package.*" lets
+        through every name of a package and its modules (e.g. "sklearn.*").
 
     Returns
     -------

@@ -26,12 +26,19 @@ def atomic_write(path):
     fsync'ed (neither joblib nor ``np.save`` does): the rename protects
     against a dying process, not against a dying machine.
     """
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # replace what the link points to, as open() writes there
     temp = temp_name(path)
     # 0o666 & ~umask, as open(path, "wb") would create it.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                  0o666)
     try:
         with open(fd, "wb", buffering=0) as file:
+            try:
+                # A file replaced keeps its permissions, as one rewritten in place would.
+                os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+            except (FileNotFoundError, AttributeError):
+                pass
             yield file
         os.replace(temp, path)
     except BaseException:

@@ -64,11 +64,6 @@ class CorruptFileError(ValueError):
     """The file is truncated, or its contents do not match their checksums."""
 
 
-def _name(file):
-    name = getattr(file, "name", None)
-    return repr(name) if isinstance(name, (str, bytes, os.PathLike)) else repr(file)
-
-
 # -- checksums ----------------------------------------------------------------
 
 def _chunks(view, size):
@@ -77,11 +72,6 @@ def _chunks(view, size):
 
 def _combine(digests):
     return _digest(struct.pack(f"<{len(digests)}Q", *digests))
-
-
-def block_digest(view, chunk=HASH_CHUNK):
-    """The checksum of an uncompressed block (in the caller's thread)."""
-    return _combine([_digest(c) for c in _chunks(view, chunk)])
 
 
 # -- writing --------------------------------------------------------------------

@@ -10,6 +10,7 @@ classes resolve to readers of our own, so joblib need not be installed.
 """
 
 import io
+import lzma
 import os
 import pickle
 import sys
@@ -29,6 +30,16 @@ COMPRESSED_PREFIXES = [
 #: joblib < 0.9.3 compressed the whole pickle as a "Z-file".
 ZFILE_PREFIX = b"ZF"
 _BUFFER_SIZE = 1 << 20
+#: What a decompressing reader raises on a truncated or damaged stream (lz4
+#: raises RuntimeError: see is_stream_error).
+STREAM_ERRORS = (EOFError, zlib.error, OSError, lzma.LZMAError, RuntimeError)
+
+
+def is_stream_error(exc):
+    """True if ``exc`` (one of STREAM_ERRORS) says the stream is damaged."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    return not isinstance(exc, RuntimeError) or "LZ4" in str(exc)
 
 
 def detect(prefix):
@@ -80,8 +91,6 @@ def decompressing_reader(file, method):
 
         raw = bz2.BZ2File(file, "rb")
     elif method in ("lzma", "xz"):
-        import lzma
-
         raw = lzma.LZMAFile(file, "rb")
     else:
         from cyjob.persist.codecs import CODECS
@@ -292,13 +301,12 @@ def _deprecated(filename):
 
 def read(file, name, filename="", mmap_mode=None, ensure_native_byte_order=True,
          policy=None, method="pickle"):
-    """Load a joblib file from ``file`` (positioned at its start)."""
+    """Load a joblib pickle (``method="pickle"``) or Z-file (``"compat"``)
+    from ``file``, positioned at its start."""
     if method == "compat":
         _deprecated(filename)
         file = io.BytesIO(read_zfile(file, filename))
         mmap_mode = None
-    elif method != "pickle":
-        file = decompressing_reader(file, method)
     unpickler = JoblibUnpickler(file, name, filename, mmap_mode, ensure_native_byte_order,
                                 policy)
     try:
@@ -307,8 +315,8 @@ def read(file, name, filename="", mmap_mode=None, ensure_native_byte_order=True,
         raise ValueError("You may be trying to read with python 3 a joblib pickle "
                          "generated with python 2. This feature is not supported by "
                          "joblib.") from exc
-    except (EOFError, zlib.error, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
+    except STREAM_ERRORS as exc:
+        if not is_stream_error(exc):
             raise
         raise CorruptFileError(f"{name} is truncated or corrupt: {exc}") from exc
     if unpickler.compat_mode and method != "compat":

@@ -30,6 +30,8 @@ class UntrustedTypeError(pickle.UnpicklingError):
 
 
 def _dotted(entry):
+    if isinstance(entry, str) and entry.endswith(".*"):
+        return entry[:-2], "*"
     if isinstance(entry, str):
         module, sep, name = entry.replace(":", ".").rpartition(".")
         if not sep or not module or not name:
@@ -49,7 +51,8 @@ class Policy:
     Parameters
     ----------
     allowed : iterable of type, function or str
-        Further classes or functions, or their ``"module.qualname"``.
+        Further classes or functions, or their ``"module.qualname"``;
+        ``"package.*"`` lets through every name of a package and its modules.
     name : str
         The file, for error messages.
     """
@@ -57,12 +60,16 @@ class Policy:
     def __init__(self, allowed=(), name="the file"):
         if isinstance(allowed, (str, type)):
             allowed = [allowed]
-        self.extra = frozenset(_dotted(a) for a in allowed)
+        pairs = [_dotted(a) for a in allowed]
+        self.extra = frozenset(p for p in pairs if p[1] != "*")
+        self.packages = tuple(m for m, n in pairs if n == "*")
         self.name = name
 
     def allows(self, module, name):
         key = (module, name)
-        return key in SAFE_NAMES or key in self.extra
+        if key in SAFE_NAMES or key in self.extra:
+            return True
+        return any(module == p or module.startswith(p + ".") for p in self.packages)
 
     def check(self, module, name):
         """Raise UntrustedTypeError unless ``module.name`` may be resolved."""

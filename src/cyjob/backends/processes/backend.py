@@ -10,7 +10,7 @@ from cyjob.backends.processes.pool import Job, get_pool, shutdown_pool, tasks_te
 from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
-from cyjob.config import cpu_count, get_config
+from cyjob._cpus import cpu_count
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -27,9 +27,9 @@ THREAD_LIMIT_VARS = (
 sharedmem = None  # cyjob.backends.processes.sharedmem, imported on first use
 
 
-def thread_limits(n_workers):
-    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``."""
-    inner = get_config().get("inner_max_num_threads")
+def thread_limits(n_workers, inner=None):
+    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``
+    (``inner``: parallel_config's inner_max_num_threads)."""
     default = str(inner if inner is not None else max(cpu_count() // n_workers, 1))
     environ = os.environ
     return tuple(environ.get(var, default) for var in THREAD_LIMIT_VARS)
@@ -43,6 +43,8 @@ class ProcessExecutor(Executor):
     n_workers : int
     max_nbytes, temp_folder, mmap_mode
         Large-array sharing, as given to ``Parallel``.
+    inner_max_num_threads : int or None
+        BLAS/OpenMP threads per worker (default: the CPUs / n_workers).
     """
 
     # A batch's round trip (pickle, socket, wake-up, results) costs ~0.2 ms:
@@ -50,12 +52,13 @@ class ProcessExecutor(Executor):
     # 240 x 2 ms tasks: 1.55x -> 1.32x of the bound with 4-task batches).
     min_batch_seconds = 0.010
 
-    def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r"):
+    def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r",
+                 inner_max_num_threads=None):
         super().__init__(n_workers)
         self.max_nbytes = max_nbytes
         self.temp_folder = temp_folder
         self.mmap_mode = mmap_mode
-        self.limits = thread_limits(n_workers)
+        self.limits = thread_limits(n_workers, inner_max_num_threads)
         self._calls = {}  # id(call) -> CallMemory
         self.pool = get_pool()
         self._ensure()
@@ -129,12 +132,12 @@ class ProcessBackend(Backend):
     name = "processes"
     supports_sharedmem = False
 
-    def executor(self, n_workers, parallel=None):
+    def executor(self, n_workers, plan=None):
         if worker.IN_WORKER:
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
-            return ThreadingBackend().executor(n_workers, parallel)
-        if parallel is None:
+            return ThreadingBackend().executor(n_workers, plan)
+        if plan is None:
             return ProcessExecutor(n_workers)
-        return ProcessExecutor(n_workers, parallel.max_nbytes, parallel.temp_folder,
-                               parallel.mmap_mode)
+        return ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder, plan.mmap_mode,
+                               plan.inner_max_num_threads)

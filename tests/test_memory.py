@@ -1,0 +1,754 @@
+"""cyjob.Memory: joblib's API and behaviour (both run where possible), and
+what joblib lacks: invalidation by helpers, single-flight across threads and
+processes, crash safety, a size bound, a read-only or full store."""
+
+import asyncio
+import functools
+import os
+import pathlib
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import cyjob
+from cyjob import Memory, MemorizedResult, Parallel, delayed, expires_after
+
+joblib = pytest.importorskip("joblib")
+SRC = str(pathlib.Path(cyjob.__file__).resolve().parent.parent)
+
+
+def _entries(location):
+    out = []
+    for root, _, files in os.walk(location):
+        out += [os.path.join(root, f) for f in files
+                if not f.endswith((".json", ".lock", ".tmp")) and not f.startswith(".")]
+    return sorted(out)
+
+
+# -- the same scenarios on joblib.Memory and cyjob.Memory ---------------------
+
+class Box:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+    @staticmethod
+    def stat(x):
+        return x + 100
+
+    @classmethod
+    def klass(cls, x):
+        return (cls.__name__, x)
+
+
+def plain(a, b=2, *args, c=3, **kw):
+    return (a, b, args, c, sorted(kw.items()))
+
+
+def _scenario(memory_cls, location):
+    """Run one script of calls; return (results, number of computations)."""
+    calls = []
+
+    def counted(f):
+        @functools.wraps(f)
+        def wrapper(*a, **k):
+            calls.append(f.__name__)
+            return f(*a, **k)
+        return wrapper
+
+    mem = memory_cls(location, verbose=0)
+    results = []
+
+    f = mem.cache(counted(lambda a, b=2: a + b))
+    results += [f(1), f(1, 2), f(1, b=2), f(a=1), f(2)]
+
+    g = mem.cache(ignore=["debug"])(counted(lambda x, debug=False: x * 2))
+    results += [g(3), g(3, debug=True), g(3, True), g(4)]
+
+    box = Box(3)
+    m = mem.cache(box.scale)
+    results += [m(2), m(2), mem.cache(Box.stat)(1), mem.cache(Box.stat)(1)]
+    results += [mem.cache(Box.klass)(5), mem.cache(Box.klass)(5)]
+
+    p = mem.cache(functools.partial(counted(lambda a, b: a - b), 10))
+    results += [p(1), p(1), p(b=2)]
+
+    base = 7
+
+    def closure(x):
+        calls.append("closure")
+        return x + base
+    c = mem.cache(closure)
+    results += [c(1), c(1)]
+
+    v = mem.cache(counted(plain))
+    results += [v(1), v(1, 2), v(1, 2, 3, 4), v(1, 2, 3, 4), v(1, c=3), v(1, z=1), v(1, z=1)]
+
+    results += [f.check_call_in_cache(1), f.check_call_in_cache(99)]
+    out, meta = f.call(1)
+    results += [out, sorted(meta)]
+    f.clear(warn=False)
+    results += [f.check_call_in_cache(1), f(1)]
+    results += [mem.eval(counted(lambda: 42)), mem.eval(Box.stat, 0)]
+    return results, len(calls)
+
+
+def test_same_results_and_computations_as_joblib(tmp_path):
+    ours = _scenario(Memory, tmp_path / "cy")
+    theirs = _scenario(joblib.Memory, str(tmp_path / "jl"))
+    assert ours == theirs
+
+
+def test_location_none_calls_through():
+    for mem in (Memory(None), Memory()):
+        n = []
+        f = mem.cache(lambda x: n.append(x) or x)
+        assert f(1) == 1 and f(1) == 1 and n == [1, 1]
+        assert f.check_call_in_cache(1) is False
+        r = f.call_and_shelve(5)
+        assert r.get() == 5
+        r.clear()
+        with pytest.raises(KeyError):
+            r.get()
+        assert f.call(3) == (3, {})
+        assert mem.eval(pow, 2, 3) == 8
+        mem.clear(warn=False)
+        mem.reduce_size("1M")
+
+
+def test_location_pathlike_and_str(tmp_path):
+    for loc in (tmp_path / "a", str(tmp_path / "b")):
+        mem = Memory(loc, verbose=0)
+        assert mem.cache(abs)(-3) == 3
+        assert mem.location == loc
+        assert _entries(os.fspath(loc))
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="mmap_mode"):
+        Memory(tmp_path, mmap_mode="x")
+    with pytest.raises(ValueError, match="size"):
+        Memory(tmp_path, bytes_limit="12Q")
+    with pytest.raises(TypeError, match="location"):
+        Memory(12)
+    with pytest.raises(ValueError, match="compress"):
+        Memory(tmp_path, compress=("snappy", 3))
+    mem = Memory(tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="cache_validation_callback"):
+        mem.cache(abs, cache_validation_callback=3)
+    with pytest.raises(ValueError, match="Ignore list"):
+        mem.cache(lambda x: x, ignore=["y"])
+    with pytest.raises(TypeError):
+        mem.cache(lambda x: x)(1, 2)
+
+
+def test_call_and_shelve_pickles_to_another_process(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    ref = f.call_and_shelve(5)
+    assert isinstance(ref, MemorizedResult)
+    assert ref.get() == 105
+    code = ("import pickle, sys; r = pickle.loads(sys.stdin.buffer.read()); "
+            "print(r.get())")
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(ref),
+                         capture_output=True, timeout=60, env=_env())
+    assert out.stdout.strip() == b"105", out.stderr
+    ref.clear()
+    with pytest.raises(KeyError):
+        ref.get()
+    assert "args_id" in repr(ref)
+
+
+def test_async_functions(tmp_path):
+    calls = []
+
+    async def coro(x, y=1):
+        calls.append(x)
+        await asyncio.sleep(0)
+        return x * y
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(coro)
+
+    async def main():
+        a = await f(3, 2)
+        b = await f(3, y=2)
+        ref = await f.call_and_shelve(4)
+        out, meta = await f.call(3, 2)
+        return a, b, ref.get(), out
+
+    assert asyncio.run(main()) == (6, 6, 4, 6)
+    assert calls == [3, 4, 3]
+    nf = Memory(None).cache(coro)
+
+    async def main2():
+        return (await nf(2)), (await nf.call_and_shelve(2)).get()
+    assert asyncio.run(main2()) == (2, 2)
+
+
+def test_verbose_lines(tmp_path, capsys):
+    mem = Memory(tmp_path, verbose=1)
+    f = mem.cache(Box.stat)
+    f(1)
+    out = capsys.readouterr().out
+    assert "[Memory] Calling" in out and "stat(1)" in out and "s, 0.0min" in out
+    f(1)
+    assert capsys.readouterr().out == ""
+    Memory(tmp_path, verbose=0).cache(Box.stat)(2)
+    assert capsys.readouterr().out == ""
+    g = Memory(tmp_path, verbose=11).cache(Box.stat)
+    g(3)
+    assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
+
+
+def test_expires_after_and_validation_callback(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    n = []
+    f = mem.cache(lambda x: n.append(x) or x, cache_validation_callback=expires_after(seconds=0.3))
+    f(1)
+    f(1)
+    assert n == [1]
+    time.sleep(0.4)
+    f(1)
+    assert n == [1, 1]
+    seen = []
+    g = mem.cache(lambda x: x, cache_validation_callback=lambda meta: seen.append(meta) or True)
+    g(2)
+    g(2)
+    assert set(seen[0]) >= {"duration", "time", "input_args"}
+    assert seen[0]["input_args"] == {"x": "2"}
+
+
+def test_numpy_results_and_mmap(tmp_path):
+    a = np.random.RandomState(0).random_sample((50, 20))
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda x: (x * 2, np.asfortranarray(x), x[:, ::3], np.float64(1), "s"))
+    first = f(a)
+    again = f(a)
+    for x, y in zip(first[:3], again[:3]):
+        np.testing.assert_array_equal(x, y)
+        assert x.flags.f_contiguous == y.flags.f_contiguous
+    assert again[1].flags.writeable
+    again[0][0, 0] = 5.0  # a loaded array is the caller's to modify
+    g = Memory(tmp_path, mmap_mode="r", verbose=0).cache(lambda x: x + 1)
+    r1 = g(a)
+    r2 = g(a)
+    for r in (r1, r2):
+        assert isinstance(r, np.memmap) and r.mode == "r"
+        np.testing.assert_array_equal(r, a + 1)
+    with pytest.raises(ValueError):
+        r2[0, 0] = 1.0
+
+
+def test_compress(tmp_path):
+    with pytest.warns(UserWarning, match="memmapped"):
+        Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)
+    for compress in (True, 3, ("zlib", 1), ("bz2", 2), ("lzma", 1), ("xz", 1), "zstd"):
+        mem = Memory(tmp_path / str(compress), compress=compress, verbose=0)
+        f = mem.cache(lambda x: np.zeros(x))
+        np.testing.assert_array_equal(f(100000), np.zeros(100000))
+        np.testing.assert_array_equal(f(100000), np.zeros(100000))
+        assert os.path.getsize(_entries(tmp_path / str(compress))[0]) < 100000
+
+
+def test_cached_function_in_parallel_tasks_shares_entries(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    assert Parallel(n_jobs=2, backend="threading")(delayed(f)(i) for i in range(20)) == \
+        [i + 100 for i in range(20)]
+    out = Parallel(n_jobs=2, backend="loky")(delayed(f)(i) for i in range(10, 30))
+    assert out == [i + 100 for i in range(10, 30)]
+    assert len(_entries(tmp_path)) == 30
+    assert all(f.check_call_in_cache(i) for i in range(30))
+
+
+# -- hashing, store, invalidation across processes -------------------------
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    env.update(extra)
+    return env
+
+
+def _run(code, cwd, timeout=60, **env):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                         capture_output=True, text=True, timeout=timeout, env=_env(**env))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_keys_are_the_same_across_hash_seeds(tmp_path):
+    code = """
+        import cyjob
+        mem = cyjob.Memory(%r, verbose=0)
+        def f(d, s, fs):
+            print("COMPUTED")
+            return len(d)
+        f = mem.cache(f)
+        f({"alpha": 1, "beta": {"x", "y"}, "gamma": [1, 2]}, {"p", "q", "r"},
+          frozenset(["u", "v", "w"]))
+    """ % str(tmp_path)
+    assert "COMPUTED" in _run(code, tmp_path, PYTHONHASHSEED="1")
+    for seed in ("2", "3", "4242"):
+        assert "COMPUTED" not in _run(code, tmp_path, PYTHONHASHSEED=seed)
+
+
+_MODULE = '''
+def helper(x):
+    return x + {helper_const}
+
+def unrelated(x):
+    return x - {unrelated_const}
+
+def cached(x, k={default}):
+    print("COMPUTED")
+    return helper(x) * k
+'''
+
+
+def test_invalidation_by_code_defaults_and_helpers(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+
+    def write(**consts):
+        values = dict(helper_const=1, unrelated_const=1, default=2)
+        values.update(consts)
+        (pkg / "mod.py").write_text(_MODULE.format(**values))
+        for cache in pkg.rglob("__pycache__"):
+            shutil.rmtree(cache)
+
+    code = """
+        import cyjob
+        from mypkg import mod
+        f = cyjob.Memory(%r, verbose=1).cache(mod.cached)
+        print("RESULT", f(10))
+    """ % str(tmp_path / "cache")
+    write()
+    out = _run(code, tmp_path)
+    assert "COMPUTED" in out and "RESULT 22" in out
+    assert "COMPUTED" not in _run(code, tmp_path)
+    write(unrelated_const=5)  # a function it does not call: entries stay
+    assert "COMPUTED" not in _run(code, tmp_path)
+    write(unrelated_const=5, helper_const=2)  # a helper it calls: recompute
+    out = _run(code, tmp_path)
+    assert "COMPUTED" in out and "RESULT 24" in out
+    assert "helper() it calls changed" in out
+    write(unrelated_const=5, helper_const=2, default=3)
+    out = _run(code, tmp_path)
+    assert "RESULT 36" in out and "default arguments changed" in out
+    (pkg / "mod.py").write_text((pkg / "mod.py").read_text().replace(
+        "* k", "* k + 1"))
+    out = _run(code, tmp_path)
+    assert "RESULT 37" in out and "its code changed" in out
+    assert "COMPUTED" not in _run(code, tmp_path)
+
+
+def test_code_reassignment_in_process_invalidates(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+
+    def f(x):
+        return x + 1
+
+    g = mem.cache(f)
+    assert g(1) == 2
+    f.__code__ = (lambda x: x + 2).__code__
+    assert g(1) == 3
+
+
+# -- single-flight ------------------------------------------------------------
+
+_SLOW = """
+import os, sys, time
+import cyjob
+mem = cyjob.Memory(sys.argv[1], verbose=0)
+def slow(key, seconds):
+    with open(os.path.join(sys.argv[2], "%d-%d" % (os.getpid(), key)), "w"):
+        pass
+    time.sleep(seconds)
+    return key * 2
+slow = mem.cache(slow, ignore=["seconds"])
+keys = [int(k) for k in sys.argv[4].split(",")]
+out = [slow(k, float(sys.argv[3])) for k in keys]
+assert out == [k * 2 for k in keys], out
+print("OK", out[-1])
+"""
+
+
+def _spawn_slow(tmp_path, keys, seconds):
+    script = tmp_path / "slow.py"
+    if not script.exists():  # rewriting it could truncate it under a starting racer
+        tmp = tmp_path / "slow.py.tmp"
+        tmp.write_text(_SLOW)
+        os.replace(tmp, script)
+    marks = tmp_path / "marks"
+    marks.mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "cache"), str(marks), str(seconds),
+         ",".join(map(str, keys))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def test_four_processes_one_key_one_computation(tmp_path):
+    procs = [_spawn_slow(tmp_path, [7], 1.0) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out.strip() == "OK 14"
+    assert len(os.listdir(tmp_path / "marks")) == 1
+
+
+def test_eight_processes_fifty_keys_all_correct(tmp_path):
+    import random
+
+    procs = []
+    for i in range(8):
+        keys = list(range(50))
+        random.Random(i).shuffle(keys)
+        procs.append(_spawn_slow(tmp_path, keys, 0.0))
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    marks = os.listdir(tmp_path / "marks")
+    assert sorted({int(m.split("-")[1]) for m in marks}) == list(range(50))
+    assert len(marks) == 50  # each key computed once
+
+
+def test_threads_one_key_one_computation(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    n = []
+
+    def slow(x):
+        n.append(x)
+        time.sleep(0.3)
+        return x
+
+    f = mem.cache(slow)
+    threads = [threading.Thread(target=f, args=(1,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert n == [1]
+
+
+def test_sigkilled_computer_is_taken_over(tmp_path):
+    victim = _spawn_slow(tmp_path, [3], 60.0)
+    try:
+        _take_over(tmp_path, victim)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.communicate(timeout=30)
+
+
+def _take_over(tmp_path, victim):
+    marks = tmp_path / "marks"
+    deadline = time.monotonic() + 30
+    while not os.listdir(marks):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waiter = _spawn_slow(tmp_path, [3], 0.2)
+    time.sleep(0.5)
+    assert waiter.poll() is None  # it waits for the victim's computation
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    t0 = time.monotonic()
+    try:
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 0, err
+    assert out.strip() == "OK 6"
+    assert time.monotonic() - t0 < 10
+    assert len(os.listdir(marks)) == 2
+    assert not list((tmp_path / "cache").rglob("*tmp"))
+
+
+# -- damaged, read-only, full stores ---------------------------------------------
+
+def test_corrupted_and_truncated_entries_are_recomputed(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    n = []
+    f = mem.cache(lambda x: n.append(x) or np.arange(x))
+    f(1000)
+    (path,) = _entries(tmp_path)
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    for damage in ("flip", "truncate", "empty", "garbage", "flip-array"):
+        bad = bytearray(data)
+        if damage == "flip":
+            bad[60] ^= 0xFF
+        elif damage == "flip-array":
+            bad[-10] ^= 0xFF
+        elif damage == "truncate":
+            bad = bad[: len(bad) // 2]
+        elif damage == "empty":
+            bad = b""
+        else:
+            bad = b"x" * 200
+        with open(path, "wb") as fh:
+            fh.write(bad)
+        with pytest.warns(UserWarning, match="unreadable"):
+            out = f(1000)
+        np.testing.assert_array_equal(out, np.arange(1000))
+        np.testing.assert_array_equal(f(1000), np.arange(1000))  # stored again
+    assert len(n) == 6
+
+
+@pytest.fixture
+def read_only():
+    """Make a folder tree read-only (chattr +i when root ignores modes)."""
+    made = []
+
+    def make(path):
+        if os.geteuid() != 0:
+            for root, dirs, _ in os.walk(path):
+                os.chmod(root, 0o555)
+            made.append(("chmod", path))
+        elif shutil.which("chattr") and subprocess.run(
+                ["chattr", "-R", "+i", str(path)], capture_output=True).returncode == 0:
+            made.append(("chattr", path))
+        else:
+            pytest.skip("cannot make a read-only folder here")
+    yield make
+    for how, path in made:
+        if how == "chattr":
+            subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+        else:
+            for root, dirs, _ in os.walk(path):
+                os.chmod(root, 0o755)
+
+
+def test_read_only_cache_folder(tmp_path, read_only):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    f(1)
+    read_only(tmp_path)
+    mem2 = Memory(tmp_path, verbose=0)
+    g = mem2.cache(Box.stat)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert g(1) == 101  # a hit still reads
+        assert g(2) == 102 and g(3) == 103 and g(2) == 102
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and "cannot write" in msgs[0], msgs
+
+
+def test_full_disk_degrades_to_computing(tmp_path):
+    code = """
+        import resource, signal, warnings
+        import numpy as np
+        import cyjob
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        mem = cyjob.Memory(%r, verbose=0)
+        f = mem.cache(lambda n: np.ones(n))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            assert f(10).sum() == 10
+            assert f(100000).sum() == 100000
+            assert f(200000).sum() == 200000
+        print(len(w), [str(x.message)[:40] for x in w])
+    """ % str(tmp_path)
+    out = _run(code, tmp_path)
+    assert out.startswith("1 ") and "cannot write" in out
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.cyjob-tmp"))
+
+
+# -- size bound ---------------------------------------------------------------------
+
+def test_bytes_limit_evicts_least_recently_used(tmp_path):
+    mem = Memory(tmp_path, verbose=0, bytes_limit="350K")
+    f = mem.cache(lambda i: np.full(12_500, i, dtype=np.float64))  # ~100 KB each
+    for i in range(3):
+        f(i)
+        time.sleep(1.1)  # mtimes one second apart; hits touch at most once a second
+    f(0)  # use 0 again: now 1 is the least recently used
+    time.sleep(1.1)
+    f(3)  # over the limit: 1 goes
+    assert f.check_call_in_cache(0) and f.check_call_in_cache(2) and f.check_call_in_cache(3)
+    assert not f.check_call_in_cache(1)
+    total = sum(os.path.getsize(p) for p in _entries(tmp_path))
+    assert total <= 350 * 1024
+
+
+def test_reduce_size(tmp_path):
+    import datetime
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda i: np.full(1000, i))
+    for i in range(5):
+        f(i)
+        os.utime(_entries_for(f, i), (1000 + i, 1000 + i))
+    mem.reduce_size(items_limit=3)
+    assert [f.check_call_in_cache(i) for i in range(5)] == [False, False, True, True, True]
+    size = os.path.getsize(_entries_for(f, 4))
+    mem.reduce_size(bytes_limit=size + 1)
+    assert [f.check_call_in_cache(i) for i in range(5)] == [False] * 4 + [True]
+    mem.reduce_size(age_limit=datetime.timedelta(days=1))
+    assert not f.check_call_in_cache(4)
+    with pytest.raises(ValueError):
+        mem.reduce_size(age_limit=datetime.timedelta(days=-1))
+    mem.reduce_size()  # no limits: nothing to do
+
+
+def _entries_for(f, *args):
+    f.check_call_in_cache(*args)
+    return f._dir + f._args_id(args, {})
+
+
+def test_memory_clear(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    f(1)
+    mem.clear(warn=False)
+    assert not _entries(tmp_path)
+    assert not f.check_call_in_cache(1)
+    assert f(1) == 101
+
+
+def test_pickled_memory_and_function(tmp_path):
+    mem = Memory(tmp_path, verbose=0, bytes_limit="1M")
+    f = mem.cache(Box.stat)
+    f(1)
+    mem2 = pickle.loads(pickle.dumps(mem))
+    g = pickle.loads(pickle.dumps(f))
+    assert g.check_call_in_cache(1)
+    assert mem2.cache(Box.stat).check_call_in_cache(1)
+
+
+def test_plain_multiprocessing_pool_shares_one_computation_per_key(tmp_path):
+    import multiprocessing
+
+    mem = Memory(tmp_path / "cache", verbose=0)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    f = mem.cache(_marking_square)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        out = pool.starmap(f, [(k, str(marks)) for k in list(range(10)) * 4])
+    assert out == [k * k for k in range(10)] * 4
+    assert sorted(int(m.split("-")[1]) for m in os.listdir(marks)) == list(range(10))
+
+
+def _marking_square(x, marks):
+    open(os.path.join(marks, "%d-%d" % (os.getpid(), x)), "w").close()
+    time.sleep(0.05)
+    return x * x
+
+
+def test_readers_never_see_a_partial_entry(tmp_path):
+    # One thread rewrites a large entry again and again (call() recomputes
+    # and stores); readers load it meanwhile: whole values only, no warning.
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: np.full(2_000_000, seed, dtype=np.float64))
+    f(7)
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        while not stop.is_set():
+            f.call(7)
+
+    def reader():
+        try:
+            for _ in range(40):
+                out = f(7)
+                assert out.shape == (2_000_000,) and out[0] == 7 and out[-1] == 7
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a corrupted-entry warning fails the test
+        w = threading.Thread(target=writer)
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        w.start()
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(60)
+        stop.set()
+        w.join(60)
+    assert errors == []
+
+
+_MAIN_SCRIPT = """
+import os, sys
+import cyjob
+from cyjob import Parallel, delayed
+mem = cyjob.Memory(sys.argv[1], verbose=0)
+
+@mem.cache
+def square(x):
+    print("COMPUTED", x, flush=True)
+    return x * x
+
+out = Parallel(n_jobs=2, backend=sys.argv[2])(delayed(square)(i) for i in range(4))
+assert out == [0, 1, 4, 9], out
+assert all(square.check_call_in_cache(i) for i in range(4))
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_functions_of_main_and_of_python_c(tmp_path, backend):
+    script = tmp_path / "main_script.py"
+    script.write_text(_MAIN_SCRIPT)
+    cache = str(tmp_path / "cache")
+    run = [sys.executable, str(script), cache, backend]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("COMPUTED") == 4
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    assert again.returncode == 0 and "COMPUTED" not in again.stdout, again.stderr
+    # Code typed at `python -c` has no source file: its bytecode versions it.
+    code = _MAIN_SCRIPT.replace("sys.argv[1]", repr(cache + "-c")).replace(
+        "sys.argv[2]", repr(backend))
+    for expected in (4, 0):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env=_env())
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("COMPUTED") == expected
+    changed = code.replace("return x * x", "return x * x + 0 * 1")
+    out = subprocess.run([sys.executable, "-c", changed], capture_output=True, text=True,
+                         timeout=120, env=_env())
+    assert out.returncode == 0 and out.stdout.count("COMPUTED") == 4, out.stderr
+
+
+def test_register_store_backend(tmp_path):
+    from cyjob.cache.store import LocalStoreBackend
+
+    class CountingStore(LocalStoreBackend):
+        writes = 0
+
+        def write_at(self, path, value, meta, duration):
+            type(self).writes += 1
+            return super().write_at(path, value, meta, duration)
+
+    cyjob.register_store_backend("counting", CountingStore)
+    mem = Memory(tmp_path, backend="counting", verbose=0)
+    assert isinstance(mem.store_backend, CountingStore)
+    f = mem.cache(Box.stat)
+    assert f(1) == 101 and f(1) == 101 and f(2) == 102
+    assert CountingStore.writes == 2
+    with pytest.raises(ValueError, match="name should be a string"):
+        cyjob.register_store_backend(3, CountingStore)
+    with pytest.raises(ValueError, match="inherit StoreBackendBase"):
+        cyjob.register_store_backend("bad", dict)
+    with pytest.raises(TypeError, match="Unknown"):
+        Memory(tmp_path, backend="nope")
