@@ -207,7 +207,9 @@ def test_gil_bound_batches_go_to_worker_processes(capsys, fresh_memo):
     out, lines = routed(capsys, lambda: (joblib.delayed(gil_where)(n, x) for x in range(120)),
                         "processes")
     assert [r[0] for r in out] == [gil_work(n) + x for x in range(120)]
-    assert sum(pid != os.getpid() for _, pid, _ in out) >= 30, lines
+    # The probe's batches ran on threads; the end of the call in processes.
+    pids = [pid for _, pid, _ in out]
+    assert pids[-1] != os.getpid() and sum(pid != os.getpid() for pid in pids) >= 20, lines
     assert "hold the GIL" in lines[0]
 
 
@@ -308,6 +310,8 @@ def test_processes_slower_than_threads_move_back_within_the_joblib_call(capsys, 
     """A remembered "processes" choice that runs slower there than the
     probe's threads (recorded at 1 us per task) is corrected to threads."""
     n = gil_n()
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4))  # a warm pool
     memo.put(gil_where, ("processes", 2e6, 1e3))
     with joblib.parallel_config(backend="cyjob", n_jobs=2, verbose=10):
         out = joblib.Parallel()(joblib.delayed(gil_where)(n, x) for x in range(100))

@@ -405,6 +405,7 @@ class AutoExecutor(Router):
         call = self.call
         plan = self.plan
         call.measure_cpu = False
+        self.checked = None
         verifying = reason == "remembered from an earlier call"
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
