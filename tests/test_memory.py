@@ -752,3 +752,15 @@ def test_register_store_backend(tmp_path):
         cyjob.register_store_backend("bad", dict)
     with pytest.raises(TypeError, match="Unknown"):
         Memory(tmp_path, backend="nope")
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_parallel_workers_missing_one_key_compute_it_once(tmp_path, backend):
+    mem = Memory(tmp_path / "cache", verbose=0)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    f = mem.cache(_marking_square)
+    out = Parallel(n_jobs=2, backend=backend, batch_size=1)(
+        delayed(f)(3, str(marks)) for _ in range(6))
+    assert out == [9] * 6
+    assert len(os.listdir(marks)) == 1

@@ -2,19 +2,28 @@
 
     python tools/stress.py --minutes 5 [--seed 1]
 
-Each round picks a backend, n_jobs, return_as, batch size, task durations,
-an injected failure, an abandoned generator or a time-out, runs it, and
-checks the outcome (results in order, the right exception).  At the end it
-checks that threads, child processes and file descriptors did not grow.
-Prints a summary; exits 1 on any wrong outcome or leak.
+Each round picks a backend, n_jobs, return_as, batch size, pre_dispatch,
+task durations, and a fault: an injected failure, an abandoned generator, a
+time-out, a task stuck long after its call timed out, Ctrl-C (SIGINT) during
+the call, a StopIteration, an exception whose __str__ fails, an unpicklable
+argument, large arrays and memmaps of deleted files (processes).  It runs it
+and checks the outcome (results in order, the right exception, Ctrl-C seen
+promptly).  At the end it checks that threads, child processes, file
+descriptors and /dev/shm folders did not grow.  Prints a summary; exits 1 on
+any wrong outcome or leak.
 """
 
 import argparse
 import gc
+import glob
 import os
 import random
+import signal
+import tempfile
 import threading
 import time
+
+import numpy as np
 
 import cyjob
 from cyjob import Parallel, delayed
@@ -22,6 +31,50 @@ from cyjob import Parallel, delayed
 
 class Injected(Exception):
     pass
+
+
+class StrFails(Exception):
+    """An exception that cannot even be printed."""
+
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+def raise_at(x, fail, kind):
+    if fail:
+        raise kind(x)
+    return x * 2
+
+
+def with_lock(x, lock):
+    return x * 2
+
+
+def array_sum(x, a):
+    return x * 2 + int(a[:3].sum()) * 0
+
+
+STUCK_SECONDS = 3.0
+_last_stuck = [0.0]  # when the last stuck task ends at the latest
+
+
+def stuck(x, stick):
+    if stick:
+        time.sleep(STUCK_SECONDS)
+    return x * 2
+
+
+_in_call = threading.Event()
+
+
+def _interrupt_soon(delay):
+    def fire():
+        if _in_call.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def task(x, duration, fail):
@@ -53,13 +106,14 @@ def backends():
 
 def resources():
     fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+    shm = len(glob.glob(f"/dev/shm/cyjob_{os.getpid()}_*"))
     children = 0
     try:
         with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
             children = len(f.read().split())
     except OSError:
         pass
-    return threading.active_count(), children, fds
+    return threading.active_count(), children, fds, shm
 
 
 def one_round(rng, stats):
@@ -67,38 +121,105 @@ def one_round(rng, stats):
     n_jobs = rng.choice([1, 2, 3, 4, -1])
     return_as = rng.choice(["list", "generator", "generator_unordered"])
     batch_size = rng.choice(["auto", "auto", 1, rng.randint(2, 50)])
+    pre_dispatch = rng.choice(["2 * n_jobs", "2 * n_jobs", "all", "n_jobs*10**30", 1])
     n = rng.choice([0, 1, 10, 100, 1000, rng.randint(1, 5000)])
-    kind = rng.choice(["ok", "ok", "fail", "abandon", "timeout", "nested"])
+    kind = rng.choice(["ok", "ok", "fail", "abandon", "timeout", "nested", "stuck",
+                       "interrupt", "stop", "badexc", "lock", "arrays"])
     durations = [rng.choice([0, 0, 0, 1e-4, 1e-3, -2e-4]) for _ in range(n)]
-    fail_at = rng.randrange(n) if kind == "fail" and n else -1
-    kwargs = dict(n_jobs=n_jobs, return_as=return_as, batch_size=batch_size)
+    fail_at = rng.randrange(n) if kind in ("fail", "stop", "badexc") and n else -1
+    kwargs = dict(n_jobs=n_jobs, return_as=return_as, batch_size=batch_size,
+                  pre_dispatch=pre_dispatch)
     if backend:
         kwargs["backend"] = backend
+    expected = [2 * i for i in range(n)]
+    expect_error = None
     if kind == "timeout":
         kwargs["timeout"] = 0.05
         durations = [0.5 if i == n // 2 else d for i, d in enumerate(durations)]
     if kind == "nested":
         tasks = (delayed(nested)(i) for i in range(n))
         expected = [sum(2 * y for y in range(i % 5)) for i in range(n)]
+    elif kind == "stuck":
+        # One task outlives its call's time-out by seconds: later rounds must
+        # not wait for it.  (Sequential runs it inline: no time-out there.)
+        if backend in ("sequential",) or n_jobs == 1 or n == 0:
+            kind = "ok"
+            tasks = (delayed(task)(i, durations[i], False) for i in range(n))
+        else:
+            kwargs["timeout"] = 0.1
+            _last_stuck[0] = time.monotonic() + STUCK_SECONDS + 1
+            tasks = (delayed(stuck)(i, i == 0) for i in range(n))
+    elif kind == "interrupt":
+        # Ctrl-C during the call: KeyboardInterrupt, promptly, then all is well.
+        n = max(n, 4)
+        expected = [2 * i for i in range(n)]
+        tasks = (delayed(task)(i, 0.5, False) for i in range(n))
+    elif kind in ("stop", "badexc"):
+        exc = StopIteration if kind == "stop" else StrFails
+        tasks = (delayed(raise_at)(i, i == fail_at, exc) for i in range(n))
+        if fail_at >= 0:
+            expect_error = RuntimeError if kind == "stop" else (StrFails, RuntimeError)
+    elif kind == "lock":
+        if backend == "processes":  # explicit processes: refused, as joblib does
+            kind = "ok"
+            tasks = (delayed(task)(i, durations[i], False) for i in range(n))
+        else:
+            lock = threading.Lock()
+            tasks = (delayed(with_lock)(i, lock) for i in range(n))
+    elif kind == "arrays":
+        # Large arrays (dumped to the call's /dev/shm folder) and a memmap
+        # whose file is gone (sent by value).
+        n = min(n, 50)
+        expected = [2 * i for i in range(n)]
+        big = np.ones(300_000)
+        fd, path = tempfile.mkstemp(suffix=".mmap")
+        os.close(fd)
+        m = np.memmap(path, dtype=np.float64, mode="w+", shape=(200_000,))
+        os.unlink(path)
+        tasks = (delayed(array_sum)(i, big if i % 2 else m) for i in range(n))
     else:
         tasks = (delayed(task)(i, durations[i], i == fail_at) for i in range(n))
-        expected = [2 * i for i in range(n)]
+    if fail_at >= 0 and expect_error is None:
+        expect_error = Injected
     stats[f"{backend}/{kind}"] = stats.get(f"{backend}/{kind}", 0) + 1
+    timer = None
     try:
-        out = Parallel(**kwargs)(tasks)
-        if return_as != "list":
-            if kind == "abandon":
-                for i, _ in zip(range(n // 2), out):
-                    pass
-                out.close()
-                return None
-            out = list(out)
-    except Injected:
-        return None if fail_at >= 0 else "unexpected Injected"
+        _in_call.set()
+        if kind == "interrupt":
+            sent = time.monotonic()
+            timer = _interrupt_soon(0.05)
+        try:
+            out = Parallel(**kwargs)(tasks)
+            if return_as != "list":
+                if kind == "abandon":
+                    for i, _ in zip(range(n // 2), out):
+                        pass
+                    out.close()
+                    return None
+                out = list(out)
+        finally:
+            _in_call.clear()
+    except KeyboardInterrupt:
+        if kind != "interrupt":
+            return "unexpected KeyboardInterrupt"
+        late = time.monotonic() - sent - 0.05
+        return None if late < 2.0 else f"Ctrl-C seen {late:.2f} s late ({kwargs})"
     except TimeoutError:
-        return None if kind == "timeout" and n_jobs != 1 else "unexpected TimeoutError"
-    if fail_at >= 0:
-        return f"no error raised ({kwargs})"
+        if kind in ("timeout", "stuck") and n_jobs != 1:
+            return None
+        return f"unexpected TimeoutError ({kind}, {kwargs}, n={n})"
+    except Exception as exc:
+        if expect_error is not None and isinstance(exc, expect_error):
+            if kind == "stop" and not isinstance(exc.__cause__, StopIteration):
+                return "StopIteration not the cause of the RuntimeError"
+            if kind == "badexc" and type(exc) is RuntimeError and "StrFails" not in str(exc):
+                return f"stand-in does not name the exception: {exc}"
+            return None
+        return f"unexpected {type(exc).__name__}: {exc!r:.200} ({kind}, {kwargs}, n={n})"
+    if kind == "interrupt":
+        return f"no KeyboardInterrupt ({kwargs})"
+    if expect_error is not None:
+        return f"no error raised ({kind}, {kwargs})"
     if return_as == "generator_unordered":
         out, expected = sorted(out), sorted(expected)
     return None if out == expected else f"wrong results ({kind}, {kwargs}, n={n})"
@@ -127,15 +248,19 @@ def main():
             errors.append(problem)
             print("ERROR:", problem, flush=True)
     gc.collect()
-    time.sleep(1.0)
+    # Stuck tasks (and the threads retired with them) end a few seconds after
+    # their round: growth is counted once they have.
+    time.sleep(max(1.0, _last_stuck[0] - time.monotonic()))
+    gc.collect()
     after = resources()
     print(f"stress: seed={seed}, {rounds} rounds in {args.minutes:g} min, "
           f"{len(errors)} wrong outcomes")
     for key in sorted(stats, key=str):
         print(f"  {key}: {stats[key]}")
     print(f"threads {before[0]} -> {after[0]}, children {before[1]} -> {after[1]}, "
-          f"fds {before[2]} -> {after[2]}")
-    leaked = after[0] > before[0] + 8 or after[1] > before[1] + 8 or after[2] > before[2] + 8
+          f"fds {before[2]} -> {after[2]}, /dev/shm folders {before[3]} -> {after[3]}")
+    leaked = (after[0] > before[0] + 8 or after[1] > before[1] + 8 or after[2] > before[2] + 8
+              or after[3] > before[3])
     if leaked:
         print("LEAK: resources grew")
     return 1 if errors or leaked else 0

@@ -32,6 +32,7 @@ cdef class Executor:
     cpdef submit(self, Batch batch)
     cpdef call_started(self, Call call, object first_function)
     cpdef call_finished(self, Call call)
+    cpdef hand_over(self, Batch batch)
 
 
 cdef class Router(Executor):
@@ -45,6 +46,8 @@ cdef class Router(Executor):
 
 cdef class ThreadExecutor(Executor):
     cdef readonly ThreadPool pool
+    cdef readonly ThreadExecutor full  # n_workers threads, when the caller helps
+    cdef int _push(self, Batch batch) except -1
 
 
 cdef class Call:
@@ -64,6 +67,10 @@ cdef class Call:
     cdef readonly double timeout
     cdef readonly object error
     cdef object progress
+    cdef public object log    # log(message) for verbose notes (the pool's), or None
+    cdef double slowest_task_ns  # the slowest batch's time per task
+    cdef object task_key      # its first task's function, as _task_key says
+    cdef double known_ns      # time per task of a recent call of it, or -1
 
     # Input: a sequence sliced in place, or an iterator read into `ahead`.
     cdef object source
@@ -96,6 +103,7 @@ cdef class Call:
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef Batch _claim(self)
+    cdef bint _caller_may_run(self)
     cdef bint _caller_runs_one(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef void _notify(self) noexcept nogil

@@ -16,13 +16,14 @@ Who does what
   automatic backend (backends/auto.py) decides.
 """
 
+import sys
 from collections import deque
 
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t
 
 from cyjob._batching cimport BatchSizer
-from cyjob._pool cimport ThreadPool, Work
+from cyjob._pool cimport ThreadPool, Work, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
     cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
@@ -41,6 +42,37 @@ cdef extern from "Python.h":
 cdef int64_t CALLER_SPIN_NS = 20_000
 # Longest uninterrupted park of the caller: Ctrl-C is seen within this delay.
 cdef int64_t SIGNAL_CHECK_NS = 50_000_000
+# The caller runs batches of its own call only while its tasks are known to be
+# short: Ctrl-C reaches it only between Python bytecodes or between tasks, so
+# a long task that releases the GIL (a 6 s numpy call) run by the caller
+# would make it that late.  Measured per call: on average (the sizer's
+# estimate; a first batch is never run by the caller), and the slowest batch.
+cdef double CALLER_TASK_MAX_NS = 2e6
+cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
+# Time per task of recent calls, by their first task's code: a call of tasks
+# seen short before lets its caller run batches from the first one (many
+# small calls in a loop, the caller-helps saving), without waiting for a
+# worker to measure one.
+cdef dict _task_ns = {}
+cdef Py_ssize_t TASK_NS_MAX_ENTRIES = 256
+
+
+cdef object _task_key(object func):
+    """What identifies a task function across calls without keeping its data
+    alive: a Python function's (or method's) code, else the callable's type,
+    or a module-level builtin itself."""
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    if type(func) is _builtin_type:
+        owner = getattr(func, "__self__", None)
+        if owner is None or type(owner) is _module_type:
+            return func
+    return type(func)
+
+
+_builtin_type = type(len)
+_module_type = type(sys)
 
 
 # --------------------------------------------------------------------------
@@ -115,6 +147,9 @@ cdef class Batch(Work):
     cdef void skipped_in_worker(self):
         self.call.n_queued -= 1
 
+    cdef bint abandoned(self):
+        return cyj_load(&self.call.aborted) != 0
+
     cdef int fail(self, object error) except -1:
         self.call.batch_done(self, None, error, 0.0)
         return 0
@@ -153,6 +188,11 @@ cdef class Executor:
         interrupted or abandoned (``call.was_aborted`` tells which).  Process
         and distributed executors stop the call's running work and free its
         resources (temp files) here."""
+
+    cpdef hand_over(self, Batch batch):
+        """The caller will not run ``batch`` after all (its tasks are not
+        short): have it run by a worker (only thread executors let the
+        caller help)."""
 
 
 cdef class InlineExecutor(Executor):
@@ -197,6 +237,11 @@ cdef class Router(Executor):
             # sized for what this one showed.
             self.routed(batch)
 
+    cpdef hand_over(self, Batch batch):
+        # Only batches given to the first executor can still be unclaimed
+        # (others were claimed for a process, or run inline at once).
+        self.first.hand_over(batch)
+
     cpdef call_finished(self, Call call):
         self.first.call_finished(call)
         if self.target is not None and self.target is not self.first:
@@ -229,24 +274,54 @@ cdef class Router(Executor):
 
 cdef class ThreadExecutor(Executor):
     """Runs batches on a ``ThreadPool``.  With ``caller_helps``, a caller
-    runs its own batches while it waits and counts as one more worker
-    (``n_workers == pool.n_threads + 1``): at most n_jobs batches of a call
-    run at once either way, and tiny tasks save a GIL hand-off (~15-50 us)
-    per batch that the caller runs itself."""
+    whose tasks are known to be short runs batches of its call while it waits
+    and counts as one more worker (``n_workers == pool.n_threads + 1``): tiny
+    tasks save a GIL hand-off (~15-50 us) per batch that the caller runs
+    itself.  Tasks longer or not yet measured go to ``full``, a pool of
+    n_workers threads, and the caller only waits: Ctrl-C reaches it at once,
+    whatever the tasks do."""
 
-    def __init__(self, ThreadPool pool, bint caller_helps=False):
+    def __init__(self, ThreadPool pool, bint caller_helps=False, ThreadExecutor full=None):
+        if caller_helps and full is None:
+            raise ValueError("a ThreadExecutor whose caller helps needs a full pool")
         self.pool = pool
         self.n_workers = pool.n_threads + caller_helps
         self.caller_helps = caller_helps
+        self.full = full
 
     cpdef submit(self, Batch batch):
+        cdef Call call = batch.call
+        # Workers stuck on a call that ended must not hold this one up.
+        retire_stuck_workers(call.log)
+        if self.caller_helps:
+            if not call._caller_may_run():
+                self.full.hand_over(batch)
+                return
+            if call.n_queued >= self.pool.n_threads:
+                # Enough of this call's batches are queued to wake every
+                # thread; the rest wait in the call's own deque, where the
+                # caller and the workers take them.  Queued batches the
+                # caller runs first would otherwise pile up as stale entries
+                # for the workers to skip.
+                return
+        self._push(batch)
+
+    cpdef hand_over(self, Batch batch):
+        if self.caller_helps:
+            self.full.hand_over(batch)
+        else:
+            self._push(batch)
+
+    cpdef call_finished(self, Call call):
+        if call.was_aborted:
+            # Its running batches may be stuck in long tasks: the pools look
+            # for them before the next batch they are given (_pool.retire_stuck_workers).
+            self.pool.watch_abandoned()
+            if self.full is not None:
+                self.full.pool.watch_abandoned()
+
+    cdef int _push(self, Batch batch) except -1:
         cdef int rc
-        if self.caller_helps and batch.call.n_queued >= self.pool.n_threads:
-            # Enough of this call's batches are queued to wake every thread;
-            # the rest wait in the call's own deque, where the caller and the
-            # workers take them.  Queued batches the caller runs first would
-            # otherwise pile up as stale entries for the workers to skip.
-            return
         batch.call.n_queued += 1
         rc = self.pool.push(batch)
         if rc != 0:
@@ -256,9 +331,19 @@ cdef class ThreadExecutor(Executor):
             # Shut down (at exit, say) under a caller that still runs: the
             # work is done in the caller's thread rather than failed.
             _execute(batch)
+        return 0
 
 # --------------------------------------------------------------------------
 # the dispatcher
+
+cdef object _stop_iteration_error(object error):
+    """A task's StopIteration, re-raised as joblib 1.6 does (PEP 479's
+    RuntimeError from its generators): raised as itself, it would silently
+    end any loop or generator around the call."""
+    wrapped = RuntimeError("generator raised StopIteration")
+    wrapped.__cause__ = error
+    return wrapped
+
 
 cdef class Call:
     """One ``Parallel.__call__``: feeds batches to an executor, hands back
@@ -300,6 +385,7 @@ cdef class Call:
         self.completed = deque()
         self.unclaimed = deque()
         self.caller_helps = executor.caller_helps
+        self.known_ns = -1.0
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
             self.ahead = []
@@ -387,6 +473,9 @@ cdef class Call:
             self.started = True
             first_function = self._first_function()
             if first_function is not None:
+                if self.caller_helps:
+                    self.task_key = _task_key(first_function)
+                    self.known_ns = _task_ns.get(self.task_key, -1.0)
                 self.executor.call_started(self, first_function)
         size = self.sizer.next_size(self._remaining())
         if size <= 0:
@@ -416,9 +505,27 @@ cdef class Call:
                 return batch
         return None
 
+    cdef bint _caller_may_run(self):
+        """The caller may run batches of this call: its tasks are known to
+        be short (see CALLER_TASK_MAX_NS), measured in this call or, before
+        its first batch is done, in a recent call of the same function."""
+        if self.sizer.n_observed == 0:
+            return 0 <= self.known_ns <= CALLER_TASK_MAX_NS
+        return (self.sizer.ns_per_task <= CALLER_TASK_MAX_NS
+                and self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS)
+
     cdef bint _caller_runs_one(self) except -1:
         """Run one of this call's batches that no worker has claimed yet."""
         cdef Batch batch = None
+        if not self._caller_may_run():
+            # Leave the batches kept for the caller to the workers (one
+            # already queued as well is skipped by the worker that pops it
+            # second).
+            while self.unclaimed:
+                batch = <Batch>self.unclaimed.popleft()
+                if not cyj_load(&batch.ticket.claimed):
+                    self.executor.hand_over(batch)
+            return False
         # From the newest end: workers take the oldest.  A batch also sitting
         # in the C queue may be taken: the worker that pops it later sees the
         # claim and skips it without the GIL.
@@ -460,11 +567,15 @@ cdef class Call:
         self.n_done_batches += 1
         if error is not None:
             if self.error is None:
+                if isinstance(error, StopIteration):
+                    error = _stop_iteration_error(error)
                 self.error = error
             cyj_store(&self.aborted, 1)
         elif results is not None:
             self.n_completed_tasks += len(results)
             self.sizer.observe(len(results), duration_ns)
+            if results and duration_ns / len(results) > self.slowest_task_ns:
+                self.slowest_task_ns = duration_ns / len(results)
         if not self.ordered:
             self.completed.append(batch)
         if self.caller_running and not cyj_load(&self.aborted):
@@ -511,6 +622,9 @@ cdef class Call:
             if changed:
                 return 0
             PyErr_CheckSignals()
+            # Nothing finished for a while: workers stuck on a call that
+            # ended may be what holds this one up.
+            retire_stuck_workers(self.log)
             if deadline >= 0 and cyj_now_ns() >= deadline:
                 raise _TimeoutError(
                     f"no result arrived within timeout={self.timeout:g} seconds")
@@ -607,6 +721,13 @@ cdef class Call:
         self.source = None
         self.ahead = None
         self.unclaimed.clear()
+        if self.task_key is not None and self.sizer.n_observed > 0:
+            if len(_task_ns) >= TASK_NS_MAX_ENTRIES:
+                _task_ns.clear()
+            _task_ns[self.task_key] = (self.sizer.ns_per_task
+                                       if self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS
+                                       else self.slowest_task_ns)
+            self.task_key = None
 
     cdef void _report(self) except *:
         if self.progress is not None:

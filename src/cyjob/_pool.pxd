@@ -1,3 +1,4 @@
+from libc.stdint cimport int64_t
 from cyjob._sync cimport cyj_queue, cyj_ticket
 
 
@@ -7,6 +8,14 @@ cdef class Work:
     cdef int run_in_worker(self) except -1
     cdef void skipped_in_worker(self)
     cdef int fail(self, object error) except -1
+    cdef bint abandoned(self)
+
+
+cdef class Worker:
+    cdef readonly object thread
+    cdef Work current          # what it runs now (GIL held to change it)
+    cdef int64_t since         # monotonic ns when it started `current`
+    cdef bint retired          # leaves once `current` returns
 
 
 cdef class ThreadPool:
@@ -16,4 +25,15 @@ cdef class ThreadPool:
     cdef readonly Py_ssize_t n_threads
     cdef readonly bint closed
     cdef readonly long owner_pid
+    cdef list workers          # the live, not retired workers
+    cdef bint watching         # some worker may be stuck on abandoned work
+    cdef bint bound_said       # the bound on retired threads was reported
+    cdef str name
+    cdef Py_ssize_t n_started
     cdef int push(self, Work work)
+    cdef int _start_worker(self) except -1
+    cdef Py_ssize_t _retire_stuck(self, object log) except -1
+    cdef int watch_abandoned(self) except -1
+
+
+cdef Py_ssize_t retire_stuck_workers(object log) except -1

@@ -6,6 +6,8 @@ from typing import Any, Callable
 class Work:
     """Something a worker runs: claimed once, by whoever runs it first."""
 
+    claimed: bool
+
 class Job(Work):
     """``ThreadPool.submit(fn, callback)``: ``fn()`` run by a worker."""
 
@@ -26,6 +28,14 @@ class _WorkerState(threading.local):
 worker_state: _WorkerState
 
 def in_worker_thread() -> bool: ...
+
+MAX_RETIRED_THREADS: int
+
+class Worker:
+    """One thread of a pool, and what it runs."""
+
+    @property
+    def thread(self) -> threading.Thread: ...
 
 class ThreadPool:
     """Worker threads that wait for work in C without the GIL."""

@@ -14,12 +14,13 @@ Python object.
 
 import os
 import threading
+import time
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
-    cyj_cas, cyj_load, cyj_now_ns, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
+    cyj_cas, cyj_load, cyj_now_ns, cyj_store, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
     cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
 )
 
@@ -29,6 +30,20 @@ from cyjob.exceptions import PoolShutdownError
 # variable; a parked wake-up costs ~15 us, and calls of a few tiny tasks
 # arrive closer together than that (benchmarks/bench_overhead.py, small calls).
 cdef int64_t WORKER_SPIN_NS = 50_000
+# A worker still running work that its caller abandoned (a call that timed
+# out, failed or was closed early) this long after it started that work is
+# retired: the pool stops counting it and starts a fresh thread in its place,
+# so that the next call gets the workers it asks for.  Threads cannot be
+# killed: a retired one leaves when its task returns.  (The grace keeps a
+# worker that stops at its next abort check, within ms, from being replaced.)
+cdef int64_t STUCK_NS = 20_000_000
+#: Retired threads still running tasks, all pools together, at most: beyond
+#: that a new call waits for them rather than starting threads without end.
+MAX_RETIRED_THREADS = 32
+cdef Py_ssize_t _max_retired = MAX_RETIRED_THREADS
+cdef Py_ssize_t _n_retired_running = 0
+# Pools that may have a worker stuck on abandoned work (see retire_stuck_workers).
+cdef list _watched = []
 
 
 cdef class Work:
@@ -36,6 +51,17 @@ cdef class Work:
 
     def __cinit__(self):
         self.ticket.owner = <void *>self
+
+    @property
+    def claimed(self):
+        """True once someone runs (or has run) this."""
+        return cyj_load(&self.ticket.claimed) != 0
+
+    @claimed.setter
+    def claimed(self, bint value):
+        # (Unclaiming is for an executor that claimed work for somewhere it
+        # cannot go after all, and hands it on: backends/auto.py.)
+        cyj_store(&self.ticket.claimed, value)
 
     cdef int run_in_worker(self) except -1:
         """A worker popped and claimed this (GIL held): run it."""
@@ -48,6 +74,10 @@ cdef class Work:
         """The pool shut down before a worker ran this (claimed, GIL held)."""
         raise NotImplementedError
 
+    cdef bint abandoned(self):
+        """True once nobody waits for this any more (its call ended)."""
+        return False
+
 
 cdef class Job(Work):
     """``ThreadPool.submit(fn, callback)``: ``fn()`` run by a worker, then
@@ -59,6 +89,8 @@ cdef class Job(Work):
     cdef public object result   # public: a reader may drop it once taken
     cdef public object error
     cdef readonly double duration_ns
+    cdef ThreadPool pool        # the pool it was given to
+    cdef bint given_up          # cancel() was called: nobody waits for it
 
     def __init__(self, fn, callback=None):
         self.fn = fn
@@ -86,11 +118,18 @@ cdef class Job(Work):
         if callback is not None:
             callback(self)
 
+    cdef bint abandoned(self):
+        return self.given_up
+
     def cancel(self):
-        """Keep any worker from running this; True if none had started it."""
+        """Keep any worker from running this; True if none had started it.
+        A worker running it is no longer waited for (see retire_stuck_workers)."""
+        self.given_up = True
         if cyj_cas(&self.ticket.claimed, 0, 1):
             self.fn = self.callback = None
             return True
+        if self.pool is not None:
+            self.pool.watch_abandoned()
         return False
 
 
@@ -116,7 +155,13 @@ cdef enum:
     STALE_BATCH = 1024
 
 
-def _worker_main(ThreadPool pool):
+cdef class Worker:
+    """One thread of a pool, and what it runs (read by the pool to spot
+    workers stuck on abandoned work)."""
+
+
+def _worker_main(ThreadPool pool, Worker me):
+    global _n_retired_running
     cdef void *item
     cdef cyj_ticket *ticket
     cdef void *stale[STALE_BATCH]
@@ -158,10 +203,19 @@ def _worker_main(ThreadPool pool):
                 continue
             work = <Work>ticket.owner
             Py_DECREF(work)  # the queue's reference; `work` holds its own
-            work.run_in_worker()
+            me.current = work
+            me.since = cyj_now_ns()
+            try:
+                work.run_in_worker()
+            finally:
+                me.current = None
             work = None
+            if me.retired:
+                break  # replaced while it ran abandoned work: leave
     finally:
         worker_state.pool = None
+        if me.retired:
+            _n_retired_running -= 1
 
 
 cdef class ThreadPool:
@@ -179,17 +233,74 @@ cdef class ThreadPool:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         self.n_threads = n_threads
         self.owner_pid = os.getpid()
+        self.name = name
         self.threads = []
+        self.workers = []
         for i in range(n_threads):
-            t = threading.Thread(target=_worker_main, args=(self,),
-                                 name=f"{name}-{i}", daemon=True)
-            t.start()
-            self.threads.append(t)
+            self._start_worker()
+
+    cdef int _start_worker(self) except -1:
+        cdef Worker w = Worker.__new__(Worker)
+        w.thread = threading.Thread(target=_worker_main, args=(self, w),
+                                    name=f"{self.name}-{self.n_started}", daemon=True)
+        self.n_started += 1
+        w.thread.start()
+        self.workers.append(w)
+        self.threads.append(w.thread)
+        return 0
+
+    cdef int watch_abandoned(self) except -1:
+        """A call that ended early had work here: some worker may be stuck
+        running it (retire_stuck_workers looks)."""
+        if not self.watching and not self.closed:
+            self.watching = True
+            _watched.append(self)
+        return 0
+
+    cdef Py_ssize_t _retire_stuck(self, object log) except -1:
+        global _n_retired_running
+        cdef Worker w
+        cdef Work work
+        cdef Py_ssize_t n = 0
+        cdef bint pending = False
+        cdef int64_t now = cyj_now_ns()
+        for w in list(self.workers):
+            work = w.current
+            if self.closed or work is None or not work.abandoned():
+                continue
+            if now - w.since < STUCK_NS:
+                pending = True
+                continue
+            if _n_retired_running >= _max_retired:
+                pending = True
+                if log is not None and not self.bound_said:
+                    self.bound_said = True
+                    log(f"{_n_retired_running} retired worker threads still run tasks of "
+                        f"calls that ended: at the bound ({_max_retired}), waiting for them "
+                        "instead of starting more")
+                continue
+            w.retired = True
+            _n_retired_running += 1
+            self.workers.remove(w)
+            self.threads.remove(w.thread)
+            self._start_worker()
+            n += 1
+        if n and log is not None:
+            log(f"retired {n} worker thread(s) still running tasks of a call that ended "
+                f"(time-out, error or abandoned) and started {n} fresh one(s); "
+                f"{_n_retired_running} retired thread(s) still running")
+        if not pending:
+            self.watching = False
+            self.bound_said = False
+            _watched.remove(self)
+        return n
 
     cdef int push(self, Work work):
         """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed,
         2 if the queue cannot grow (out of memory)."""
         cdef int rc
+        # Workers stuck on work that nobody waits for must not hold this up.
+        retire_stuck_workers(None)
         Py_INCREF(work)
         # Pushing keeps the GIL: releasing it would wake threads waiting for
         # it only to make them sleep again.  Safe, as no thread ever waits for
@@ -213,6 +324,7 @@ cdef class ThreadPool:
         """``submit`` for a ``Job`` made beforehand (whoever must know the job
         before it can run and report)."""
         cdef int rc
+        job.pool = self
         rc = self.push(job)
         if rc == 2:
             raise MemoryError("cannot grow the cyjob work queue")
@@ -227,6 +339,7 @@ cdef class ThreadPool:
         traceback from each of those threads)."""
         cdef void *item
         cdef Work work
+        cdef Worker w
         if self.closed:
             return
         self.closed = True
@@ -242,11 +355,18 @@ cdef class ThreadPool:
             if not at_exit and cyj_cas(&work.ticket.claimed, 0, 1):
                 work.fail(PoolShutdownError(
                     "the cyjob thread pool was shut down before this batch ran"))
+        if self.watching:
+            self.watching = False
+            _watched.remove(self)
         if wait:
+            # One deadline for all; never wait for a worker stuck on work
+            # nobody waits for (it may run for hours).
             current = threading.current_thread()
-            for t in self.threads:
-                if t is not current:
-                    t.join(timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for w in list(self.workers):
+                if w.thread is current or (w.current is not None and w.current.abandoned()):
+                    continue
+                w.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def alive(self):
         """True while every worker thread is running in this process."""
@@ -258,3 +378,28 @@ cdef class ThreadPool:
         # a parent thread left it: never touch it there, leak it instead.
         if self.queue_ready and self.owner_pid == os.getpid():
             cyj_queue_destroy(&self.queue)
+
+
+cdef Py_ssize_t retire_stuck_workers(object log) except -1:
+    """Retire the workers stuck on abandoned work in every pool and start
+    fresh ones (bounded by MAX_RETIRED_THREADS); ``log(message)`` says so
+    (None: quietly).  Return how many were retired.  Called before each batch
+    is queued and while a caller waits: costs a test when no pool is watched."""
+    cdef ThreadPool pool
+    cdef Py_ssize_t n = 0
+    if not _watched:
+        return 0
+    for pool in list(_watched):
+        n += pool._retire_stuck(log)
+    return n
+
+
+def _forget_after_fork():
+    # The child has none of the parent's threads, retired or not.
+    global _n_retired_running
+    _watched.clear()
+    _n_retired_running = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

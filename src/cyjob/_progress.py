@@ -42,6 +42,10 @@ class VerboseReporter:
     def _print(self, msg):
         verbose_stream(self.verbose).write(f"[{self.label}]: {msg}\n")
 
+    def say(self, msg):
+        """A note on how the call runs (workers replaced...), at any verbosity."""
+        self._print(msg)
+
     def __call__(self, call):
         total = call.n_total if call.n_total >= 0 else self.n_tasks
         width = floor(log10(total)) + 1 if total else 3

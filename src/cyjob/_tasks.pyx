@@ -11,6 +11,7 @@ import itertools
 import sys
 from collections.abc import Mapping
 
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 
@@ -258,6 +259,13 @@ cdef tuple run_flat(list flat, int64_t *abort_flag):
                 with nogil:
                     pass
                 last_yield = now
+                # Ctrl-C while the caller's thread runs a batch of functions
+                # that never enter the eval loop (C functions): raised here,
+                # between tasks (a no-op in other threads).
+                try:
+                    PyErr_CheckSignals()
+                except BaseException as exc:
+                    return None, exc
         kwargs = flat[3 * i + 2]
         try:
             if PyDict_GET_SIZE(kwargs) == 0:

@@ -87,6 +87,11 @@ def _eval_node(node):
     raise ValueError(f"unsupported element {type(node).__name__}")
 
 
+# Batches in flight at most: larger pre_dispatch values (n_jobs*10**30) mean
+# "all" and must not overflow the core's Py_ssize_t window.
+PRE_DISPATCH_MAX = 1 << 40
+
+
 def check_pre_dispatch(pre_dispatch):
     """Validate now; return a function of n_jobs giving the count, or None for 'all'."""
     if pre_dispatch == "all":
@@ -96,7 +101,8 @@ def check_pre_dispatch(pre_dispatch):
     if _is_int(pre_dispatch):
         if pre_dispatch <= 0:
             raise ValueError(f"pre_dispatch must be positive, got {pre_dispatch!r}")
-        return lambda n_jobs: int(pre_dispatch)
+        count = min(int(pre_dispatch), PRE_DISPATCH_MAX)
+        return lambda n_jobs: count
     if not isinstance(pre_dispatch, str):
         raise TypeError("pre_dispatch must be 'all', a positive int or an arithmetic "
                         f"expression of n_jobs such as '2*n_jobs', got {pre_dispatch!r}")
@@ -122,7 +128,8 @@ def _eval_pre_dispatch(pre_dispatch, n_jobs):
                          f"expression of n_jobs: {exc}") from None
     if not value >= 1:
         raise ValueError(f"pre_dispatch={pre_dispatch!r} evaluates to {value!r}; it must be >= 1")
-    return int(value)
+    # Beyond any count of batches (even infinite): it means "all".
+    return PRE_DISPATCH_MAX if value >= PRE_DISPATCH_MAX else int(value)
 
 
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}

@@ -137,11 +137,13 @@ class Parallel:
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, plan.max_batch_size, target, min_batch)
-        progress = None
+        progress = reporter = None
         if plan.verbose or plan.progress:
-            progress = combine(VerboseReporter(plan.label, plan.verbose) if plan.verbose else None,
-                               ProgressBar() if plan.progress else None)
+            reporter = VerboseReporter(plan.label, plan.verbose) if plan.verbose else None
+            progress = combine(reporter, ProgressBar() if plan.progress else None)
         call = Call(executor, sizer, iterable, window, plan.ordered, plan.timeout, progress)
+        if reporter is not None:
+            call.log = reporter.say  # the thread pool's notes (stuck workers replaced)
         if not lazy:
             return call.collect()
         call.start()

@@ -22,13 +22,14 @@ measurement.
 """
 
 import functools
+import pickle
 import threading
 import time
 import types
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._dispatch import Router
+from cyjob._dispatch import Executor, Router
 from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
 from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
@@ -411,6 +412,8 @@ class AutoExecutor(Router):
         elsewhere = False
         if kind == PROCESSES:
             target = _process_executor(self.n_workers, plan)
+            if target is not None:
+                target = _PicklableOrThreads(self, target)
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
                 target = self.first
@@ -470,12 +473,49 @@ def _figures(batch):
                         batch.voluntary, batch.involuntary, batch.waited_ns)
 
 
+class _PicklableOrThreads(Executor):
+    """The process target of a call, unless a batch cannot be pickled: then
+    that batch and the rest of the call stay on the threads (which run
+    anything), rather than failing a call that threads would run."""
+
+    def __init__(self, router, processes):
+        super().__init__(processes.n_workers)
+        self.router = router
+        self.processes = processes
+        self.min_batch_seconds = processes.min_batch_seconds
+
+    def submit(self, batch):
+        router = self.router
+        if router.out_of_process:
+            try:
+                self.processes.submit(batch)
+                return
+            except pickle.PicklingError as exc:
+                router.route_to(self, False)  # the router no longer claims batches
+                router.choice = (THREADS, 0.0, "tasks cannot be pickled")
+                router._stop_checking()  # threads it is, whatever they measure
+                router._say(f"Using {THREADS}: tasks cannot be pickled for worker "
+                            f"processes ({exc})")
+            batch.claimed = False  # claimed by the router for the processes
+        router.first.submit(batch)
+
+    def ready(self):
+        return self.processes.ready()
+
+    def call_finished(self, call):
+        self.processes.call_finished(call)  # its temp files, if any
+
+
 def _process_executor(n_workers, plan):
     try:
         backend = get_backend("processes")
     except (NotImplementedError, ValueError):
         return None
-    return backend.executor(n_workers, plan)
+    from cyjob.backends.processes import ProcessExecutor
+
+    executor = backend.executor(n_workers, plan)
+    # Not a pool of processes (at interpreter exit, say): stay on threads.
+    return executor if isinstance(executor, ProcessExecutor) else None
 
 
 class AutoBackend(Backend):

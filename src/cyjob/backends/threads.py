@@ -13,14 +13,16 @@ from cyjob.backends.sequential import SequentialBackend
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
 _pools: "dict[tuple[int, bool], ThreadExecutor]" = {}
-_pools_lock = threading.Lock()
+_pools_lock = threading.RLock()
 _pool_ids = itertools.count()
 _exiting = False
 
 
 def get_pool(n_workers, caller_helps=False):
     """A shared pool running ``n_workers`` batches of a call at once: with
-    ``caller_helps``, n_workers - 1 threads plus the waiting caller."""
+    ``caller_helps``, n_workers - 1 threads plus the waiting caller while its
+    tasks are short, the pool of n_workers threads otherwise (see
+    ``ThreadExecutor``)."""
     key = (n_workers - caller_helps, caller_helps)
     pool = _pools.get(key)
     if pool is not None:
@@ -32,9 +34,15 @@ def get_pool(n_workers, caller_helps=False):
         return SequentialBackend().executor(1)
     with _pools_lock:
         pool = _pools.get(key)
-        if pool is None or not pool.pool.alive():
+        if (pool is None or not pool.pool.alive()
+                or (pool.full is not None and not pool.full.pool.alive())):
+            full = None
+            if caller_helps:
+                full = get_pool(n_workers)  # (the lock is an RLock)
+                if not isinstance(full, ThreadExecutor):
+                    return full  # exiting
             threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}")
-            pool = _pools[key] = ThreadExecutor(threads, caller_helps)
+            pool = _pools[key] = ThreadExecutor(threads, caller_helps, full)
     return pool
 
 
@@ -58,7 +66,7 @@ def _forget_pools_after_fork():
     # may be held by threads that no longer exist: start afresh, lazily.
     global _pools_lock
     _pools.clear()
-    _pools_lock = threading.Lock()
+    _pools_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -74,8 +82,8 @@ class ThreadingBackend(Backend):
 
     def executor(self, n_workers, plan=None):
         # A caller that returns a list has nothing else to do while it waits,
-        # so it works as one of the n_jobs workers.  A generator's caller is
-        # busy with the results, and a caller running a task could not notice
-        # a time-out: those get n_jobs threads of their own.
+        # so it works as one of the n_jobs workers while its tasks are short.
+        # A generator's caller is busy with the results, and a caller running
+        # a task could not notice a time-out: those get n_jobs threads.
         helps = plan is None or (plan.return_as == "list" and plan.timeout is None)
         return get_pool(n_workers, helps and n_workers > 1)

@@ -47,7 +47,10 @@ _DUMPED_ENTRY = "cyjob.Memory entry 1"
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
 _ALIGN = 64
-_TEMP_SUFFIX = ".cyjob-tmp"  # cyjob.persist.atomic's temporary files
+_TEMP_SUFFIX = ".cyjob-tmp"
+# Entries up to this size are read into bytes (their arrays copied out, a
+# few KB); larger ones into one writable buffer the arrays are views of.
+_SMALL_ENTRY = 1 << 16  # cyjob.persist.atomic's temporary files
 # Guards the stores' running size counts (one lock for all: held for an add).
 _SIZE_LOCK = threading.Lock()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -200,8 +203,13 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             except OSError:
                 pass
         if mmap_mode is None:
-            data = bytearray(size)
-            _read_into(fd, data)
+            if size <= _SMALL_ENTRY:
+                data = os.read(fd, size)  # bytes: one read, no zero-filled buffer
+                if len(data) != size:
+                    raise CorruptEntry("short read")
+            else:
+                data = bytearray(size)  # arrays become views of it: writable
+                _read_into(fd, data)
         else:
             data = os.pread(fd, min(size, 1 << 16), 0)
     finally:
@@ -232,6 +240,8 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             buf = view[offset:offset + length]
             if xxhash.xxh3_64_intdigest(buf) != buf_sum:
                 raise CorruptEntry("checksum mismatch in buffer %d" % i)
+            if buf.readonly:  # a small entry read as bytes: the caller's arrays are writable
+                buf = bytearray(buf)
         else:
             buf = _map(path, offset, length, mmap_mode)
         buffers.append(buf)

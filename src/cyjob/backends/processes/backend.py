@@ -4,13 +4,15 @@ the caller's thread, before handing it to the pool (``pool.py``)."""
 import os
 import pickle
 
-from cyjob._dispatch import Executor
+from cyjob._dispatch import Executor, InlineExecutor
+from cyjob.backends.processes import pool as _pool_module
 from cyjob.backends.processes import worker
 from cyjob.backends.processes.pool import Job, get_pool, shutdown_pool, tasks_text
 from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
 from cyjob._cpus import cpu_count
+from cyjob.exceptions import PoolShutdownError
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -25,6 +27,7 @@ THREAD_LIMIT_VARS = (
 # the executor and the backend
 
 sharedmem = None  # cyjob.backends.processes.sharedmem, imported on first use
+_INLINE = InlineExecutor()
 
 
 def thread_limits(n_workers, inner=None):
@@ -70,7 +73,7 @@ class ProcessExecutor(Executor):
 
     def _ensure(self):
         pool = self.pool
-        if pool.closed or pool.pid != os.getpid():
+        if (pool.closed or pool.pid != os.getpid()) and not _pool_module.exiting:
             self.pool = pool = get_pool()
         if pool.target != (self.n_workers, self.limits):
             env = dict(os.environ)
@@ -84,12 +87,23 @@ class ProcessExecutor(Executor):
         return any(w.pid is not None for w in list(pool.active))
 
     def submit(self, batch):
+        if _pool_module.exiting:
+            # A daemon thread still calling at exit: the pool is gone; run
+            # the batch here (claimed by a router, maybe: unclaim it first).
+            batch.claimed = False
+            _INLINE.submit(batch)
+            return
         self._ensure()
         memory = self._calls.get(id(batch.call))
         if memory is None:
             memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
         payload, buffers = _pickle_tasks(batch, memory)
+        if memory.folder is not None and memory.watched is None:
+            # The fork server outlives a caller killed with SIGKILL: it
+            # removes the folders it was told of.
+            memory.watched = memory.folder
+            self.pool.watch_folder(memory.folder, True)
         self.pool.submit(Job(batch, payload, buffers, self.pool.next_token()))
 
     def call_finished(self, call):
@@ -97,6 +111,8 @@ class ProcessExecutor(Executor):
         memory = self._calls.pop(id(call), None)
         if memory is not None:
             memory.cleanup()
+            if memory.watched is not None:
+                self.pool.watch_folder(memory.watched, False)
 
 
 def _pickle_tasks(batch, memory):
@@ -137,7 +153,12 @@ class ProcessBackend(Backend):
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
             return ThreadingBackend().executor(n_workers, plan)
-        if plan is None:
-            return ProcessExecutor(n_workers)
-        return ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder, plan.mmap_mode,
-                               plan.inner_max_num_threads)
+        try:
+            if plan is None:
+                return ProcessExecutor(n_workers)
+            return ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder, plan.mmap_mode,
+                                   plan.inner_max_num_threads)
+        except PoolShutdownError:
+            if _pool_module.exiting:
+                return _INLINE  # a daemon thread at exit: no new pool
+            raise

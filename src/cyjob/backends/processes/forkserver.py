@@ -39,9 +39,12 @@ def forkserver_main(ctrl_fd):
     """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
 
     Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
-    attached, ``("kill", wid, signum)``.  Replies: ``("spawned", wid, pid)``,
-    ``("exited", wid, exit_code)`` (a negative code is a signal).  EOF from
-    the parent: wait a moment for the workers to leave, kill the rest, exit.
+    attached, ``("kill", wid, signum)``, ``("folder", path, watch)`` (a temp
+    folder of the parent's, to remove if it dies), ``("bye",)`` (the parent
+    shuts down).  Replies: ``("spawned", wid, pid)``, ``("exited", wid,
+    exit_code)`` (a negative code is a signal).  EOF from the parent: wait a
+    moment for the workers to leave, kill the rest, remove the folders if
+    the parent died without "bye", exit.
     """
     # Ctrl-C in a terminal reaches the whole process group: the parent decides
     # what to stop, not us.
@@ -62,6 +65,8 @@ def forkserver_main(ctrl_fd):
 
     pids = {}  # wid -> pid, until reaped
     wids = {}  # pid -> wid
+    folders = set()  # the parent's temp folders in use
+    said_bye = False
 
     def reap():
         while True:
@@ -112,6 +117,10 @@ def forkserver_main(ctrl_fd):
             pids[wid] = pid
             wids[pid] = wid
             _send_ctrl(ctrl, ("spawned", wid, pid))
+        elif msg[0] == "folder":
+            (folders.add if msg[2] else folders.discard)(msg[1])
+        elif msg[0] == "bye":
+            said_bye = True
         elif msg[0] == "kill":
             for fd in fds:
                 os.close(fd)
@@ -139,3 +148,9 @@ def forkserver_main(ctrl_fd):
         except ChildProcessError:
             break
         wids.pop(pid, None)
+    if not said_bye:
+        # The parent died (SIGKILL, say): nobody else will remove its folders.
+        import shutil
+
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)

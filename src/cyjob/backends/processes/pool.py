@@ -44,6 +44,7 @@ import time
 from collections import deque
 
 from cyjob.backends.processes import wire
+from cyjob.backends.processes.worker import safe_str
 from cyjob.exceptions import (
     PoolShutdownError, TerminatedWorkerError, WorkerError, chain_remote_traceback,
 )
@@ -67,6 +68,16 @@ PIPELINE_MAX_BYTES = 64 * 1024
 # The directory holding the cyjob package (src/ in a checkout).
 _CYJOB_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
+
+
+def _worker_sys_path(path):
+    """``(cwd, path)`` for a worker: the caller's ``sys.path`` with "" (the
+    current directory) made absolute."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # deleted: the workers stay in the fork server's
+        cwd = None
+    return cwd, [cwd if p == "" else p for p in path if cwd or p]
 
 
 def describe_exit(code):
@@ -96,13 +107,16 @@ def tasks_text(batch):
 class Job:
     """A batch pickled for the workers."""
 
-    __slots__ = ("batch", "payload", "buffers", "token")
+    __slots__ = ("batch", "payload", "buffers", "token", "path")
 
     def __init__(self, batch, payload, buffers, token):
         self.batch = batch
         self.payload = payload
         self.buffers = buffers
         self.token = token
+        # The caller's sys.path when it was pickled: a module found on an
+        # entry added since the worker started must be importable there too.
+        self.path = tuple(sys.path)
 
     def pipelinable(self):
         """Short and small enough to wait on a busy worker."""
@@ -119,10 +133,11 @@ class Job:
 
 class _Worker:
     __slots__ = ("wid", "sock", "fd", "pid", "key", "jobs", "outbox", "sending", "eof",
-                 "code", "exited", "deadline", "doomed", "retired", "closed")
+                 "code", "exited", "deadline", "doomed", "retired", "closed", "path")
 
-    def __init__(self, wid, sock, key):
+    def __init__(self, wid, sock, key, path):
         self.wid = wid
+        self.path = path        # the caller's sys.path it was last given
         self.sock = sock
         self.fd = sock.fileno()
         self.pid = None
@@ -153,6 +168,7 @@ class _Pool:
         self.target = (0, None)  # (n_workers, thread limits) of the last call
         self.env = None
         self.closed = False
+        self.at_exit = False     # shut down by the interpreter's exit
         self._wids = itertools.count(1)
         self._tokens = itertools.count(1)
         self.epoll = select.epoll()
@@ -197,12 +213,8 @@ class _Pool:
         """Ask for a worker of the current target.  Its socket works at once:
         a job written before the fork waits in the socket's buffer."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        w = _Worker(next(self._wids), ours, self.target[1])
-        try:
-            cwd = os.getcwd()
-        except OSError:  # deleted: the workers stay in the fork server's
-            cwd = None
-        path = [cwd if p == "" else p for p in sys.path if cwd or p]
+        w = _Worker(next(self._wids), ours, self.target[1], tuple(sys.path))
+        cwd, path = _worker_sys_path(w.path)
         try:
             self._ctrl_send(("spawn", w.wid, self.env, path, cwd), [theirs.fileno()])
         except OSError as exc:
@@ -308,6 +320,12 @@ class _Pool:
                         break
                     job = w.outbox.popleft()
                 try:
+                    if job.path != w.path:
+                        # Before the job, on the same stream: the worker sets
+                        # it before it unpickles the job.
+                        w.path = job.path
+                        wire.send_msg(w.sock, wire.SET_SYS_PATH,
+                                      pickle.dumps(_worker_sys_path(job.path)[1]))
                     wire.send_msg(w.sock, job.token, job.payload, job.buffers)
                 except OSError:
                     pass  # it died: the I/O thread sees its EOF and reports it
@@ -326,6 +344,8 @@ class _Pool:
         """Make the pool ``n_workers`` workers with these thread limits."""
         with self.lock:
             if self.closed:
+                if exiting:
+                    return  # a daemon thread at exit: see shutdown_pool
                 raise PoolShutdownError("the cyjob process pool has been shut down")
             if self.target == (n_workers, limits) and len(self.active) == n_workers:
                 return
@@ -343,6 +363,8 @@ class _Pool:
     def submit(self, job):
         with self.lock:
             if self.closed:
+                if exiting:
+                    return  # a daemon thread at exit: see shutdown_pool
                 raise PoolShutdownError("the cyjob process pool has been shut down")
             self._place(job)
         self._drain()
@@ -361,6 +383,16 @@ class _Pool:
 
     def next_token(self):
         return next(self._tokens)
+
+    def watch_folder(self, path, watch=True):
+        """Tell the fork server to remove ``path`` if this process dies
+        without a word (SIGKILL); ``watch=False``: it was removed."""
+        with self.lock:
+            if not self.closed:
+                try:
+                    self._ctrl_send(("folder", path, watch))
+                except OSError:
+                    pass
 
     # -- the I/O thread -------------------------------------------------------------
 
@@ -531,8 +563,8 @@ class _Pool:
             self.queue.extendleft(reversed(jobs[1:]))
             self._replenish()
             self._dispatch_queued()
-        if not jobs:
-            return
+        if not jobs or self.at_exit:
+            return  # (at exit: killed by shutdown, for a daemon thread; see shutdown)
         batch = jobs[0].batch
         if batch.call.was_aborted:
             batch.call.batch_done(batch, None, _cancelled(), 0.0)
@@ -571,19 +603,27 @@ class _Pool:
 
     # -- shutdown -----------------------------------------------------------------
 
-    def shutdown(self, timeout=2.0):
-        """Stop the workers, the fork server and the I/O thread."""
+    def shutdown(self, timeout=2.0, at_exit=False):
+        """Stop the workers, the fork server and the I/O thread.
+
+        Jobs not finished fail with PoolShutdownError, except at exit: then
+        only daemon threads can still be waiting for them, and they are about
+        to be frozen; failing their calls would print a traceback from each."""
         with self.lock:
             if self.closed and not self.thread.is_alive():
                 return
             self.closed = True
+            self.at_exit = at_exit
             workers = list(self.workers.values())
             for w in workers:
                 if w.jobs:
                     self._kill(w)
                 if not w.sending:
                     self._close(w)
-            self._fail_queue(PoolShutdownError("the cyjob process pool was shut down"))
+            if at_exit:
+                self.queue.clear()
+            else:
+                self._fail_queue(PoolShutdownError("the cyjob process pool was shut down"))
         try:
             os.write(self.wake_w, b"x")
         except OSError:
@@ -591,7 +631,12 @@ class _Pool:
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout)
         # Closing the control socket tells the server to leave once its
-        # workers have (they see EOF on their sockets now).
+        # workers have (they see EOF on their sockets now); "bye" first: our
+        # temp folders are ours to remove, we are not dying.
+        try:
+            self._ctrl_send(("bye",))
+        except OSError:
+            pass
         self.ctrl.close()
         try:
             self.server.wait(timeout)
@@ -601,7 +646,7 @@ class _Pool:
         with self.lock:
             for w in workers:
                 for job in w.jobs:
-                    if not job.batch.done:
+                    if not job.batch.done and not at_exit:
                         job.batch.call.batch_done(
                             job.batch, None,
                             PoolShutdownError("the cyjob process pool was shut down"), 0.0)
@@ -652,12 +697,12 @@ def rebuild_error(batch, info):
         except BaseException:
             error = None
     if not isinstance(error, BaseException):
-        # The exception could not travel: keep its type's name and message.
-        error = RuntimeError(f"{type_name}: {message}")
+        # The exception could not travel: a stand-in with its type's name and message.
+        error = RuntimeError(f"{tasks_text(batch)} raised {type_name}: {message}")
     if kind == "load":
         error = pickle.UnpicklingError(
             f"a worker process cannot unpickle {tasks_text(batch)}: "
-            f"{type(error).__name__}: {error}")
+            f"{type(error).__name__}: {safe_str(error)}")
     return chain_remote_traceback(error, text)
 
 
@@ -666,6 +711,8 @@ def rebuild_error(batch, info):
 
 _pool = None
 _pool_lock = threading.Lock()
+#: True once the interpreter exits (the atexit hook ran): no new pool.
+exiting = False
 
 
 def get_pool():
@@ -674,6 +721,8 @@ def get_pool():
     pool = _pool
     if pool is not None and not pool.closed and pool.pid == os.getpid():
         return pool
+    if exiting:
+        raise PoolShutdownError("the interpreter is exiting: no new cyjob process pool")
     with _pool_lock:
         if _pool is None or _pool.closed or _pool.pid != os.getpid():
             _pool = _Pool()
@@ -687,13 +736,13 @@ def _forget(pool):
             _pool = None
 
 
-def shutdown_pool(timeout=2.0):
+def shutdown_pool(timeout=2.0, at_exit=False):
     """Stop the worker processes and remove temp files (at exit, or in tests)."""
     global _pool
     with _pool_lock:
         pool, _pool = _pool, None
     if pool is not None and pool.pid == os.getpid():
-        pool.shutdown(timeout)
+        pool.shutdown(timeout, at_exit)
     sharedmem = sys.modules.get("cyjob.backends.processes.sharedmem")
     if sharedmem is not None:
         sharedmem.cleanup_all()
@@ -710,6 +759,15 @@ def _forget_pool_after_fork():
             pass
 
 
+def _shutdown_at_exit():
+    # From now on a daemon thread's call runs its batches in its own thread
+    # (ProcessExecutor.submit), and batches already sent are never reported:
+    # those threads wait quietly until finalisation stops them.
+    global exiting
+    exiting = True
+    shutdown_pool(at_exit=True)
+
+
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 # Before finalisation: the I/O thread must not take the GIL once it starts.
-atexit.register(shutdown_pool)
+atexit.register(_shutdown_at_exit)

@@ -19,6 +19,7 @@ array arrives, never at import.
 
 import mmap
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,9 @@ SHM_DIR = "/dev/shm"
 SHM_MIN_FREE = 2 * 10**9
 
 _folders: "set[str]" = set()  # live call folders of this process, removed at exit
+_swept: "set[str]" = set()  # temp dirs already cleared of dead callers' folders
+# A call folder: cyjob_<pid of its process>_<mkdtemp's 8 random characters>.
+_FOLDER_NAME = re.compile(r"cyjob_(\d+)_[a-z0-9_]{8}")
 _folders_lock = threading.Lock()
 _owner_pid = os.getpid()
 
@@ -84,6 +88,7 @@ class CallMemory:
         # arrays "r+" instead.
         self.mmap_mode = "r+" if mmap_mode == "w+" else mmap_mode
         self.folder = None
+        self.watched = None  # the folder the fork server was told to remove if we die
         self._dumped = {}  # id(array) -> (weakref to it, reduce tuple)
         self._lock = threading.Lock()
 
@@ -116,6 +121,13 @@ class CallMemory:
         m = _base_memmap(a, np)
         # A copy-on-write map ("c") may differ from its file: send its data.
         if m is None or not m.filename or m.mode == "c":
+            return None
+        # A file deleted (or cut short) since it was mapped cannot be opened
+        # by the workers: send the data instead.
+        try:
+            if os.stat(m.filename).st_size < m.offset + m.nbytes:
+                return None
+        except OSError:
             return None
         if a.flags.c_contiguous:
             order = "C"
@@ -155,6 +167,9 @@ class CallMemory:
                 base = tempfile.gettempdir()
         base = os.fspath(base)
         os.makedirs(base, exist_ok=True)
+        if base not in _swept:
+            _swept.add(base)
+            remove_dead_callers_folders(base)
         folder = tempfile.mkdtemp(prefix=f"cyjob_{os.getpid()}_", dir=base)
         with _folders_lock:
             _folders.add(folder)
@@ -169,6 +184,34 @@ class CallMemory:
             shutil.rmtree(folder, ignore_errors=True)
             with _folders_lock:
                 _folders.discard(folder)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
+
+
+def remove_dead_callers_folders(base):
+    """Remove the call folders in ``base`` whose process is gone (a caller
+    killed with SIGKILL, and its fork server with it, never removed them).
+    A folder whose pid was reused by a live process stays: never guess."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    me = os.getpid()
+    for name in names:
+        match = _FOLDER_NAME.fullmatch(name)
+        if match is None or int(match.group(1)) == me or _pid_alive(int(match.group(1))):
+            continue
+        path = os.path.join(base, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def cleanup_all():

@@ -18,6 +18,9 @@ OUT_OF_BAND_MIN = 64 * 1024
 # Above this, the payload is written on its own rather than joined to its
 # header (joining copies it).
 _JOIN_MAX = 256 * 1024
+#: The token of a message that sets the worker's sys.path (the pickled list)
+#: before the jobs that follow it; jobs' tokens start at 1.
+SET_SYS_PATH = 0
 
 
 def send_msg(sock, token, payload, buffers=()):

@@ -13,7 +13,7 @@ import pickle
 import sys
 import traceback
 
-from cyjob.backends.processes.wire import dumps, recv_msg, send_msg
+from cyjob.backends.processes.wire import SET_SYS_PATH, dumps, recv_msg, send_msg
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
@@ -24,19 +24,43 @@ def _describe(func):
     return name or type(func).__name__
 
 
+def safe_str(obj):
+    """``str(obj)``, or a description if its ``__str__`` (or ``__repr__``) fails:
+    formatting a task's exception must never kill the worker."""
+    try:
+        return str(obj)
+    except BaseException:
+        pass
+    try:
+        return f"<{type(obj).__qualname__}: str() failed; repr: {obj!r}>"
+    except BaseException:
+        return f"<{type(obj).__qualname__}: str() and repr() failed>"
+
+
+def _format_traceback(exc, chain=True):
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                                  chain=chain))
+    except BaseException:
+        return f"{type(exc).__qualname__} (its traceback cannot be formatted)\n"
+
+
 def _error_reply(exc, kind="task"):
     """What the parent needs to re-raise ``exc``: the exception itself when it
     survives a pickling round trip, its type name and message, and the
-    worker-side traceback text."""
+    worker-side traceback text.  Never raises, whatever ``exc`` does."""
     import cloudpickle
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = _format_traceback(exc)
+    message = safe_str(exc)
     try:
         blob = cloudpickle.dumps(exc, protocol=5)
         pickle.loads(blob)
-    except BaseException:
+    except BaseException as why:
         blob = None
-    return (kind, blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+        message += (f" (the exception cannot be sent back as itself: "
+                    f"{type(why).__name__}: {safe_str(why)})")
+    return (kind, blob, f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
 
 
 def _reply(sock, token, flat, results, error, duration):
@@ -49,9 +73,8 @@ def _reply(sock, token, flat, results, error, duration):
             index, culprit = _first_unpicklable(results)
             func = _describe(flat[3 * index])
             reason = culprit if culprit is not None else exc
-            text = "".join(traceback.format_exception(
-                type(reason), reason, reason.__traceback__, chain=False))
-            info = ("result", index, func, f"{type(reason).__name__}: {reason}", text)
+            text = _format_traceback(reason, chain=False)
+            info = ("result", index, func, f"{type(reason).__name__}: {safe_str(reason)}", text)
             payload, buffers = dumps((None, info, duration))
     send_msg(sock, token, payload, buffers)
 
@@ -76,6 +99,9 @@ def worker_loop(sock):
         if msg is None:
             return
         token, payload, buffers = msg
+        if token == SET_SYS_PATH:
+            sys.path[:] = pickle.loads(payload)
+            continue
         flat = None
         try:
             flat = pickle.loads(payload, buffers=buffers)
