@@ -317,7 +317,9 @@ def test_effective_n_jobs_defaults():
         assert effective_n_jobs(None) == 3 == joblib.effective_n_jobs(None)
 
 
-@pytest.mark.parametrize("n_jobs", [0, 1.5, "2"])
+# As in Parallel, n_jobs goes through int() as joblib's Parallel does: 0.5 is
+# 0, "2.3" no int.
+@pytest.mark.parametrize("n_jobs", [0, 0.5, "2.3", "many", True])
 def test_effective_n_jobs_rejects_bad_values(n_jobs):
     with pytest.raises((ValueError, TypeError)):
         effective_n_jobs(n_jobs)

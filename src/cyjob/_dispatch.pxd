@@ -90,6 +90,7 @@ cdef class Call:
     cdef object unclaimed     # dispatched batches the caller may run itself
     cdef readonly bint caller_helps  # the caller runs batches while it waits
     cdef public bint measure_cpu  # record each batch's thread CPU time
+    cdef Py_ssize_t ahead_limit  # batches dispatched and not handed back, at most
     cdef Py_ssize_t n_queued  # batches of this call in a pool's C queue
     cdef bint caller_running  # the caller is running one of its batches
     cdef bint filling         # inside _fill (guards the input against re-entry)

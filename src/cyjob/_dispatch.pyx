@@ -378,6 +378,11 @@ cdef class Call:
         self.executor = executor
         self.sizer = sizer
         self.window = window if window > 0 else 1
+        # Finished batches not handed back yet count against twice the
+        # window; an inline executor runs a batch when it is dispatched, so
+        # there the window alone bounds how far the results run ahead (a
+        # window of 1: each result computed when asked for, as joblib does).
+        self.ahead_limit = self.window if type(executor) is InlineExecutor else 2 * self.window
         self.ordered = ordered
         self.timeout = float(timeout) if timeout is not None else -1.0
         self.progress = progress
@@ -435,8 +440,12 @@ cdef class Call:
 
     cdef Py_ssize_t _remaining(self):
         # Keep enough tasks read ahead that the end of a lazy input is seen
-        # while the last batches can still be cut smaller.
-        self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
+        # while the last batches can still be cut smaller.  Fixed-size
+        # batches are never cut smaller: a lazy input is then read no
+        # further than the batches dispatched (pre_dispatch counts tasks read,
+        # as in joblib).
+        if self.sizer.fixed_size <= 0:
+            self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
         if self.n_total < 0:
             return -1
         return self.n_total - self.n_taken
@@ -480,6 +489,13 @@ cdef class Call:
         size = self.sizer.next_size(self._remaining())
         if size <= 0:
             return 0
+        if (not self.ordered and size > 1 and self.sizer.fixed_size <= 0
+                and self.n_dispatched_batches < self.window):
+            # Completion order: the first window's tasks go one per batch (as
+            # joblib's pre-dispatch does), so that a slow one among them
+            # never holds back a fast one put in its batch by a sizer that
+            # saw only the fastest finish.
+            size = 1
         flat = self._take(size)
         if not flat:
             return 0
@@ -632,14 +648,14 @@ cdef class Call:
     cdef int _fill(self) except -1:
         # `window` batches may be running; finished ones waiting to be handed
         # back (behind a slow batch, or an inline executor that finishes at
-        # once) count against twice that, so the input is read only so far
+        # once) count against `ahead_limit`, so the input is read only so far
         # ahead of the results.
         if self.filling:
             return 0  # a generator must not be resumed while it runs
         self.filling = True
         try:
             while (self.n_dispatched_batches - self.n_done_batches < self.window
-                   and self.n_dispatched_batches - self.n_returned_batches < 2 * self.window
+                   and self.n_dispatched_batches - self.n_returned_batches < self.ahead_limit
                    and not cyj_load(&self.aborted)):
                 if not self._dispatch():
                     break

@@ -6,6 +6,7 @@ and resolved once into one immutable value that backends receive.
 the output kind, the batch policy) and nothing else of ``Parallel``.
 """
 
+import os
 from typing import Any, Callable, NamedTuple, Optional
 
 from cyjob import _validation as check
@@ -48,6 +49,7 @@ class Plan(NamedTuple):
     inner_max_num_threads: Optional[int]
     progress: bool
     label: str                      #: "Parallel(n_jobs=2)", for messages
+    backend_name: Optional[str]     #: the backend name given or configured, if a name
 
     @property
     def ordered(self):
@@ -66,6 +68,9 @@ class Plan(NamedTuple):
 def _choose_backend(backend, prefer, require, backend_params, config):
     """joblib's precedence: explicit backend, then parallel_config's, then the
     default; require="sharedmem" forces a backend that shares memory."""
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError("prefer='processes' contradicts require='sharedmem': worker "
+                         "processes do not share the caller's memory")
     if backend is not None:
         chosen = get_backend(backend, **backend_params)
         if require == "sharedmem" and not chosen.supports_sharedmem:
@@ -84,6 +89,10 @@ def _choose_backend(backend, prefer, require, backend_params, config):
     return get_backend(default_backend_name(), **backend_params)
 
 
+def _name_of(backend):
+    return backend if isinstance(backend, str) else None
+
+
 def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, batch_size,
             temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size, progress,
             backend_kwargs):
@@ -95,7 +104,9 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         args = (label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, batch_size,
                 temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size, progress)
         # With the types: 1, 1.0 and True are equal keys, not equally valid.
-        key = (_backends.registry_version, args, tuple(map(type, args)))
+        # LOKY_MAX_CPU_COUNT: what a negative n_jobs means can change.
+        key = (_backends.registry_version, os.environ.get("LOKY_MAX_CPU_COUNT"), args,
+               tuple(map(type, args)))
         try:
             plan = _PLANS.get(key)
         except TypeError:  # an unhashable argument: check it every time
@@ -134,7 +145,9 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         batch_size=batch_size, fixed_batch_size=fixed_batch_size, max_batch_size=max_batch_size,
         prefer=prefer, require=require, temp_folder=temp_folder, max_nbytes=max_nbytes,
         mmap_mode=mmap_mode, inner_max_num_threads=pick("inner_max_num_threads"),
-        progress=progress, label=f"{label}(n_jobs={n_jobs})")
+        progress=progress, label=f"{label}(n_jobs={n_jobs})",
+        backend_name=_name_of(explicit_backend if explicit_backend is not None
+                              else config["backend"]))
     if key is not None and chosen is shared_backend(chosen.name):
         # (Only the stateless built-in backends: dask's, say, holds a client.)
         if len(_PLANS) >= _PLANS_MAX:

@@ -29,18 +29,31 @@ def verbose_stream(verbose):
 
 
 class VerboseReporter:
-    """Prints "[Parallel(n_jobs=2)]: Done 10 tasks | elapsed: 0.1s" lines,
-    more often as ``verbose`` grows (stderr below 50, stdout from 50)."""
+    """Prints "Done 10 out of 100 | elapsed: 0.1s" lines through ``printer``
+    (``Parallel._print``: "[Parallel(n_jobs=2)]: " first, stderr below
+    verbose=50, stdout from 50), more often as ``verbose`` grows.
 
-    def __init__(self, label, verbose, n_tasks=None):
-        self.label = label
+    A line is printed only when the count of finished tasks moved since the
+    last one.  With a progress bar (``above``), the bar is cleared before
+    each line and redrawn after it, so the two never share a line.
+    """
+
+    def __init__(self, printer, verbose, n_tasks=None, above=None):
+        self.printer = printer
         self.verbose = verbose
         self.n_tasks = n_tasks
+        self.above = above
         self.start = time.time()
         self.n_reports = 0
+        self.last_done = -1
 
     def _print(self, msg):
-        verbose_stream(self.verbose).write(f"[{self.label}]: {msg}\n")
+        bar = self.above
+        if bar is not None:
+            bar.clear()
+        self.printer(msg)
+        if bar is not None:
+            bar.redraw()
 
     def say(self, msg):
         """A note on how the call runs (workers replaced...), at any verbosity."""
@@ -57,10 +70,13 @@ class VerboseReporter:
             return
         if total and done >= total:
             return  # the "finished" line follows (joblib prints only that one)
+        if done == self.last_done:
+            return  # several batches handed back, no new task finished
         index = self.n_reports
         self.n_reports += 1
         if _verbosity_filter(index, self.verbose):
             return
+        self.last_done = done
         fmt_time = f"| elapsed: {short_format_time(elapsed)}"
         if total:
             self._print(f"Done {done:{width}d} out of {total:{width}d} {fmt_time}")
@@ -78,6 +94,8 @@ class ProgressBar:
         self.min_interval = min_interval
         self.start = time.monotonic()
         self.last_draw = 0.0
+        self.last_line = ""  # what the built-in bar shows now
+        self.drawn = 0       # its width on screen
         self.tqdm = None
         if use_tqdm:
             try:
@@ -86,6 +104,24 @@ class ProgressBar:
                 pass
             else:
                 self.tqdm = tqdm(total=None, file=self.file, unit="task", leave=True)
+
+    def clear(self):
+        """Blank the bar's line (a message is about to be printed)."""
+        if self.tqdm is not None:
+            self.tqdm.clear()
+        elif self.drawn:
+            self.file.write("\r" + " " * self.drawn + "\r")
+            self.file.flush()
+            self.drawn = 0
+
+    def redraw(self):
+        """Draw the bar again after a message."""
+        if self.tqdm is not None:
+            self.tqdm.refresh()
+        elif self.last_line:
+            self.file.write(self.last_line)
+            self.file.flush()
+            self.drawn = len(self.last_line) - 1
 
     def __call__(self, call):
         total = call.n_total if call.n_total >= 0 else None
@@ -102,9 +138,12 @@ class ProgressBar:
         if not call.finished and now - self.last_draw < self.min_interval:
             return
         self.last_draw = now
-        self.file.write("\r" + self.line(done, total, now - self.start))
+        self.last_line = "\r" + self.line(done, total, now - self.start)
+        self.file.write(self.last_line)
+        self.drawn = len(self.last_line) - 1
         if call.finished:
             self.file.write("\n")
+            self.last_line, self.drawn = "", 0
         self.file.flush()
 
     @staticmethod

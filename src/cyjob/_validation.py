@@ -24,15 +24,24 @@ def _is_int(value):
 
 
 def check_n_jobs(n_jobs):
-    """None (use the configured value) or a non-zero int."""
+    """None (use the configured value) or a non-zero int.
+
+    As joblib does, a float or a numeric string is converted with ``int()``
+    (``n_jobs=cpu_count() / 2`` works); a bool is refused.
+    """
     if n_jobs is None:
         return None
-    if not _is_int(n_jobs):
-        raise TypeError(f"n_jobs must be an int or None, got {type(n_jobs).__name__} {n_jobs!r}")
+    if type(n_jobs) is not int:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (numbers.Real, str)):
+            raise TypeError(f"n_jobs must be an int or None, got {type(n_jobs).__name__} {n_jobs!r}")
+        try:
+            n_jobs = int(n_jobs)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"n_jobs could not be converted to int: got {n_jobs!r}") from None
     if n_jobs == 0:
-        raise ValueError("n_jobs == 0 has no meaning: use a positive number of "
+        raise ValueError("n_jobs == 0 in Parallel has no meaning: use a positive number of "
                          "workers, or a negative one counted from the number of CPUs")
-    return int(n_jobs)
+    return n_jobs
 
 
 def check_batch_size(batch_size):
@@ -70,7 +79,7 @@ def check_timeout(timeout):
         raise TypeError(f"timeout must be None or a number of seconds, got {type(timeout).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return float(timeout)
+    return timeout
 
 
 def _eval_node(node):

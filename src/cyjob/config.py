@@ -4,7 +4,7 @@ import threading
 
 from cyjob import _validation as check
 from cyjob._cpus import cpu_count, n_workers
-from cyjob.backends import get_backend
+from cyjob.backends import check_backend
 
 __all__ = ["parallel_config", "parallel_backend", "cpu_count", "effective_n_jobs"]
 
@@ -111,7 +111,7 @@ class parallel_config:
         check.check_verbose(new["verbose"])
         check.check_temp_folder(new["temp_folder"])
         if new["backend"] is not None:
-            get_backend(new["backend"])  # unknown names fail here, not later
+            check_backend(new["backend"])  # unknown names fail here, not later
         if inner_max_num_threads is not None:
             if not check._is_int(inner_max_num_threads) or inner_max_num_threads < 1:
                 raise ValueError("inner_max_num_threads must be None or a positive int, "

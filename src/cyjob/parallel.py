@@ -6,13 +6,17 @@ backend for an executor and hands the tasks to ``cyjob._dispatch.Call``,
 which does the work.
 """
 
+import sys
 import types
+import warnings
 
 from cyjob import _plan
 from cyjob._batching import DEFAULT_MIN_BATCH_SECONDS, DEFAULT_TARGET_SECONDS, BatchSizer
-from cyjob._dispatch import Call
+from cyjob._dispatch import Call, InlineExecutor
 from cyjob._pool import in_worker_thread
-from cyjob._progress import ProgressBar, VerboseReporter, combine
+from cyjob._progress import ProgressBar, VerboseReporter, combine, verbose_stream
+from cyjob.backends import PROCESS_BACKEND_NAMES
+from cyjob.backends.joblib_api import JoblibAPIBackend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.config import default
 
@@ -78,6 +82,11 @@ class Parallel:
             batch_size, temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size,
             progress, backend_kwargs)
 
+    # The Call of this instance still producing results (a generator's).
+    _running = None
+    # Inside `with`: an executor (or a joblib.Parallel) kept for the block.
+    _warm = None
+
     # `Parallel[list[int]]` in annotations evaluated at run time (the stubs
     # make the class generic for type checkers).
     __class_getitem__ = classmethod(types.GenericAlias)
@@ -90,19 +99,45 @@ class Parallel:
         return self._plan.label
 
     def __enter__(self):
-        self._make_executor()  # start the workers now; pools stay up between calls
+        if isinstance(self._plan.backend, JoblibAPIBackend):
+            self._warm = self._plan.backend.joblib_parallel(self)
+            self._warm.__enter__()
+            return self
+        # Start the workers now; pools stay up between calls.
+        executor = self._make_executor()
+        if getattr(executor, "reusable", False):
+            # (Process workers: the block's calls share their dumped arrays,
+            # which stay in temp_folder until the block ends, as in joblib.)
+            executor.keep_memory()
+            self._warm = executor
         return self
 
     def __exit__(self, *exc_info):
-        pass
+        warm, self._warm = self._warm, None
+        if isinstance(self._plan.backend, JoblibAPIBackend) and warm is not None:
+            warm.__exit__(*exc_info)
+        elif warm is not None:
+            warm.close()
+
+    def _print(self, msg):
+        """Write a progress message: stderr below verbose=50, stdout from 50
+        (joblib's streams and format; a subclass may send them elsewhere)."""
+        if self._plan.verbose:
+            verbose_stream(self._plan.verbose).write(f"[{self}]: {msg}\n")
 
     def _make_executor(self):
         plan = self._plan
         backend, n_workers = plan.backend, plan.n_workers
-        if n_workers > 1 and in_worker_thread():
-            # Nested inside one of our threads: the outer call already keeps
-            # every core busy, and waiting on the same pool could deadlock.
-            n_workers = 1
+        if n_workers > 1:
+            if in_worker_thread():
+                # Nested inside one of our threads: the outer call already keeps
+                # every core busy, and waiting on the same pool could deadlock.
+                _warn_nested(plan.backend_name, "threads")
+                n_workers = 1
+            else:
+                below = _worker_process_kind()
+                if below is not None and _warn_nested(plan.backend_name, below):
+                    n_workers = 1  # joblib's rule, which the warning announced
         if n_workers == 1:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, plan)
@@ -110,9 +145,28 @@ class Parallel:
     def __call__(self, iterable):
         """Run the tasks of ``iterable``; return their results as ``return_as`` says."""
         plan = self._plan
-        executor = self._make_executor()
+        running = self._running
+        if running is not None and not running.finished:
+            message = "This Parallel instance is already running !"
+            if plan.return_as != "list":
+                message += (" Before submitting new tasks, you must wait for the completion "
+                            "of all the previous tasks, or clean all references to the "
+                            "output generator.")
+            raise RuntimeError(message)
+        if isinstance(plan.backend, JoblibAPIBackend):
+            return self._call_joblib(iterable)
+        executor = self._warm if self._warm is not None else self._make_executor()
         n_workers = executor.n_workers
         lazy = plan.return_as != "list"
+        inline = n_workers == 1 and type(executor) is InlineExecutor
+        if plan.timeout is not None and inline:
+            warnings.warn(
+                "The backend class 'SequentialBackend' does not support timeout. You have "
+                f"set 'timeout={plan.timeout}' in Parallel but the 'timeout' parameter "
+                "will not be used.", UserWarning, stacklevel=2)
+        if plan.verbose:
+            name = "SequentialBackend" if inline else type(plan.backend).__name__
+            self._print(f"Using backend {name} with {n_workers} concurrent workers.")
         if plan.window is None:
             iterable = list(iterable)
             window = _UNBOUNDED
@@ -128,6 +182,8 @@ class Parallel:
                 fixed = 1
             elif type(iterable) is list or type(iterable) is tuple:
                 fixed = plan.one_thread_batch_size()
+        if inline and lazy:
+            window = 1  # read no further ahead than the results asked for
         target = DEFAULT_TARGET_SECONDS
         if plan.timeout is not None:
             # The time-out bounds the wait for one result: a batch, plus the
@@ -139,17 +195,33 @@ class Parallel:
         sizer = BatchSizer(n_workers, fixed, plan.max_batch_size, target, min_batch)
         progress = reporter = None
         if plan.verbose or plan.progress:
-            reporter = VerboseReporter(plan.label, plan.verbose) if plan.verbose else None
-            progress = combine(reporter, ProgressBar() if plan.progress else None)
+            bar = ProgressBar() if plan.progress else None
+            reporter = VerboseReporter(self._print, plan.verbose, above=bar) if plan.verbose else None
+            progress = combine(reporter, bar)
         call = Call(executor, sizer, iterable, window, plan.ordered, plan.timeout, progress)
         if reporter is not None:
             call.log = reporter.say  # the thread pool's notes (stuck workers replaced)
+        self._running = call
         if not lazy:
-            return call.collect()
-        call.start()
+            try:
+                return call.collect()
+            finally:
+                self._running = None
+        if not inline:
+            # Results start computing before the first next(), as with joblib;
+            # in the caller's thread, each is computed when asked for.
+            call.start()
         results = _results(call)
         next(results)  # enter the try block, so that closing it early aborts the call
         return results
+
+    def _call_joblib(self, iterable):
+        """Run a call on a backend written for joblib's API, through joblib.Parallel."""
+        runner = self._warm if self._warm is not None else self._plan.backend.joblib_parallel(self)
+        if self._plan.verbose:
+            self._print(f"Handing this call to joblib.Parallel: {self._plan.backend.name} is a "
+                        "backend written for joblib's API")
+        return runner(iterable)
 
 
 def _plan_property(name):
@@ -162,6 +234,33 @@ for _name in ("n_jobs", "verbose", "return_as", "timeout", "pre_dispatch", "batc
               "prefer", "require", "temp_folder", "max_nbytes", "mmap_mode", "progress"):
     setattr(Parallel, _name, _plan_property(_name))
 del _name
+
+
+def _worker_process_kind():
+    """In a worker process: "multiprocessing" if its call asked for that
+    backend (joblib's daemonic workers), else "processes"; None outside."""
+    worker = sys.modules.get("cyjob.backends.processes.worker")
+    if worker is None or not worker.IN_WORKER:
+        return None
+    return "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
+
+
+def _warn_nested(backend_name, below):
+    """joblib's warnings for process-based calls nested where joblib cannot
+    run them on processes: below worker threads, multiprocessing below any
+    worker process, loky below multiprocessing's workers.  True if it warned
+    (the call then runs with n_jobs=1, as in joblib)."""
+    if backend_name == "multiprocessing":
+        where = {"threads": " below threads", "processes": ", below loky"}.get(below, "")
+        message = f"Multiprocessing-backed parallel loops cannot be nested{where}, setting n_jobs=1"
+    elif backend_name in PROCESS_BACKEND_NAMES and below == "threads":
+        message = "Loky-backed parallel loops cannot be nested below threads, setting n_jobs=1"
+    elif backend_name in PROCESS_BACKEND_NAMES and below == "multiprocessing":
+        message = "Loky-backed parallel loops cannot be called in a multiprocessing, setting n_jobs=1"
+    else:
+        return False
+    warnings.warn(message, UserWarning, stacklevel=4)
+    return True
 
 
 def _results(call):

@@ -65,7 +65,9 @@ def register_parallel_backend(name, factory, make_default=False):
     ----------
     name : str
     factory : callable
-        Returns a :class:`cyjob.backends.base.Backend` instance.
+        Returns a :class:`cyjob.backends.base.Backend` instance, or an
+        instance of a backend written for joblib's API (joblib runs the calls
+        that select it).
     make_default : bool, default=False
         Use this backend when ``Parallel`` is given none.
     """
@@ -89,16 +91,52 @@ def default_backend_name():
     return _default_backend[0]
 
 
+def _multiprocessing_context(backend):
+    """True for a ``multiprocessing`` context object (``mp.get_context("spawn")``),
+    which joblib accepts as ``backend``: its multiprocessing backend."""
+    import multiprocessing.context
+
+    return isinstance(backend, multiprocessing.context.BaseContext)
+
+
+def check_backend(backend):
+    """ValueError/TypeError now for what ``get_backend`` could never resolve
+    (``parallel_config`` checks its backend without building it)."""
+    from cyjob.backends.joblib_api import is_joblib_backend, joblib_factory
+
+    if isinstance(backend, Backend) or is_joblib_backend(backend) or _multiprocessing_context(backend):
+        return
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+    if backend not in BACKENDS and joblib_factory(backend) is None:
+        raise ValueError(f"Invalid backend: {backend!r}, expected one of {sorted(BACKENDS)}")
+
+
 def get_backend(backend, **backend_params):
-    """A Backend instance for a name or an instance; ValueError if unknown."""
+    """A Backend instance for a name or an instance; ValueError if unknown.
+
+    Names registered with cyjob come first, then names registered with joblib
+    (when the program has imported it); a backend written for joblib's API is
+    wrapped in a ``JoblibAPIBackend``, whose calls joblib runs.
+    """
     if isinstance(backend, Backend):
         return backend
     if not isinstance(backend, str):
+        from cyjob.backends.joblib_api import JoblibAPIBackend, is_joblib_backend
+
+        if is_joblib_backend(backend):
+            return JoblibAPIBackend(backend, backend_params)
+        if _multiprocessing_context(backend):
+            return get_backend("multiprocessing", **backend_params)
         raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
     factory = BACKENDS.get(backend)
     if factory is None:
-        raise ValueError(f"Invalid backend: {backend!r}, expected one of "
-                         f"{sorted(BACKENDS)}")
+        from cyjob.backends.joblib_api import joblib_factory
+
+        factory = joblib_factory(backend)
+        if factory is None:
+            raise ValueError(f"Invalid backend: {backend!r}, expected one of "
+                             f"{sorted(BACKENDS)}")
     if not backend_params and backend in _STATELESS and factory is _BUILTIN[backend]:
         shared = _SHARED.get(backend)
         if shared is None:
@@ -109,6 +147,10 @@ def get_backend(backend, **backend_params):
         return shared
     instance = factory(**backend_params)
     if not isinstance(instance, Backend):
+        from cyjob.backends.joblib_api import JoblibAPIBackend, is_joblib_backend
+
+        if is_joblib_backend(instance):
+            return JoblibAPIBackend(instance)
         raise TypeError(f"the factory registered for backend {backend!r} returned "
-                        f"{type(instance).__name__}, not a cyjob Backend")
+                        f"{type(instance).__name__}, not a cyjob Backend nor a joblib backend")
     return instance

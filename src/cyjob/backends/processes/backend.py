@@ -31,9 +31,13 @@ _INLINE = InlineExecutor()
 
 
 def thread_limits(n_workers, inner=None):
-    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``
-    (``inner``: parallel_config's inner_max_num_threads)."""
-    default = str(inner if inner is not None else max(cpu_count() // n_workers, 1))
+    """The values of THREAD_LIMIT_VARS for workers of a call of ``n_workers``:
+    ``inner`` (parallel_config's inner_max_num_threads) if given, else the
+    caller's own setting of each variable, else cpu_count // n_workers
+    (joblib's precedence)."""
+    if inner is not None:
+        return (str(inner),) * len(THREAD_LIMIT_VARS)
+    default = str(max(cpu_count() // n_workers, 1))
     environ = os.environ
     return tuple(environ.get(var, default) for var in THREAD_LIMIT_VARS)
 
@@ -48,7 +52,18 @@ class ProcessExecutor(Executor):
         Large-array sharing, as given to ``Parallel``.
     inner_max_num_threads : int or None
         BLAS/OpenMP threads per worker (default: the CPUs / n_workers).
+    initializer, initargs
+        ``initializer(*initargs)`` runs once in each worker before its first
+        task (joblib's process backends take them too).  Workers started with
+        another initializer, or other arguments, are replaced.
     """
+
+    #: One executor may run the calls of a ``with Parallel(...)`` block, whose
+    #: large arrays then stay dumped until the block ends (``close``): the
+    #: calls share them, and ``temp_folder`` holds them meanwhile, as joblib's.
+    reusable = True
+    #: The backend name the call gave ("loky", "multiprocessing"...), if any.
+    called_as = None
 
     # A batch's round trip (pickle, socket, wake-up, results) costs ~0.2 ms:
     # batches of at least 10 ms keep it near 2% (benchmarks/bench_processes.py,
@@ -56,13 +71,16 @@ class ProcessExecutor(Executor):
     min_batch_seconds = 0.010
 
     def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r",
-                 inner_max_num_threads=None):
+                 inner_max_num_threads=None, initializer=None, initargs=()):
         super().__init__(n_workers)
         self.max_nbytes = max_nbytes
         self.temp_folder = temp_folder
         self.mmap_mode = mmap_mode
         self.limits = thread_limits(n_workers, inner_max_num_threads)
+        self.init = _pickle_initializer(initializer, initargs)
+        self.key = (self.limits, self.init)
         self._calls = {}  # id(call) -> CallMemory
+        self._shared_memory = None  # while kept for a `with` block: every call's
         self.pool = get_pool()
         self._ensure()
         # Imported after the workers are asked for: cloudpickle loads in this
@@ -75,10 +93,24 @@ class ProcessExecutor(Executor):
         pool = self.pool
         if (pool.closed or pool.pid != os.getpid()) and not _pool_module.exiting:
             self.pool = pool = get_pool()
-        if pool.target != (self.n_workers, self.limits):
+        if pool.target != (self.n_workers, self.key):
             env = dict(os.environ)
             env.update(zip(THREAD_LIMIT_VARS, self.limits))
-            pool.ensure(self.n_workers, self.limits, env)
+            pool.ensure(self.n_workers, self.key, env, self.init)
+
+    def keep_memory(self):
+        """Share one set of dumped arrays between the calls until ``close``."""
+        if self._shared_memory is None:
+            self._shared_memory = sharedmem.CallMemory(
+                self.max_nbytes, self.temp_folder, self.mmap_mode)
+
+    def close(self):
+        """Remove the arrays kept for a ``with`` block."""
+        memory, self._shared_memory = self._shared_memory, None
+        if memory is not None:
+            memory.cleanup()
+            if memory.watched is not None:
+                self.pool.watch_folder(memory.watched, False)
 
     def ready(self):
         """True once the fork server has started a worker: batches sent now
@@ -94,11 +126,11 @@ class ProcessExecutor(Executor):
             _INLINE.submit(batch)
             return
         self._ensure()
-        memory = self._calls.get(id(batch.call))
+        memory = self._shared_memory or self._calls.get(id(batch.call))
         if memory is None:
             memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
-        payload, buffers = _pickle_tasks(batch, memory)
+        payload, buffers = _pickle_tasks(batch, memory, self.called_as)
         if memory.folder is not None and memory.watched is None:
             # The fork server outlives a caller killed with SIGKILL: it
             # removes the folders it was told of.
@@ -115,15 +147,34 @@ class ProcessExecutor(Executor):
                 self.pool.watch_folder(memory.watched, False)
 
 
-def _pickle_tasks(batch, memory):
-    """Pickle a batch once; name the task and argument that cannot be pickled."""
+def _pickle_initializer(initializer, initargs):
+    if initializer is None:
+        return None
+    if not callable(initializer):
+        raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+    import cloudpickle
+
     try:
-        return dumps(batch.tasks, sharedmem.TaskPickler, memory)
+        return cloudpickle.dumps((initializer, tuple(initargs)))
+    except Exception as exc:
+        raise pickle.PicklingError(
+            f"Could not pickle the initializer {worker._describe(initializer)} or its "
+            f"initargs to send them to the worker processes: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _pickle_tasks(batch, memory, called_as=None):
+    """Pickle a batch once, with the backend name the call asked for (the
+    worker's nested calls follow joblib's rules for it); name the task and
+    argument that cannot be pickled."""
+    try:
+        return dumps((called_as, batch.tasks), sharedmem.TaskPickler, memory)
     except Exception as exc:
         where = _find_unpicklable(batch, memory)
+        # "the task to send": joblib's (loky's) words, which code matches on.
         raise pickle.PicklingError(
-            f"Could not pickle {where} to send it to a worker process: "
-            f"{type(exc).__name__}: {exc}") from exc
+            f"Could not pickle the task to send it to a worker process: {where} "
+            f"cannot be pickled: {type(exc).__name__}: {exc}") from exc
 
 
 def _find_unpicklable(batch, memory):
@@ -153,12 +204,16 @@ class ProcessBackend(Backend):
             # Nested in one of our workers: threads there, never processes
             # (every worker starting a pool of its own is a fork bomb).
             return ThreadingBackend().executor(n_workers, plan)
+        init = {key: self.backend_params[key] for key in ("initializer", "initargs")
+                if key in self.backend_params}
         try:
             if plan is None:
-                return ProcessExecutor(n_workers)
-            return ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder, plan.mmap_mode,
-                                   plan.inner_max_num_threads)
+                return ProcessExecutor(n_workers, **init)
+            executor = ProcessExecutor(n_workers, plan.max_nbytes, plan.temp_folder,
+                                       plan.mmap_mode, plan.inner_max_num_threads, **init)
         except PoolShutdownError:
             if _pool_module.exiting:
                 return _INLINE  # a daemon thread at exit: no new pool
             raise
+        executor.called_as = plan.backend_name
+        return executor

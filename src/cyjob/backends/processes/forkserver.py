@@ -38,12 +38,12 @@ def _exit_code(status):
 def forkserver_main(ctrl_fd):
     """Serve fork requests from the parent on ``ctrl_fd`` (a SEQPACKET socket).
 
-    Requests: ``("spawn", wid, env, sys_path, cwd)`` with the worker's socket
-    attached, ``("kill", wid, signum)``, ``("folder", path, watch)`` (a temp
-    folder of the parent's, to remove if it dies), ``("bye",)`` (the parent
-    shuts down).  Replies: ``("spawned", wid, pid)``, ``("exited", wid,
-    exit_code)`` (a negative code is a signal).  EOF from the parent: wait a
-    moment for the workers to leave, kill the rest, remove the folders if
+    Requests: ``("spawn", wid, env, sys_path, cwd, authkey, init)`` with the
+    worker's socket attached, ``("kill", wid, signum)``, ``("folder", path,
+    watch)`` (a temp folder of the parent's, to remove if it dies), ``("bye",)``
+    (the parent shuts down).  Replies: ``("spawned", wid, pid)``, ``("exited",
+    wid, exit_code)`` (a negative code is a signal).  EOF from the parent: wait
+    a moment for the workers to leave, kill the rest, remove the folders if
     the parent died without "bye", exit.
     """
     # Ctrl-C in a terminal reaches the whole process group: the parent decides
@@ -57,6 +57,8 @@ def forkserver_main(ctrl_fd):
     signal.signal(signal.SIGCHLD, lambda *args: None)
 
     # What every worker needs, loaded once here and shared copy-on-write.
+    import multiprocessing  # noqa: F401  (workers set its authkey)
+
     import cloudpickle  # noqa: F401
 
     import cyjob  # noqa: F401
@@ -103,7 +105,7 @@ def forkserver_main(ctrl_fd):
             break
         msg = pickle.loads(data)
         if msg[0] == "spawn":
-            _, wid, env, sys_path, cwd = msg
+            _, wid, env, sys_path, cwd, authkey, init = msg
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -112,7 +114,7 @@ def forkserver_main(ctrl_fd):
                 os.close(wake_w)
                 ctrl.close()
                 os.set_inheritable(fds[0], False)
-                worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd)
+                worker_main(socket.socket(fileno=fds[0]), env, sys_path, cwd, authkey, init)
             os.close(fds[0])
             pids[wid] = pid
             wids[pid] = wid
@@ -154,3 +156,4 @@ def forkserver_main(ctrl_fd):
 
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+    ctrl.close()  # (left open, `python -X dev` reports it as a ResourceWarning)

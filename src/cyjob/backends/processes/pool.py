@@ -32,6 +32,7 @@ were given to it.
 
 import atexit
 import itertools
+import multiprocessing
 import os
 import pickle
 import select
@@ -119,8 +120,10 @@ class Job:
         self.path = tuple(sys.path)
 
     def pipelinable(self):
-        """Short and small enough to wait on a busy worker."""
-        if len(self.payload) > PIPELINE_MAX_BYTES or self.buffers:
+        """Short and small enough to wait on a busy worker.  Never for a call
+        returning results as they complete: a batch queued behind a slow one
+        would come back after it, not when it could have run elsewhere."""
+        if len(self.payload) > PIPELINE_MAX_BYTES or self.buffers or not self.batch.call.ordered:
             return False
         return self.expected_ns() < PIPELINE_MAX_NS
 
@@ -165,8 +168,9 @@ class _Pool:
         self.active = []         # workers that take new jobs
         self.queue = deque()     # jobs waiting for a worker
         self.to_drain = deque()  # workers whose outbox a thread must write
-        self.target = (0, None)  # (n_workers, thread limits) of the last call
+        self.target = (0, None)  # (n_workers, key: thread limits, initializer) of the last call
         self.env = None
+        self.init = None         # the pickled (initializer, initargs) new workers run
         self.closed = False
         self.at_exit = False     # shut down by the interpreter's exit
         self._wids = itertools.count(1)
@@ -215,8 +219,12 @@ class _Pool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         w = _Worker(next(self._wids), ours, self.target[1], tuple(sys.path))
         cwd, path = _worker_sys_path(w.path)
+        # multiprocessing's authkey: Manager proxies passed to tasks
+        # authenticate with it (the fork server is a fresh interpreter).
+        authkey = bytes(multiprocessing.current_process().authkey)
         try:
-            self._ctrl_send(("spawn", w.wid, self.env, path, cwd), [theirs.fileno()])
+            self._ctrl_send(("spawn", w.wid, self.env, path, cwd, authkey, self.init),
+                            [theirs.fileno()])
         except OSError as exc:
             ours.close()
             raise TerminatedWorkerError(
@@ -340,8 +348,10 @@ class _Pool:
 
     # -- the caller's side --------------------------------------------------------
 
-    def ensure(self, n_workers, limits, env):
-        """Make the pool ``n_workers`` workers with these thread limits."""
+    def ensure(self, n_workers, limits, env, init=None):
+        """Make the pool ``n_workers`` workers of this key (thread limits and
+        initializer; workers of another key are replaced), started with
+        ``env`` and running ``init`` (a pickled ``(initializer, initargs)``)."""
         with self.lock:
             if self.closed:
                 if exiting:
@@ -351,6 +361,7 @@ class _Pool:
                 return
             self.target = (n_workers, limits)
             self.env = env
+            self.init = init
             keep = [w for w in self.active if w.key == limits][:n_workers]
             for w in list(self.active):
                 if w not in keep:

@@ -237,7 +237,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-class TaskPickler(cloudpickle.CloudPickler):
+class ResultPickler(cloudpickle.CloudPickler):
+    """cloudpickle, with each ``np.memmap`` sent as the plain array it views:
+    numpy pickles a memmap of a non-native byte order in native order
+    (values kept, ``dtype.byteorder`` lost), a plain array keeps it."""
+
+    def reducer_override(self, obj):
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.memmap):
+            return np.asarray(obj).__reduce_ex__(self.proto)
+        return super().reducer_override(obj)
+
+
+class TaskPickler(ResultPickler):
     """cloudpickle, plus numpy arrays sent by reference to a file when large.
 
     ``memory`` is the call's :class:`CallMemory` (None: pickle arrays)."""
@@ -247,5 +259,7 @@ class TaskPickler(cloudpickle.CloudPickler):
     def reducer_override(self, obj):
         np = sys.modules.get("numpy")
         if np is not None and self.memory is not None and isinstance(obj, np.ndarray):
-            return self.memory.reduce(obj, np)
+            reduced = self.memory.reduce(obj, np)
+            if reduced is not NotImplemented:
+                return reduced
         return super().reducer_override(obj)

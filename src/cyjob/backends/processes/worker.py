@@ -17,6 +17,10 @@ from cyjob.backends.processes.wire import SET_SYS_PATH, dumps, recv_msg, send_ms
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
+#: The backend name of the call whose batch runs here ("loky",
+#: "multiprocessing"...; None if it gave none): nested calls follow joblib's
+#: rules for it.
+CALLED_AS = None
 
 
 def _describe(func):
@@ -67,8 +71,10 @@ def _reply(sock, token, flat, results, error, duration):
     if error is not None:
         payload, buffers = dumps((None, _error_reply(error), duration))
     else:
+        from cyjob.backends.processes.sharedmem import ResultPickler
+
         try:
-            payload, buffers = dumps((results, None, duration))
+            payload, buffers = dumps((results, None, duration), ResultPickler)
         except BaseException as exc:
             index, culprit = _first_unpicklable(results)
             func = _describe(flat[3 * index])
@@ -94,6 +100,7 @@ def worker_loop(sock):
     """Run batches from ``sock`` until EOF."""
     from cyjob._tasks import run_tasks
 
+    global CALLED_AS
     while True:
         msg = recv_msg(sock)
         if msg is None:
@@ -104,13 +111,14 @@ def worker_loop(sock):
             continue
         flat = None
         try:
-            flat = pickle.loads(payload, buffers=buffers)
+            called_as, flat = pickle.loads(payload, buffers=buffers)
         except BaseException as exc:
             del payload, buffers
             sock_payload, sock_buffers = dumps((None, _error_reply(exc, "load"), 0.0))
             send_msg(sock, token, sock_payload, sock_buffers)
             continue
         del payload, buffers
+        CALLED_AS = called_as
         results, error, duration = run_tasks(flat)
         _reply(sock, token, flat, results, error, duration)
         # Drop the batch now: its memmaps must not outlive the call (their
@@ -129,12 +137,20 @@ def _flush():
             pass
 
 
-def worker_main(sock, env, sys_path, cwd):
-    """Become a worker: runs in the forked child, never returns."""
+def worker_main(sock, env, sys_path, cwd, authkey, init):
+    """Become a worker: runs in the forked child, never returns.
+
+    ``authkey`` is the parent's multiprocessing authkey (a Manager's proxies
+    passed to tasks authenticate with it); ``init`` a pickled
+    ``(initializer, initargs)`` to run before the first task, or None.
+    """
     global IN_WORKER
     code = 0
     try:
         IN_WORKER = True
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = authkey
         os.environ.clear()
         os.environ.update(env)
         sys.path[:] = sys_path
@@ -146,6 +162,10 @@ def worker_main(sock, env, sys_path, cwd):
         import faulthandler
 
         faulthandler.enable()  # a segfaulting task leaves its traceback on stderr
+        if init is not None:
+            # Parallel(initializer=f, initargs=args), as joblib's process backends.
+            initializer, initargs = pickle.loads(init)
+            initializer(*initargs)
         worker_loop(sock)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone: nothing to report to anyone

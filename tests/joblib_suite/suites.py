@@ -1,0 +1,16 @@
+"""joblib's own test modules run against cyjob: one line per module.
+
+Each entry names a module of the installed ``joblib.test`` package and the
+public names to rebind in its namespace to cyjob's before its tests run
+(``"Name"`` takes ``cyjob.Name``; ``"Name=package.module:attr"`` any other
+object).  The module is read from the installed joblib at test time, never
+copied here.  Each module also needs ``excluded/<module>.txt`` (tests of
+joblib's private internals, each with the reason) and may have
+``known_failures/<module>.txt`` (real cyjob bugs, run as strict xfails until
+fixed).  conftest.py does the rest.
+"""
+
+SUITES = {
+    "test_parallel": ("Parallel", "delayed", "parallel_config", "parallel_backend",
+                      "register_parallel_backend", "cpu_count", "effective_n_jobs"),
+}
