@@ -192,6 +192,12 @@ class AutoExecutor(Router):
     __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check",
                  "threads_ns", "checked", "corrected", "left", "booting")
 
+    def __init__(self, n_workers, first):
+        super().__init__(n_workers, first)
+        # A call with no task never begins: its end must still find these.
+        self.booting = self.checked = self.seen = self.check = self.choice = None
+        self.left = []
+
     # -- hooks called by the core -------------------------------------------
 
     def begin(self, function):
