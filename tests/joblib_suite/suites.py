@@ -13,4 +13,7 @@ fixed).  conftest.py does the rest.
 SUITES = {
     "test_parallel": ("Parallel", "delayed", "parallel_config", "parallel_backend",
                       "register_parallel_backend", "cpu_count", "effective_n_jobs"),
+    # numpy_pickle.dump / numpy_pickle.load are joblib.dump / joblib.load:
+    # the module's numpy_pickle becomes cyjob.persist.
+    "test_numpy_pickle": ("numpy_pickle=cyjob:persist", "register_compressor"),
 }
