@@ -1,24 +1,28 @@
 """The default backend: measure the first batches, then pick where the rest run.
 
 With no backend given, a call starts on the thread pool and watches its first
-batches (the core records, for each batch run in this process, its start and
-end and the CPU time of the thread that ran it):
+batches.  The core records, for each batch run in this process, its start and
+end, the CPU time of the thread that ran it, and that thread's own voluntary
+and involuntary context switches (a pool worker's wait for the GIL before
+the batch included).  ``_probe.decide``, a pure function of those figures,
+says where the call goes, from batches that really ran at the same time:
 
-* ``efficiency`` = CPU time of all probe batches / wall time they spanned.
-  Above ~1.3 several threads computed at once: the function releases the GIL
-  (numpy on large arrays, Cython nogil, numba nogil)  -> stay on threads.
-* ``busy`` = CPU time / time the batches were running.  Low: tasks mostly wait
-  (sleep, I/O), which threads overlap well                   -> stay on threads.
-* Otherwise the tasks hold the GIL.  If a task costs enough for pickling to be
-  cheap next to it                                           -> processes;
-  if it is tiny, no backend beats a plain loop               -> the caller's
-  thread (inline).
+* tasks too small to gain from workers                -> the caller's thread;
+* threads that computed at once, or rarely blocked     -> threads (GIL released;
+  what kept them from whole CPUs was other programs);
+* tasks that mostly wait (sleep, I/O)                  -> threads;
+* threads that blocked often while using about one CPU -> processes (GIL-bound),
+  or the caller's thread if a task is too small for pickling to pay;
+* unclear: keep measuring, then stay on threads (not remembered).
 
-The choice is sticky for the rest of the call and remembered per function, so
-later calls skip the probe (and re-probe if a task's cost moves 10x, or after
-a minute).  An explicit backend, ``prefer``, ``require="sharedmem"`` or a
-marker on the function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over
-measurement.
+A choice is then checked while the call runs and corrected once: processes
+or the caller's thread that run slower per task than the probe's threads
+did send the rest to threads; threads that turn out GIL-bound move to
+processes.  A call sent to a process pool that is still booting runs on
+threads until a worker is up.  Choices are remembered per function for a
+minute (re-measured if a task's cost moves 10x).  An explicit backend,
+``prefer``, ``require="sharedmem"`` or a marker on the function
+(``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
 """
 
 import functools
