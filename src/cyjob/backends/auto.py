@@ -50,7 +50,10 @@ PROBE_MAX_NS = 150_000_000
 # A choice is checked against threads while the call runs: another place
 # that turns out this much slower per task than the probe's threads moves
 # the call back to threads (and is remembered so)...
-CORRECTION_MARGIN = 1.25
+CORRECTION_MARGIN = 1.5
+# Process batches that warm the workers up (imports, caches: scikit-learn
+# takes ~1 s to import in each) are left out of that check: per worker.
+WARMUP_BATCHES = 2
 # ...once it has run this many batches, over at least this long.
 CHECK_MIN_BATCHES = 4
 CHECK_MIN_NS = 50_000_000
@@ -225,6 +228,9 @@ class AutoExecutor(Router):
             self._probe()
         else:
             self.threads_ns = remembered[2]
+            # A choice that was itself a correction is not checked again
+            # (until it expires): no flapping between two places.
+            self.corrected = len(remembered) > 3 and remembered[3]
             self._choose(remembered[0], remembered[1], "remembered from an earlier call")
 
     def watch(self, batch):
@@ -330,7 +336,7 @@ class AutoExecutor(Router):
             # time here), from the moment every worker has answered once (a
             # cold pool's start-up is paid once, not per task).
             remote = sorted((b for b in done if b.started_ns == 0),
-                            key=lambda b: b.finished_ns)[self.n_workers - 1:]
+                            key=lambda b: b.finished_ns)[WARMUP_BATCHES * self.n_workers - 1:]
             if len(remote) < CHECK_MIN_BATCHES + 1:
                 return
             elapsed = remote[-1].finished_ns - remote[0].finished_ns
@@ -451,7 +457,7 @@ class AutoExecutor(Router):
         self.route_to(target, elsewhere)
         self.choice = (kind, ns_per_task, reason)
         if remember:
-            memo.put(self.function, (kind, ns_per_task, self.threads_ns))
+            memo.put(self.function, (kind, ns_per_task, self.threads_ns, self.corrected))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
