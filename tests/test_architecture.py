@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import cyjob
 
 PACKAGE = Path(cyjob.__file__).resolve().parent
@@ -177,3 +179,33 @@ def test_cython_directives_live_only_in_setup_py():
     for path in PACKAGE.rglob("*.pyx"):
         for line in path.read_text().splitlines()[:5]:
             assert not re.match(r"#\s*cython\s*:", line), f"{path.name}: {line}"
+
+
+def test_backends_receive_the_plan():
+    from cyjob import Parallel, delayed, register_parallel_backend
+    from cyjob._plan import Plan
+    from cyjob.backends.sequential import SequentialBackend
+
+    received = []
+
+    class Recording(SequentialBackend):
+        name = "test-plan-recording"
+
+        def effective_n_jobs(self, n_jobs):
+            return 2
+
+        def executor(self, n_workers, plan=None):
+            received.append((n_workers, plan))
+            return super().executor(n_workers, plan)
+
+    register_parallel_backend("test-plan-recording", Recording)
+    parallel = Parallel(n_jobs=2, backend="test-plan-recording", max_nbytes="2M",
+                        return_as="generator", batch_size=3)
+    assert list(parallel(delayed(abs)(-i) for i in range(5))) == [0, 1, 2, 3, 4]
+    (n_workers, plan), = received
+    assert type(plan) is Plan and n_workers == plan.n_workers == 2
+    assert (plan.max_nbytes, plan.return_as, plan.fixed_batch_size) == (2 * 1024 ** 2, "generator", 3)
+    assert plan.label == repr(parallel)
+    with pytest.raises(AttributeError):
+        plan.n_jobs = 3  # immutable
+    assert plan is parallel._plan
