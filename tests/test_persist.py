@@ -677,3 +677,41 @@ def test_a_mapped_file_keeps_its_contents_when_dumped_over(tmp_path):
     dump(np.zeros(10), path)
     assert mapped[99_999] == 99_999.0 and mapped.sum() == np.arange(100_000.0).sum()
     np.testing.assert_array_equal(load(path), np.zeros(10))
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_dumps_and_loads_of_one_path_see_whole_files(tmp_path):
+    import threading
+
+    path = tmp_path / "shared.pkl"
+    values = [np.full(300_000, k, dtype=np.int64) for k in range(4)]
+    dump(values[0], path)
+    errors = []
+    stop = threading.Event()
+
+    def writer(k):
+        try:
+            for _ in range(15):
+                dump(values[k], path, compress=("zstd", 1) if k % 2 else 0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def reader():
+        try:
+            while not stop.is_set():
+                got = load(path)
+                assert got.shape == (300_000,) and (got == got[0]).all() and 0 <= got[0] < 4
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in writers + readers:
+        t.start()
+    for t in writers:
+        t.join(50)
+    stop.set()
+    for t in readers:
+        t.join(10)
+    assert not errors, errors
+    assert sorted(os.listdir(tmp_path)) == ["shared.pkl"]

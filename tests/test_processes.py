@@ -44,6 +44,13 @@ def pid_of(_=None):
     return os.getpid()
 
 
+def pid_after_nap(_=None):
+    # Long enough that one worker cannot take every batch of a call before
+    # the next batch is placed, so each call visits every worker.
+    time.sleep(0.02)
+    return os.getpid()
+
+
 def fail_on(x, bad):
     if x == bad:
         raise ValueError(f"task {x} failed on purpose")
@@ -200,9 +207,9 @@ def test_functions_of_main_script_without_guard(tmp_path):
 
 
 def test_pool_reused_across_calls_and_parallel_objects():
-    first = set(P()(delayed(pid_of)(i) for i in range(20)))
-    second = set(P(batch_size=1)(delayed(pid_of)(i) for i in range(20)))
-    assert first and first == second
+    first = set(P()(delayed(pid_after_nap)(i) for i in range(20)))
+    second = set(P(batch_size=1)(delayed(pid_after_nap)(i) for i in range(20)))
+    assert len(first) == 2 and first == second
 
 
 def test_generators_and_unordered():

@@ -239,6 +239,7 @@ def main():
                 list(Parallel(n_jobs=n_jobs, backend=backend, **kwargs)(
                     delayed(task)(i, 0, False) for i in range(10)))
     before = resources()
+    names_before = {t.name for t in threading.enumerate()}
     stats, errors, rounds = {}, [], 0
     deadline = time.monotonic() + args.minutes * 60
     while time.monotonic() < deadline:
@@ -261,6 +262,9 @@ def main():
           f"fds {before[2]} -> {after[2]}, /dev/shm folders {before[3]} -> {after[3]}")
     leaked = (after[0] > before[0] + 8 or after[1] > before[1] + 8 or after[2] > before[2] + 8
               or after[3] > before[3])
+    new = sorted(t.name for t in threading.enumerate() if t.name not in names_before)
+    if new:
+        print("threads started since the warm-up:", ", ".join(new))
     if leaked:
         print("LEAK: resources grew")
     return 1 if errors or leaked else 0

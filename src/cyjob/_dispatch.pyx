@@ -16,7 +16,7 @@ Who does what
   automatic backend (backends/auto.py) decides.
 """
 
-import sys
+import types
 from collections import deque
 
 from cpython.exc cimport PyErr_CheckSignals
@@ -61,8 +61,11 @@ cdef object _task_key(object func):
     """What identifies a task function across calls without keeping its data
     alive: a Python function's (or method's) code, else the callable's type,
     or a module-level builtin itself."""
-    code = getattr(func, "__code__", None)
-    if code is not None:
+    try:
+        code = getattr(func, "__code__", None)
+    except Exception:  # a callable whose __getattr__ fails: its type will do
+        return type(func)
+    if type(code) is _code_type:
         return code
     if type(func) is _builtin_type:
         owner = getattr(func, "__self__", None)
@@ -71,8 +74,9 @@ cdef object _task_key(object func):
     return type(func)
 
 
-_builtin_type = type(len)
-_module_type = type(sys)
+_builtin_type = types.BuiltinFunctionType
+_code_type = types.CodeType
+_module_type = types.ModuleType
 
 
 # --------------------------------------------------------------------------

@@ -239,9 +239,11 @@ cdef class ThreadPool:
         w.thread = threading.Thread(target=_worker_main, args=(self, w),
                                     name=f"{self.name}-{self.n_started}", daemon=True)
         self.n_started += 1
-        w.thread.start()
+        # Counted before it starts: a Ctrl-C while start() waits for the
+        # thread must not leave a running worker the pool does not know.
         self.workers.append(w)
         self.threads.append(w.thread)
+        w.thread.start()
         return 0
 
     cdef int watch_abandoned(self) except -1:

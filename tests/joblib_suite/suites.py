@@ -23,4 +23,7 @@ SUITES = {
                           "AsyncMemorizedFunc=cyjob.cache.memory:AsyncMemorizedFunc",
                           "AsyncNotMemorizedFunc=cyjob.cache.memory:AsyncNotMemorizedFunc",
                           "NotMemorizedResult=cyjob.cache.memory:NotMemorizedResult"),
+    # numpy_pickle.dump / numpy_pickle.load are joblib.dump / joblib.load:
+    # the module's numpy_pickle becomes cyjob.persist.
+    "test_numpy_pickle": ("numpy_pickle=cyjob:persist", "register_compressor"),
 }
