@@ -1,92 +1,163 @@
-"""scikit-learn on cyjob through joblib: many small tasks.
+"""Issue 15: scikit-learn through joblib, on cyjob's joblib backend.
 
-Runs the same scikit-learn workloads under joblib's "loky" and "threading"
-backends and under cyjob's joblib backend ("cyjob", see
-``cyjob.register_joblib_backend``), with n_jobs=2, plus a sequential run
-(n_jobs=1); contenders are interleaved in one run (``cyjob.bench.interleaved``).
-Prints a markdown table of median times and ratios.
+Five scikit-learn workloads run with n_jobs=2 under joblib's "loky" and
+"threading" backends and under cyjob's ("cyjob", registered with
+``cyjob.register_joblib_backend``, which routes each joblib call to threads,
+processes or the caller's thread), plus a sequential run (n_jobs=1).
+Contenders are interleaved in one run (``cyjob.bench.interleaved``).
 
-    python benchmarks/bench_sklearn.py [--rounds N]
+Targets: for each workload, cyjob's time <= 1.0x the faster of loky and
+threading; every contender's result equals the sequential one.  Exits 1 on
+a miss.
+
+    python benchmarks/bench_sklearn.py [--rounds N] [--only NAME]
 """
 
 import argparse
+import os
 import sys
 
-import joblib
-from sklearn.datasets import make_classification
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
-from sklearn.tree import DecisionTreeClassifier
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "src"))
 
-import cyjob
-from cyjob.bench import Report, interleaved
+import joblib  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier  # noqa: E402
+from sklearn.inspection import permutation_importance  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
+
+import cyjob  # noqa: E402
+from cyjob.bench import Report, interleaved  # noqa: E402
 
 N_JOBS = 2
 BACKENDS = ("loky", "threading", "cyjob")
+TARGET = 1.0
 
 
-def grid_search(X, y, backend, n_jobs):
-    """60 candidates x 5 folds = 300 fits of a small tree (~1 ms each)."""
-    grid = {"max_depth": [1, 2, 3, 4, 5, 6, 8, 10, 12, None],
-            "min_samples_leaf": [1, 2, 4, 8, 16, 32]}
+def _data(n_samples, n_features, seed=0):
+    return make_classification(n_samples=n_samples, n_features=n_features,
+                               n_informative=min(10, n_features // 2), random_state=seed)
+
+
+def grid_search(n_jobs):
+    """GridSearchCV(LogisticRegression, 8 Cs x 5 folds) on make_classification(5000, 50)."""
+    X, y = _data(5000, 50)
+    grid = {"C": np.logspace(-3, 2, 8)}
 
     def run():
-        with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
-            GridSearchCV(DecisionTreeClassifier(random_state=0), grid, cv=5).fit(X, y)
+        search = GridSearchCV(LogisticRegression(max_iter=500), grid, cv=5, n_jobs=n_jobs)
+        search.fit(X, y)
+        return search.cv_results_["mean_test_score"]
     return run
 
 
-def many_folds(X, y, backend, n_jobs):
-    """cross_val_score with 200 folds of a fast linear model."""
-    cv = KFold(200, shuffle=True, random_state=0)
+def forest_fit(n_jobs):
+    """RandomForestClassifier(300 trees).fit on make_classification(2000, 20)."""
+    X, y = _data(2000, 20)
 
     def run():
-        with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
-            cross_val_score(LogisticRegression(max_iter=200), X, y, cv=cv)
+        model = RandomForestClassifier(n_estimators=300, max_depth=8, random_state=0,
+                                       n_jobs=n_jobs)
+        return model.fit(X, y).predict_proba(X[:200])
     return run
 
 
-def forest(X, y, backend, n_jobs):
-    """RandomForestClassifier: 400 small trees fitted, then predict_proba
-    (scikit-learn asks joblib for threads here; tree building releases the GIL)."""
+_FITTED = {}
+
+
+def _fitted_forest():
+    if "forest" not in _FITTED:
+        X, y = _data(2000, 20)
+        model = RandomForestClassifier(n_estimators=50, max_depth=8, random_state=0).fit(X, y)
+        _FITTED["forest"] = (model, X, y)
+    return _FITTED["forest"]
+
+
+def permutation(n_jobs):
+    """permutation_importance of a fitted forest (20 features x 5 repeats)."""
+    model, X, y = _fitted_forest()
+
     def run():
-        with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
-            model = RandomForestClassifier(n_estimators=400, max_depth=6, random_state=0)
-            model.fit(X, y).predict_proba(X)
+        result = permutation_importance(model, X, y, n_repeats=5, random_state=0,
+                                        n_jobs=n_jobs)
+        return result.importances
+    return run
+
+
+def knn_predict(n_jobs):
+    """KNeighborsClassifier.predict on 20k points."""
+    X, y = _data(20_000, 20, seed=1)
+    model = KNeighborsClassifier(n_neighbors=5, n_jobs=n_jobs).fit(X[:5000], y[:5000])
+
+    def run():
+        return model.predict(X)
+    return run
+
+
+def hgb_cross_val(n_jobs):
+    """cross_val_score of a HistGradientBoostingClassifier (5 folds)."""
+    X, y = _data(5000, 20)
+
+    def run():
+        model = HistGradientBoostingClassifier(max_iter=50, random_state=0)
+        return cross_val_score(model, X, y, cv=5, n_jobs=n_jobs)
     return run
 
 
 WORKLOADS = {
-    "GridSearchCV, 300 tree fits": grid_search,
-    "cross_val_score, 200 folds": many_folds,
-    "RandomForest, 400 trees": forest,
+    "GridSearchCV(LogisticRegression), 8 Cs x 5 folds": grid_search,
+    "RandomForestClassifier(300 trees).fit": forest_fit,
+    "permutation_importance of a forest": permutation,
+    "KNeighborsClassifier.predict, 20k points": knn_predict,
+    "cross_val_score(HistGradientBoosting)": hgb_cross_val,
 }
 
 
-def sklearn_report(rounds=5):
+def under(backend, run):
+    """``run`` under joblib's config for ``backend`` (sequential: as is)."""
+    if backend == "sequential":
+        return run
+
+    def wrapped():
+        with joblib.parallel_config(backend=backend):
+            return run()
+    return wrapped
+
+
+def same(a, b):
+    return np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def sklearn_report(rounds=3, only=None):
     cyjob.register_joblib_backend()
-    X, y = make_classification(n_samples=400, n_features=10, n_informative=5,
-                               random_state=0)
-    report = Report(f"scikit-learn through joblib, n_jobs={N_JOBS} "
-                    f"({cyjob.cpu_count()} CPUs), median of {rounds} interleaved rounds")
+    report = Report(f"scikit-learn through joblib, n_jobs={N_JOBS} ({cyjob.cpu_count()} CPUs), "
+                    f"median of {rounds} interleaved rounds")
     for title, workload in WORKLOADS.items():
-        contenders = {"sequential": workload(X, y, "sequential", 1)}
+        if only and only.lower() not in title.lower():
+            continue
+        contenders = {"sequential": under("sequential", workload(1))}
         for backend in BACKENDS:
-            contenders[backend] = workload(X, y, backend, N_JOBS)
+            contenders[backend] = under(backend, workload(N_JOBS))
+        expected = contenders["sequential"]()
+        for name, fn in contenders.items():
+            if not same(fn(), expected):
+                report.add(f"{title}: {name} result differs from sequential", 1.0, 0.0, unit="")
         t = interleaved(contenders, rounds=rounds)
         for name, seconds in t.items():
             report.add(f"{title}: {name}", seconds * 1e3, unit=" ms")
-        report.add(f"{title}: cyjob / joblib loky", t["cyjob"] / t["loky"])
-        report.add(f"{title}: cyjob / joblib threading", t["cyjob"] / t["threading"])
-        report.add(f"{title}: cyjob / sequential", t["cyjob"] / t["sequential"])
+        best = min(t["loky"], t["threading"])
+        report.add(f"{title}: cyjob / faster of loky and threading", t["cyjob"] / best, TARGET)
     return report
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", help="run the workloads whose title contains this")
     args = parser.parse_args()
-    report = sklearn_report(rounds=args.rounds)
+    report = sklearn_report(rounds=args.rounds, only=args.only)
     report.print()
     sys.exit(1 if report.failed else 0)

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct {
@@ -61,6 +62,23 @@ static inline int64_t cyj_thread_cpu_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* The calling thread's context switches so far: voluntary (it blocked: the
+ * GIL, a sleep, I/O) and involuntary (the CPU was taken from it).  Zero where
+ * the OS keeps no per-thread counts. */
+static inline void cyj_thread_switches(int64_t *voluntary, int64_t *involuntary)
+{
+#ifdef RUSAGE_THREAD
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+        *voluntary = (int64_t)ru.ru_nvcsw;
+        *involuntary = (int64_t)ru.ru_nivcsw;
+        return;
+    }
+#endif
+    *voluntary = 0;
+    *involuntary = 0;
+}
+
 /* Wait with the mutex held until signalled or the absolute monotonic deadline
  * passes.  Returns 0 when signalled (or spuriously woken), 1 on time-out. */
 static inline int cyj_wait_until(cyj_monitor *m, int64_t deadline_ns)
@@ -84,10 +102,15 @@ static inline int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
 
 /* What a pool's queue holds for a batch: a claim flag that whoever runs the
  * batch sets first (compare-and-swap, no GIL needed), and the batch object
- * itself, which only code holding the GIL may touch. */
+ * itself, which only code holding the GIL may touch.  The worker that claims
+ * it notes, before it waits for the GIL, when it took it and its context
+ * switches so far (the auto backend measures that wait; 0, 0, -1 unless). */
 typedef struct {
     int64_t claimed;
     void *owner;
+    int64_t taken_ns;
+    int64_t voluntary;
+    int64_t involuntary;
 } cyj_ticket;
 
 static inline void cyj_cpu_relax(void)

@@ -33,6 +33,14 @@ KINDS = ("threading", "processes", "inline")
 RETURN_AS = ["list", "generator", "generator_unordered"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def warm_process_pool():
+    """Worker processes already started: a call sent to a cold pool keeps
+    running on threads while it boots (test_a_cold_pool_...), and the
+    tests below check where tasks ran once a kind is chosen."""
+    Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))
+
+
 @pytest.fixture(autouse=True)
 def fresh_memo():
     """Every test starts with no remembered choice and leaves none behind."""
@@ -171,6 +179,17 @@ def run(capsys, tasks, **kwargs):
     return results, USING.findall(err + out)
 
 
+def settled(using):
+    """The "Using" lines of a remembered call, which a machine whose load
+    changed since the choice can make correct itself (processes measured
+    slower than the threads were): skip then, unless the machine is free."""
+    if len(using) > 1 and using[1][1].startswith("correcting: "):
+        if _two_cpus_free():
+            pytest.fail(f"corrected on a free machine: {using}")
+        pytest.skip(f"machine too busy: the remembered choice was corrected ({using})")
+    return using
+
+
 def error_of(tasks, **kwargs):
     """The exception a call raises, as (type, args)."""
     with pytest.raises(Exception) as info:
@@ -215,7 +234,9 @@ def measured(capsys, make_tasks, expected, attempts=5, **kwargs):
     for _ in range(attempts):
         memo.clear()
         results, using = run(capsys, make_tasks(), **kwargs)
-        if using and using[0][0] == expected:
+        # (A choice corrected within the call was measured on a machine
+        # whose load changed under it: measure again.)
+        if using and using[0][0] == expected and len(using) == 1:
             return results, using
         if not _two_cpus_free():
             busy_machine = True
@@ -244,7 +265,8 @@ def test_each_workload_gets_its_kind_and_the_sequential_results(capsys, workload
     assert [r[0] for r in results] == sequential(func, args)
     pids = [pid for _, pid, _ in results]
     if kind == "processes":
-        assert sum(pid != main for pid in pids) >= len(pids) // 2
+        # The probe's batches ran on threads; the end of the call in processes.
+        assert pids[-1] != main and sum(pid != main for pid in pids) >= len(pids) // 6
     else:
         assert set(pids) == {main}
     assert memo.get(func)[0] == expected
@@ -253,6 +275,13 @@ def test_each_workload_gets_its_kind_and_the_sequential_results(capsys, workload
     results, using = run(capsys, tasks_of(func, args, where=True))
     assert using[0] == (expected, "remembered from an earlier call")
     assert [r[0] for r in results] == sequential(func, args)
+    if len(using) > 1:
+        # Corrected within the call: only when measured slower than the
+        # threads were, which a machine whose CPUs are taken can make true.
+        assert using[1][1].startswith("correcting: "), using
+        if _two_cpus_free():
+            pytest.fail(f"corrected on a free machine: {using}")
+        pytest.skip(f"machine too busy: the remembered choice was corrected ({using})")
     pids = {pid for _, pid, _ in results}
     idents = {ident for _, _, ident in results}
     if expected == "processes":
@@ -279,7 +308,7 @@ def test_second_call_reuses_the_remembered_choice(capsys, kind):
     remembered = memo.get(func)
     assert remembered[0] == kind and remembered[1] > 0
     _, using = run(capsys, tasks_of(func, make_args()))
-    assert using == [(kind, "remembered from an earlier call")], using
+    assert settled(using) == [(kind, "remembered from an earlier call")], using
     assert memo.get(func)[0] == kind
 
 
@@ -477,7 +506,7 @@ def test_results_equal_the_sequential_backend(capsys, kind, return_as):
     first = measured(capsys, lambda: tasks_of(func, make_args()), kind, return_as=return_as)
     again = run(capsys, tasks_of(func, make_args()), return_as=return_as)
     assert first[1][0][0] == kind, first[1]
-    assert again[1][0] == (kind, "remembered from an earlier call"), again[1]
+    assert settled(again[1])[0] == (kind, "remembered from an earlier call"), again[1]
     for results, _ in (first, again):
         if return_as == "generator_unordered":
             assert sorted(results) == sorted(expected)
@@ -548,7 +577,7 @@ def test_verbose_10_reports_the_choice_with_its_figures_on_stderr(capsys):
     kind, reason = using[0]
     assert kind == "inline"
     assert re.search(r"\d+(\.\d+)? us per task", reason), reason
-    assert "parallel efficiency" in reason and "busy" in reason
+    assert "too small to gain from workers" in reason, reason
 
 
 def test_verbose_50_reports_the_choice_on_stdout(capsys):
@@ -566,8 +595,10 @@ def test_verbose_0_prints_nothing(capfd, kind):
     func, make_args = BY_KIND[kind]
     capfd.readouterr()
     Parallel(n_jobs=2)(tasks_of(func, make_args()))
-    assert memo.get(func) is not None  # a choice was made, silently
     assert capfd.readouterr() == ("", "")
+    if memo.get(func) is None and not _two_cpus_free():
+        pytest.skip("machine too busy for the probe to conclude on this short call")
+    assert memo.get(func) is not None  # a choice was made, silently
 
 
 def test_verbose_below_10_does_not_report_the_choice(capsys):
@@ -596,8 +627,109 @@ def test_calls_sent_to_processes_leave_nothing_behind(capsys):
     for _ in range(2):
         measured(capsys, tasks, "processes")  # probe on threads, then processes
         for _ in range(3):
-            assert run(capsys, tasks())[1] == [("processes", "remembered from an earlier call")]
+            assert settled(run(capsys, tasks())[1]) == [
+                ("processes", "remembered from an earlier call")]
     deadline = time.monotonic() + 10
     while (descendants(), threading.active_count()) != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (descendants(), threading.active_count()) == before
+
+
+# --------------------------------------------------------------------------
+# a wrong choice corrects itself (issue 15)
+
+
+def test_processes_slower_than_threads_move_back_within_the_call(capsys):
+    """A remembered "processes" choice whose tasks run slower there than the
+    threads did (here: threads recorded at 1 us per task, so any process
+    round trip is slower) moves the rest of the call to threads, says why,
+    and is remembered so: the next call starts on threads."""
+    n = gil_n()
+    args = [(n, x) for x in range(200)]
+    memo.put(gil, ("processes", 2e6, 1e3))
+    results, using = run(capsys, tasks_of(gil, args, where=True))
+    assert using[0] == ("processes", "remembered from an earlier call")
+    assert len(using) == 2, using
+    kind, reason = using[1]
+    assert kind == "threading" and reason.startswith("correcting: processes ran"), reason
+    assert [r[0] for r in results] == sequential(gil, args)
+    pids = [pid for _, pid, _ in results]
+    assert os.getpid() in pids and any(pid != os.getpid() for pid in pids)
+    assert memo.get(gil)[0] == "threading"
+    _, using = run(capsys, tasks_of(gil, args))
+    assert using[0] == ("threading", "remembered from an earlier call")
+
+
+def test_inline_slower_than_threads_moves_to_threads_within_the_call(capsys):
+    """Sleeping tasks remembered as "inline" (a wrong choice: they wait, and
+    threads overlap the waits) move to threads once inline proves slower
+    than the threads were."""
+    memo.put(nap, ("inline", 2e6, 1e6))
+    results, using = run(capsys, tasks_of(nap, [(x,) for x in range(60)], where=True))
+    assert using[0] == ("inline", "remembered from an earlier call")
+    assert [k for k, _ in using[1:]] == ["threading"], using
+    assert "correcting: inline ran" in using[1][1]
+    assert [r[0] for r in results] == [x * x for x in range(60)]
+    assert len({ident for _, _, ident in results}) >= 2
+    assert memo.get(nap)[0] == "threading"
+
+
+def test_gil_bound_tasks_left_on_threads_move_to_processes(capsys):
+    """GIL-bound tasks remembered as "threading" (as a loaded machine can
+    make the probe conclude) are measured again on threads as they run,
+    and moved to processes within the call."""
+    n = gil_n()
+    args = [(n, x) for x in range(120)]
+    for _ in range(5):
+        memo.put(gil, ("threading", 2e6, 1e6))
+        results, using = run(capsys, tasks_of(gil, args, where=True))
+        assert using[0] == ("threading", "remembered from an earlier call")
+        assert [r[0] for r in results] == sequential(gil, args)
+        if [k for k, _ in using[1:]] == ["processes"]:
+            break
+        if not _two_cpus_free():
+            pytest.skip(f"machine too busy to measure GIL contention ({using})")
+    assert [k for k, _ in using[1:]] == ["processes"], using
+    assert "correcting: threads measured again: tasks hold the GIL" in using[1][1]
+    assert any(pid != os.getpid() for _, pid, _ in results)
+    assert memo.get(gil)[0] == "processes"
+
+
+def test_a_cold_pool_boots_while_threads_run_the_call(capsys):
+    """Sent to processes while the pool is not started, a call's batches
+    keep running on threads until a worker is up: a cold start (0.1-0.3 s)
+    is not dead time.  Results and errors are unchanged."""
+    from cyjob.backends.processes import shutdown_pool
+
+    shutdown_pool()
+    try:
+        n = gil_n()
+        memo.put(gil, ("processes", 2e6, 2e6))
+        results = Parallel(n_jobs=2)(delayed(gil)(n, x, where=True) for x in range(60))
+        assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(60)])
+        assert os.getpid() in {pid for _, pid, _ in results}
+        shutdown_pool()
+        memo.put(gil, ("processes", 2e6, 2e6))
+        with pytest.raises(TaskFailed, match="boom 50"):
+            Parallel(n_jobs=2)(delayed(gil)(n, x, bad=50, exc=TaskFailed)
+                               for x in range(60))
+        # A marker asked for processes: its batches wait for the pool.
+        shutdown_pool()
+        marked = cyjob.gil_bound(gil)
+        results = Parallel(n_jobs=2)(delayed(marked)(n, x, where=True) for x in range(20))
+        assert os.getpid() not in {pid for _, pid, _ in results}
+    finally:
+        shutdown_pool()
+        Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4))
+
+
+def test_a_short_call_slower_than_threads_is_measured_again_next_time(capsys):
+    """Too short to be corrected while it ran (20 sleeping tasks remembered
+    as inline, threads recorded 10x faster): the next call measures afresh."""
+    memo.put(nap, ("inline", 2e6, 2e5))
+    results, using = run(capsys, tasks_of(nap, [(x,) for x in range(12)]))
+    assert results == [x * x for x in range(12)]
+    assert using == [("inline", "remembered from an earlier call")], using
+    assert memo.get(nap) is None
+    _, using = run(capsys, tasks_of(nap, [(x,) for x in range(40)]))
+    assert using[0][0] == "threading" and "remembered" not in using[0][1], using

@@ -123,6 +123,20 @@ def test_calling_a_running_instance_raises_at_once(backend, n_jobs, return_as):
     assert sorted(parallel(delayed(square)(i) for i in range(3))) == [0, 1, 4]  # ...and frees it
 
 
+@pytest.mark.parametrize("backend", ["threading", "loky", "sequential"])
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_a_separate_instance_runs_while_a_dropped_generator_is_collected(backend, return_as):
+    # (joblib's test_multiple_generator_call_separated_gc, without its
+    # private attributes; cyjob's process pool has no "shared executor shut
+    # down" error to expect.)
+    first = Parallel(n_jobs=2, backend=backend, return_as=return_as)(
+        delayed(time.sleep)(10) for _ in range(10))
+    del first
+    second = Parallel(n_jobs=2, backend=backend, return_as=return_as)(
+        delayed(square)(i) for i in range(10, 20))
+    assert sorted(second) == [square(i) for i in range(10, 20)]
+
+
 def test_sequential_generator_computes_each_result_when_asked():
     ran = []
 

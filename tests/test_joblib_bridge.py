@@ -122,3 +122,243 @@ def test_parallel_context_reuses_the_backend_across_calls_and_errors():
             parallel(joblib.delayed(fail_on)(x, 5) for x in range(50))
         assert parallel(joblib.delayed(square)(x) for x in range(10)) == [
             x * x for x in range(10)]
+
+
+# --------------------------------------------------------------------------
+# routing like cyjob.Parallel's default backend (issue 15)
+
+import functools  # noqa: E402
+import os  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cyjob.backends.auto import memo  # noqa: E402
+from cyjob.bench import calibrate_gil_work, gil_work  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def gil_n():
+    return calibrate_gil_work(0.004)
+
+
+def gil_where(n, x):
+    """~4 ms of pure Python holding the GIL; where it ran."""
+    return gil_work(n) + x, os.getpid(), threading.current_thread().name
+
+
+def sin_where(a, x):
+    return float(np.sin(a).sum()) + x, os.getpid(), threading.current_thread().name
+
+
+def tiny_where(x):
+    return x + 1, os.getpid(), threading.current_thread().name
+
+
+def sklearn_assume_finite(x):
+    import sklearn
+
+    return sklearn.get_config()["assume_finite"], os.getpid()
+
+
+def warn_and_return(x):
+    warnings.warn(f"task {x} warns", UserWarning)
+    return x
+
+
+def blas_threads(x):
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()], os.getpid()
+
+
+def memmap_name(a, x):
+    return getattr(a, "filename", None), type(a).__name__, os.getpid()
+
+
+@pytest.fixture
+def fresh_memo():
+    memo.clear()
+    yield
+    memo.clear()
+
+
+def routed(capsys, tasks, expected, attempts=4, **kwargs):
+    """Run ``tasks`` through joblib on the cyjob backend, measured afresh,
+    until the routing line says ``expected`` (a loaded machine can hide GIL
+    release or contention for a while); return results and the lines."""
+    for _ in range(attempts):
+        memo.clear()
+        capsys.readouterr()
+        with joblib.parallel_config(backend="cyjob", n_jobs=2, verbose=10, **kwargs):
+            out = joblib.Parallel()(tasks())
+        err = "".join(capsys.readouterr())
+        lines = [line.split("cyjob: using ", 1)[1] for line in err.splitlines()
+                 if "cyjob: using " in line]
+        if lines and lines[0].startswith(expected + ":") and len(lines) == 1:
+            return out, lines
+    pytest.skip(f"machine too busy to see {expected!r} ({lines})")
+
+
+def test_gil_bound_batches_go_to_worker_processes(capsys, fresh_memo):
+    n = gil_n()
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4))  # a warm pool
+    out, lines = routed(capsys, lambda: (joblib.delayed(gil_where)(n, x) for x in range(120)),
+                        "processes")
+    assert [r[0] for r in out] == [gil_work(n) + x for x in range(120)]
+    # The probe's batches ran on threads; the end of the call in processes.
+    pids = [pid for _, pid, _ in out]
+    assert pids[-1] != os.getpid() and sum(pid != os.getpid() for pid in pids) >= 20, lines
+    assert "hold the GIL" in lines[0]
+
+
+def test_gil_releasing_batches_stay_on_threads(capsys, fresh_memo):
+    a = np.random.default_rng(0).random(1_000_000)
+    out, lines = routed(capsys, lambda: (joblib.delayed(sin_where)(a, x) for x in range(16)),
+                        "threading")
+    assert {pid for _, pid, _ in out} == {os.getpid()}
+    assert [r[0] for r in out] == [float(np.sin(a).sum()) + x for x in range(16)]
+
+
+def test_tiny_batches_run_inline(capsys, fresh_memo):
+    """Tiny work runs batch after batch in one thread, with no hand-off:
+    the thread that dispatches the next batch runs it (joblib dispatches
+    from the completion callback of the previous one)."""
+    out, lines = routed(capsys, lambda: (joblib.delayed(tiny_where)(x) for x in range(20000)),
+                        "inline")
+    assert [r[0] for r in out] == [x + 1 for x in range(20000)]
+    assert {pid for _, pid, _ in out} == {os.getpid()}
+    names = [name for _, _, name in out]
+    assert max(names.count(name) for name in set(names)) >= 15000
+
+
+@pytest.mark.parametrize("hint, where", [({"require": "sharedmem"}, "threads"),
+                                         ({"prefer": "threads"}, "threads"),
+                                         ({"prefer": "processes"}, "processes")])
+def test_joblib_hints_win_over_measurement(fresh_memo, hint, where):
+    if where == "threads":
+        tasks = [joblib.delayed(gil_where)(gil_n(), x) for x in range(20)]
+    else:
+        tasks = [joblib.delayed(tiny_where)(x) for x in range(200)]
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, **hint):
+        out = joblib.Parallel()(tasks)
+    pids = {pid for _, pid, _ in out}
+    if where == "threads":
+        assert pids == {os.getpid()}
+        assert all(name.startswith("cyjob-worker") for _, _, name in out)
+    else:
+        assert os.getpid() not in pids
+    assert memo.get(gil_where) is None and memo.get(tiny_where) is None
+
+
+def test_sklearn_config_reaches_worker_processes():
+    """Plain joblib.delayed (scikit-learn's own wrapper not involved): the
+    caller's sklearn.config_context is in force in the worker process."""
+    sklearn = pytest.importorskip("sklearn")
+    with sklearn.config_context(assume_finite=True):
+        with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+            out = joblib.Parallel()(joblib.delayed(sklearn_assume_finite)(x) for x in range(6))
+    assert all(value is True for value, _ in out), out
+    assert os.getpid() not in {pid for _, pid in out}
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        out = joblib.Parallel()(joblib.delayed(sklearn_assume_finite)(x) for x in range(6))
+    assert all(value is False for value, _ in out), out
+
+
+def test_warning_filters_reach_worker_processes():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+            with pytest.raises(UserWarning, match=r"task \d warns"):
+                joblib.Parallel(batch_size=1)(joblib.delayed(warn_and_return)(x)
+                                              for x in range(3, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+            assert joblib.Parallel()(joblib.delayed(warn_and_return)(x)
+                                     for x in range(4)) == [0, 1, 2, 3]
+
+
+def test_blas_threads_are_capped_in_worker_processes():
+    pytest.importorskip("threadpoolctl")
+    cap = max(cyjob.cpu_count() // 2, 1)
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        out = joblib.Parallel()(joblib.delayed(blas_threads)(x) for x in range(4))
+    assert os.getpid() not in {pid for _, pid in out}
+    for counts, _ in out:
+        assert counts and all(c <= cap for c in counts), counts
+
+
+def test_a_large_array_is_memory_mapped_once_per_joblib_call(tmp_path):
+    """An 8 MB array carried by 20 batches reaches the workers as one
+    memory-mapped file (joblib's loky dumps it once per batch), removed
+    when the call ends."""
+    a = np.random.default_rng(0).random(1_000_000)
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes",
+                                temp_folder=str(tmp_path)):
+        out = joblib.Parallel(batch_size=1)(joblib.delayed(memmap_name)(a, x)
+                                            for x in range(20))
+    names = {name for name, _, _ in out}
+    assert len(names) == 1 and None not in names, names
+    assert {kind for _, kind, _ in out} == {"memmap"}
+    assert os.getpid() not in {pid for _, _, pid in out}
+    assert not os.path.exists(names.pop())
+
+
+def test_processes_slower_than_threads_move_back_within_the_joblib_call(capsys, fresh_memo):
+    """A remembered "processes" choice that runs slower there than the
+    probe's threads (recorded at 1 us per task) is corrected to threads."""
+    n = gil_n()
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4))  # a warm pool
+    memo.put(gil_where, ("processes", 2e6, 1e3))
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, verbose=10):
+        out = joblib.Parallel()(joblib.delayed(gil_where)(n, x) for x in range(100))
+    err = "".join(capsys.readouterr())
+    assert "cyjob: using processes: remembered from an earlier call" in err
+    assert "cyjob: using threading: correcting: processes ran" in err
+    assert [r[0] for r in out] == [gil_work(n) + x for x in range(100)]
+    pids = [pid for _, pid, _ in out]
+    assert os.getpid() in pids and any(pid != os.getpid() for pid in pids)
+    assert memo.get(gil_where)[0] == "threading"
+
+
+def test_make_default_makes_joblib_use_cyjob():
+    """One line makes every joblib.Parallel (scikit-learn's included) run on
+    cyjob, without a parallel_config block."""
+    code = ("import cyjob, joblib, threading\n"
+            "cyjob.register_joblib_backend(make_default=True)\n"
+            "p = joblib.Parallel(n_jobs=2, prefer='threads')\n"
+            "names = p(joblib.delayed(lambda: threading.current_thread().name)() "
+            "for _ in range(20))\n"
+            "assert type(p._backend).__name__ == 'CyjobBackend', p._backend\n"
+            "assert all(n.startswith('cyjob-worker') for n in names), names\n")
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cyjob_parallel_config_reaches_joblib_calls():
+    """What joblib leaves open comes from cyjob.parallel_config: n_jobs (a
+    library's Parallel with no n_jobs runs on 2 workers), prefer, and the
+    backend (sequential: the caller's thread)."""
+    with cyjob.parallel_config(n_jobs=2, prefer="threads"):
+        names = joblib.Parallel(backend="cyjob")(
+            joblib.delayed(gil_where)(1, x) for x in range(40))
+    assert {pid for _, pid, _ in names} == {os.getpid()}
+    assert all(name.startswith("cyjob-worker") for _, _, name in names), names
+    with cyjob.parallel_config(backend="sequential"):
+        names = joblib.Parallel(n_jobs=2, backend="cyjob")(
+            joblib.delayed(thread_name)(x) for x in range(10))
+    assert set(names) == {threading.current_thread().name}
+    with cyjob.parallel_config(backend="processes"):
+        out = joblib.Parallel(n_jobs=2, backend="cyjob")(
+            joblib.delayed(tiny_where)(x) for x in range(10))
+    assert os.getpid() not in {pid for _, pid, _ in out}
+    # joblib's own setting wins where both are given.
+    with cyjob.parallel_config(n_jobs=2, prefer="processes"):
+        with joblib.parallel_config(backend="cyjob", prefer="threads"):
+            out = joblib.Parallel()(joblib.delayed(tiny_where)(x) for x in range(10))
+    assert {pid for _, pid, _ in out} == {os.getpid()}

@@ -58,7 +58,9 @@ def test_cross_val_score_matches_sequential(data):
     cv = KFold(10, shuffle=True, random_state=0)
     expected = cross_val_score(RecordingTree(random_state=0), X, y, cv=cv, n_jobs=1)
     FIT_THREADS.clear()
-    with joblib.parallel_config(backend="cyjob", n_jobs=2):
+    # prefer="threads": on cyjob's threads (unhinted, the call is measured and
+    # may go to processes: test_joblib_bridge.py checks the routing).
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="threads"):
         got = cross_val_score(RecordingTree(random_state=0), X, y, cv=cv)
     np.testing.assert_array_equal(got, expected)
     assert len(FIT_THREADS) == 10
@@ -70,7 +72,7 @@ def test_grid_search_matches_sequential(data):
     grid = {"max_depth": [1, 2, 3, 5, None], "min_samples_leaf": [1, 4, 16]}
     sequential = GridSearchCV(RecordingTree(random_state=0), grid, cv=4, n_jobs=1).fit(X, y)
     FIT_THREADS.clear()
-    with joblib.parallel_config(backend="cyjob-counting", n_jobs=2):
+    with joblib.parallel_config(backend="cyjob-counting", n_jobs=2, prefer="threads"):
         parallel = GridSearchCV(RecordingTree(random_state=0), grid, cv=4).fit(X, y)
     assert parallel.best_params_ == sequential.best_params_
     for key in ("mean_test_score", "std_test_score", "rank_test_score"):

@@ -49,18 +49,33 @@ __version__ = "0.1.0"
 
 
 def register_joblib_backend(name="cyjob", make_default=False):
-    """Register cyjob's thread pool as a joblib backend.
+    """Register cyjob as a joblib backend, so that libraries that call joblib
+    (scikit-learn first) run on it.
 
-    Then any library that calls joblib, scikit-learn first, runs on cyjob
-    under ``with joblib.parallel_config(backend="cyjob"): ...``.  joblib is
-    imported here, not by ``import cyjob``.
+    One line at start-up makes every ``joblib.Parallel`` of the process use
+    cyjob, with no change to the library's code::
+
+        cyjob.register_joblib_backend(make_default=True)
+
+    Without ``make_default``, choose it where wanted with
+    ``with joblib.parallel_config(backend="cyjob"): ...`` (before
+    registering, joblib answers ``Invalid backend: cyjob``).  Each joblib
+    call is then routed as ``cyjob.Parallel``'s default backend routes a
+    call: measured on threads, then GIL-bound batches to cyjob's process
+    pool, GIL-free or waiting work on threads, tiny work without hand-offs;
+    joblib's ``prefer``/``require`` hints win (see ``cyjob.joblib_bridge``).
+    ``cyjob.parallel_config`` reaches those calls for what joblib leaves
+    open (``n_jobs``, ``backend``, ``prefer``, ``require``,
+    ``inner_max_num_threads``).  joblib is imported here, not by
+    ``import cyjob``.
 
     Parameters
     ----------
     name : str, default="cyjob"
         The joblib backend name.
     make_default : bool, default=False
-        Make it joblib's default backend.
+        Make it joblib's default backend: every ``joblib.Parallel`` that
+        names no backend runs on cyjob.
 
     Returns
     -------

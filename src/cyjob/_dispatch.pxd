@@ -13,11 +13,17 @@ cdef class Batch(Work):
     cdef readonly object error
     cdef readonly bint done
     cdef readonly double duration_ns
-    # Where it ran in this process: monotonic start and end, and the CPU time
-    # of the thread that ran it (how the auto backend sees GIL contention).
+    # Where it ran in this process: monotonic start and end, the CPU time of
+    # the thread that ran it, and that thread's voluntary / involuntary
+    # context switches meanwhile (how the auto backend tells waiting for the
+    # GIL from a CPU taken by other programs; backends/_probe.py).
     cdef readonly int64_t started_ns
     cdef readonly int64_t finished_ns
     cdef readonly int64_t cpu_ns
+    cdef readonly int64_t voluntary
+    cdef readonly int64_t involuntary
+    # A pool worker's wait for the GIL before started_ns (measured calls).
+    cdef readonly int64_t waited_ns
 
 
 cdef class Executor:

@@ -27,7 +27,7 @@ from cyjob._pool cimport ThreadPool, Work, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
     cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
-    cyj_unlock, cyj_wait_until,
+    cyj_thread_switches, cyj_unlock, cyj_wait_until,
 )
 from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
 
@@ -89,21 +89,36 @@ cdef void _execute(Batch batch):
         _execute_claimed(batch)
 
 
-cdef void _execute_claimed(Batch batch):
-    """Run a batch this thread has claimed, and report it (GIL held)."""
+cdef void _execute_claimed(Batch batch, bint from_queue=False):
+    """Run a batch this thread has claimed, and report it (GIL held).
+
+    ``from_queue``: a pool worker popped it and noted in its ticket when,
+    and its switch counts, before it waited for the GIL; a measured batch
+    counts that wait (GIL-bound work makes a second thread wait there)."""
     cdef Call call = batch.call
-    cdef int64_t t0, cpu0
+    cdef int64_t t0, cpu0 = 0, vol0 = 0, invol0 = 0, vol1, invol1
+    cdef bint measure = call.measure_cpu
     if cyj_load(&call.aborted):
         call.batch_done(batch, None, None, 0.0)
         return
-    # The thread's CPU clock is a system call (~0.5 us), not a vDSO read:
-    # only calls being measured by the auto backend pay for it.  Read inside
-    # the wall-clock window, so CPU time never exceeds the wall time.
+    # The thread's CPU clock and switch counts are system calls (~0.5 us
+    # each), not vDSO reads: only calls being measured by the auto backend
+    # pay for them.  Read inside the wall-clock window, so CPU time never
+    # exceeds the wall time.
     t0 = cyj_now_ns()
-    cpu0 = cyj_thread_cpu_ns() if call.measure_cpu else 0
+    if measure:
+        if from_queue and batch.ticket.taken_ns > 0:
+            batch.waited_ns = t0 - batch.ticket.taken_ns
+            vol0, invol0 = batch.ticket.voluntary, batch.ticket.involuntary
+        else:
+            cyj_thread_switches(&vol0, &invol0)
+        cpu0 = cyj_thread_cpu_ns()
     results, error = run_flat(batch.tasks, &call.aborted)
-    if call.measure_cpu:
+    if measure:
         batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
+        cyj_thread_switches(&vol1, &invol1)
+        batch.voluntary = vol1 - vol0
+        batch.involuntary = invol1 - invol0
     batch.finished_ns = cyj_now_ns()
     batch.started_ns = t0
     call.batch_done(batch, results, error, <double>(batch.finished_ns - t0))
@@ -122,7 +137,7 @@ cdef class Batch(Work):
         cdef Call call = self.call
         cdef Batch batch
         call.n_queued -= 1
-        _execute_claimed(self)
+        _execute_claimed(self, True)
         if call.caller_helps:
             # The call's other batches wait in its own deque rather than
             # in the queue (see ThreadExecutor.submit): take them from there.
@@ -564,6 +579,9 @@ cdef class Call:
         batch.results = results
         batch.error = error
         batch.duration_ns = duration_ns
+        if batch.finished_ns == 0:
+            # Run elsewhere (a process, dask): when its results arrived.
+            batch.finished_ns = cyj_now_ns()
         batch.done = True
         batch.tasks = None  # free the arguments as soon as possible
         self.n_done_batches += 1

@@ -14,6 +14,7 @@ cdef extern from "cyj_sync.h" nogil:
     int cyj_wait_until(cyj_monitor *m, int64_t deadline_ns)
     int64_t cyj_now_ns()
     int64_t cyj_thread_cpu_ns()
+    void cyj_thread_switches(int64_t *voluntary, int64_t *involuntary)
     int64_t cyj_load(const int64_t *p)
     void cyj_store(int64_t *p, int64_t v)
     int64_t cyj_add(int64_t *p, int64_t v)
@@ -22,6 +23,9 @@ cdef extern from "cyj_sync.h" nogil:
     ctypedef struct cyj_ticket:
         int64_t claimed
         void *owner
+        int64_t taken_ns
+        int64_t voluntary
+        int64_t involuntary
 
 cdef extern from "cyj_queue.h" nogil:
     ctypedef struct cyj_queue:

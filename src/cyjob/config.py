@@ -72,6 +72,20 @@ class parallel_config:
         Thread limit for BLAS/OpenMP in process workers.
     **backend_params
         Passed to the backend's constructor.
+
+    Notes
+    -----
+    Libraries that call joblib (scikit-learn...) do not read this config:
+    joblib reads its own.  Through cyjob's joblib backend (see
+    ``cyjob.register_joblib_backend``) it reaches their calls for what
+    joblib leaves open: ``n_jobs`` (when neither the call nor
+    ``joblib.parallel_config`` sets it), ``backend`` ("threading",
+    "processes"/"loky"/"multiprocessing" or "sequential"; other backends
+    are not used there), ``prefer``, ``require`` and
+    ``inner_max_num_threads``.  ``verbose``, ``temp_folder``,
+    ``max_nbytes``, ``mmap_mode`` and ``backend_params`` do not reach them:
+    set those with ``joblib.parallel_config``.  Without that backend
+    registered, this config does not reach joblib calls at all.
     """
 
     def __init__(self, backend=default(None), *, n_jobs=default(None),

@@ -32,35 +32,37 @@ from cyjob._batching import BatchSizer
 from cyjob._dispatch import Executor, Router
 from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
+from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
+                                   decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend
 
-# Probe until the batches measured hold this much work.  A task that releases
-# the GIL lets a second thread start at once, so two batches overlap within
-# this much; GIL-bound ones cannot (the second thread waits up to a switch
-# interval for the GIL).
-PROBE_MIN_WORK_NS = 2_000_000
-# Parallel efficiency (CPU seconds per wall second) that proves GIL release.
-PARALLEL_EFFICIENCY = 1.3
-# CPU per wall second of a running batch under which tasks mostly wait.
-WAITING_BUSY = 0.3
-# A GIL-bound task this long (CPU) is worth sending to a process: pickling a
-# batch costs ~0.15-10 us per task (PERFORMANCE.md), a round trip ~100 us.
-PROCESS_MIN_TASK_NS = 50_000
-# Below this per-task time, even a GIL-releasing task gains nothing from threads.
-TINY_TASK_NS = 20_000
+# What the probe's figures mean is decided in _probe.decide (a pure function,
+# tested on recorded figures).
+# Past this much probing (from the first batch's start) without clear
+# evidence, the call stays on threads.
+PROBE_MAX_NS = 150_000_000
+# A choice is checked against threads while the call runs: another place
+# that turns out this much slower per task than the probe's threads moves
+# the call back to threads (and is remembered so)...
+CORRECTION_MARGIN = 1.25
+# ...once it has run this many batches, over at least this long.
+CHECK_MIN_BATCHES = 4
+CHECK_MIN_NS = 50_000_000
+# A call run inline too short for that check forgets its choice if its tasks
+# ran this much slower than on threads: the next call measures again.
+LAST_LOOK_MARGIN = 1.5
+# Threads check the probe's verdict on this many of their latest batches.
+CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
 MEMO_DRIFT = 10.0
 # ...over this many tasks (one task right after other work runs on cold
 # caches, 10x slower than the next: benchmarks/bench_auto.py).
 MEMO_CHECK_TASKS = 8
 # ...and in any case after this many seconds: a choice made while other
-# programs held the CPUs (a GIL-free task that finds no second CPU looks
-# GIL-bound) must not stick for the life of the process.
+# programs held the CPUs must not stick for the life of the process.
 MEMO_MAX_AGE = 60.0
-
-THREADS, PROCESSES, INLINE = "threading", "processes", "inline"
 
 _MARKER = "__cyjob_backend__"
 
@@ -123,7 +125,8 @@ def _memo_key(function):
 
 
 class _Memo:
-    """Choices per function, ``(kind, ns_per_task)``, each kept for
+    """Choices per function, ``(kind, ns_per_task, threads_ns_per_task)``
+    (the last: wall time per task the probe got on threads), each kept for
     MEMO_MAX_AGE seconds: weakly keyed where possible, so a closure's memory
     is not kept alive by cyjob."""
 
@@ -139,9 +142,9 @@ class _Memo:
             entry = self.weak.get(function) or self.strong.get(function)
         except TypeError:  # unhashable callable
             return None
-        if entry is None or entry[2] < time.monotonic():
+        if entry is None or entry[-1] < time.monotonic():
             return None
-        return entry[:2]
+        return entry[:-1]
 
     def put(self, function, choice):
         function = _memo_key(function)
@@ -178,14 +181,22 @@ _INLINE = SequentialBackend().executor(1)
 
 
 class AutoExecutor(Router):
-    """The policy of one call: what to measure, what to choose, and whether a
-    remembered choice still holds.  The core's ``Router`` only sends each
-    batch where this policy says; it calls these hooks before the first
-    batch (``begin``), before routing each batch while probing (``watch``),
-    and after routing each batch while a remembered choice is being checked
-    (``routed``)."""
+    """The policy of one call: what to measure, what to choose, whether a
+    remembered choice still holds, and when a choice proved wrong.  The
+    core's ``Router`` only sends each batch where this policy says; it calls
+    these hooks before the first batch (``begin``), before routing each batch
+    while probing, checking a choice or waiting for a pool to boot
+    (``watch``), and after routing each batch while a remembered choice is
+    being verified (``routed``)."""
 
-    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check")
+    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check",
+                 "threads_ns", "checked", "corrected", "left", "booting")
+
+    def __init__(self, n_workers, first):
+        super().__init__(n_workers, first)
+        # A call with no task never begins: its end must still find these.
+        self.booting = self.checked = self.seen = self.check = self.choice = None
+        self.left = []
 
     # -- hooks called by the core -------------------------------------------
 
@@ -194,6 +205,12 @@ class AutoExecutor(Router):
         self.function = function
         self.remembered = None
         self.check = None
+        self.threads_ns = 0.0   # wall ns per task the call got on threads
+        self.checked = None     # batches routed since the choice, while checked
+        self.corrected = False
+        self.left = []          # executors the call was moved away from
+        self.booting = None     # the chosen process executor, while its pool starts
+        self.choice = self.seen = None
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -203,54 +220,144 @@ class AutoExecutor(Router):
         if remembered is None:
             self._probe()
         else:
+            self.threads_ns = remembered[2]
             self._choose(remembered[0], remembered[1], "remembered from an earlier call")
 
     def watch(self, batch):
+        booting = self.booting
+        if booting is not None and booting.ready():
+            self.booting = None
+            self.route_to(booting, True)
+            self._watch()
+        if self.checked is not None:
+            self.checked.append(batch)
+            self._check()
+            return
+        if self.choice is not None:
+            return  # only waiting for the pool to boot
         self._maybe_decide()
-        if self.watch_before:
+        if self.checked is not None:
+            self.checked.append(batch)  # the first batch sent to the choice
+        elif self.choice is None:
             self.seen.append(batch)
 
     def routed(self, batch):
-        self._check_remembered()
+        if self.check is not None:
+            self._check_remembered()
 
     def call_finished(self, call):
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
+        for executor in self.left:
+            executor.call_finished(call)
+        self.left = []
+        if self.checked is not None and not call.was_aborted:
+            self._last_look()
         super().call_finished(call)
-        self.seen = None  # batches, which hold the call, which holds this
+        # Batches hold the call, which holds this.
+        self.seen = self.checked = None
         self.check = None
+
+    def _watch(self):
+        """Ask the core for the hooks this policy needs now."""
+        self.watch_batches(before=(self.choice is None or self.checked is not None
+                                   or self.booting is not None),
+                           after=self.check is not None)
+
+    def _last_look(self):
+        """A call run in the caller's thread too short for its choice to be
+        checked while it ran: if its tasks took clearly longer there than on
+        the probe's threads, the next call measures again instead of reusing
+        the choice.  (Not for processes: their end-to-end times over a few
+        batches are too noisy on a loaded machine to act on.)"""
+        if self.choice is None or self.choice[0] != INLINE or not self.threads_ns:
+            return
+        done = [b for b in self.checked if b.done and b.results is not None]
+        elapsed = sum(b.duration_ns for b in done)
+        n_tasks = sum(b.size for b in done)
+        if n_tasks and elapsed / n_tasks > LAST_LOOK_MARGIN * self.threads_ns:
+            memo.forget(self.function)
+            self._say(f"inline ran {elapsed / n_tasks / 1e3:.1f} us per task against "
+                      f"{self.threads_ns / 1e3:.1f} on threads: the next call measures again")
 
     # -- measuring --------------------------------------------------------
 
     def _maybe_decide(self):
-        probe = self.seen
-        done = [b for b in probe if b.done and b.results is not None]
-        if len(done) < min(self.n_workers, len(probe)):
+        done = [b for b in self.seen if b.done and b.results is not None]
+        if not done:
             return
+        figures = [_figures(b) for b in done]
+        first = min(b.started_ns for b in done)
+        last_chance = time.monotonic_ns() - first >= PROBE_MAX_NS
+        verdict = decide(figures, self.n_workers, last_chance)
+        if verdict.kind is None:
+            return
+        # End to end, gaps between batches included, as the check of the
+        # choice will measure it.
+        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
         n_tasks = sum(b.size for b in done)
-        wall = sum(b.finished_ns - b.started_ns for b in done)
-        cpu = sum(b.cpu_ns for b in done)
-        if not n_tasks or wall <= 0:
+        self.threads_ns = span / n_tasks if n_tasks else 0.0
+        self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
+                     remember=verdict.remember)
+
+    def _check(self):
+        """Compare the chosen place with what threads gave (or, on threads,
+        look again at the evidence); move the call at most once."""
+        kind = self.choice[0]
+        done = [b for b in self.checked if b.done and b.results is not None]
+        if len(done) < CHECK_MIN_BATCHES:
             return
-        span = max(b.finished_ns for b in done) - min(b.started_ns for b in done)
-        per_task = wall / n_tasks
-        efficiency = cpu / span if span > 0 else 0.0
-        overlap = wall / span if span > 0 else 1.0
-        busy = cpu / wall
-        figures = (f"{per_task / 1e3:.1f} us per task, parallel efficiency "
-                   f"{efficiency:.2f} on {overlap:.2f} overlapping threads, busy {busy:.2f}")
-        if efficiency >= PARALLEL_EFFICIENCY and per_task >= TINY_TASK_NS:
-            self._choose(THREADS, per_task, "tasks release the GIL: " + figures, measured=True)
-        elif per_task < TINY_TASK_NS:
-            if len(done) >= self.n_workers:
-                self._choose(INLINE, per_task, "tasks too small to gain from workers: " + figures,
-                             measured=True)
-        elif wall < PROBE_MIN_WORK_NS:
-            return  # not enough seen yet
-        elif busy < WAITING_BUSY:
-            self._choose(THREADS, per_task, "tasks mostly wait (I/O, sleep): " + figures, measured=True)
-        elif per_task * busy >= PROCESS_MIN_TASK_NS:
-            self._choose(PROCESSES, per_task, "tasks hold the GIL: " + figures, measured=True)
+        if kind == THREADS:
+            window = done[-CHECK_WINDOW:]
+            verdict = decide([_figures(b) for b in window], self.n_workers)
+            if verdict.kind is None or verdict.kind == THREADS or not verdict.remember:
+                if len(done) >= 4 * CHECK_WINDOW:
+                    self._stop_checking()
+                return
+            self._correct(verdict.kind, verdict.ns_per_task,
+                          "threads measured again: " + verdict.reason)
+            return
+        if not self.threads_ns:
+            self._stop_checking()
+            return
+        if kind == PROCESSES:
+            # Steady throughput: batches run out of this process (no start
+            # time here), from the moment every worker has answered once (a
+            # cold pool's start-up is paid once, not per task).
+            remote = sorted((b for b in done if b.started_ns == 0),
+                            key=lambda b: b.finished_ns)[self.n_workers - 1:]
+            if len(remote) < CHECK_MIN_BATCHES + 1:
+                return
+            elapsed = remote[-1].finished_ns - remote[0].finished_ns
+            n_tasks = sum(b.size for b in remote[1:])
         else:
-            self._choose(INLINE, per_task, "tasks hold the GIL and are small: " + figures, measured=True)
+            elapsed = sum(b.duration_ns for b in done)
+            n_tasks = sum(b.size for b in done)
+        if elapsed < CHECK_MIN_NS or not n_tasks:
+            return
+        per_task = elapsed / n_tasks
+        if per_task > CORRECTION_MARGIN * self.threads_ns:
+            self._correct(THREADS, self.threads_ns,
+                          f"{kind} ran {per_task / 1e3:.1f} us per task against "
+                          f"{self.threads_ns / 1e3:.1f} on threads")
+        else:
+            self._stop_checking()
+
+    def _stop_checking(self):
+        self.checked = None
+        self.call.measure_cpu = False
+        self._watch()
+
+    def _correct(self, kind, ns_per_task, reason):
+        self.corrected = True
+        previous = self.target
+        if self.booting is not None:
+            previous, self.booting = self.booting, None
+        self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
+        if previous is not None and previous is not self.first \
+                and previous is not self.target:
+            self.left.append(previous)  # still runs batches: told when the call ends
 
     # -- checking a remembered choice ---------------------------------------
 
@@ -262,7 +369,7 @@ class AutoExecutor(Router):
         sizer = self.call.sizer
         self.check = (sizer, sizer.n_tasks, sizer.work_ns, n_tasks, ns_per_task,
                       lowest, highest, then)
-        self.watch_batches(after=True)
+        self._watch()
 
     def _check_remembered(self):
         sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
@@ -270,7 +377,7 @@ class AutoExecutor(Router):
         if n < n_tasks:
             return
         self.check = None
-        self.watch_batches()
+        self._watch()
         per_task = (sizer.work_ns - from_ns) / n
         ratio = per_task / expected if expected > 0 else 1.0
         if not (lowest <= ratio <= highest):
@@ -282,8 +389,14 @@ class AutoExecutor(Router):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
                   f"{per_task / 1e3:.1f} us: measuring again")
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        if self.target is not None and self.target is not self.first:
+            self.left.append(self.target)
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
         self.route_to(None)
         self.choice = None
+        self.checked = None
         self.call.use_sizer(self.initial_sizer)
         self._probe()
 
@@ -292,15 +405,15 @@ class AutoExecutor(Router):
     def _probe(self):
         # Measure the first batches on threads until _maybe_decide chooses.
         self.seen = []
-        self.watch_batches(before=True)
         self.call.measure_cpu = True
+        self._watch()
 
-    def _choose(self, kind, ns_per_task, reason, measured=False):
+    def _choose(self, kind, ns_per_task, reason, remember=False):
         call = self.call
         plan = self.plan
-        self.watch_batches()
         call.measure_cpu = False
-        verifying = not measured and self.remembered is not None
+        self.checked = None
+        verifying = reason == "remembered from an earlier call"
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
         if kind == PROCESSES:
@@ -321,27 +434,49 @@ class AutoExecutor(Router):
             target = _INLINE
             largest = plan.one_thread_batch_size() if plan is not None else 0
             if largest:
-                # Once a remembered choice is verified.
-                then = BatchSizer(1, largest, largest)
+                if ns_per_task >= TINY_TASK_NS:
+                    # Not tiny: batches that grow as measured, so that the
+                    # choice can be checked (and corrected) as the call runs.
+                    then = BatchSizer(1, 0, largest)
+                else:
+                    then = BatchSizer(1, largest, largest)
                 call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if verifying else then)
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
         self.route_to(target, elsewhere)
         self.choice = (kind, ns_per_task, reason)
-        if measured:
-            memo.put(self.function, (kind, ns_per_task))
+        if remember:
+            memo.put(self.function, (kind, ns_per_task, self.threads_ns))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
             self._check_later(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
+        if not self.corrected and not reason.startswith("marked"):
+            # A choice is watched until it proves itself (or is corrected).
+            self.checked = []
+            call.measure_cpu = kind == THREADS
+        ready = getattr(target, "ready", None)
+        if elsewhere and ready is not None and not ready() \
+                and not reason.startswith("marked"):
+            # A cold pool takes 0.1-0.3 s to boot: the threads keep running
+            # batches meanwhile (GIL-bound, about as fast as one process).
+            # (A marker asked for processes: its batches wait for them.)
+            self.booting = target
+            self.route_to(self.first)
+        self._watch()
         self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
         plan = self.plan
         if plan is not None and plan.verbose >= 10:
             verbose_stream(plan.verbose).write(f"[{plan.label}]: {message}\n")
+
+
+def _figures(batch):
+    return BatchFigures(batch.started_ns, batch.finished_ns, batch.cpu_ns, batch.size,
+                        batch.voluntary, batch.involuntary, batch.waited_ns)
 
 
 class _PicklableOrThreads(Executor):
@@ -364,10 +499,14 @@ class _PicklableOrThreads(Executor):
             except pickle.PicklingError as exc:
                 router.route_to(self, False)  # the router no longer claims batches
                 router.choice = (THREADS, 0.0, "tasks cannot be pickled")
+                router._stop_checking()  # threads it is, whatever they measure
                 router._say(f"Using {THREADS}: tasks cannot be pickled for worker "
                             f"processes ({exc})")
             batch.claimed = False  # claimed by the router for the processes
         router.first.submit(batch)
+
+    def ready(self):
+        return self.processes.ready()
 
     def call_finished(self, call):
         self.processes.call_finished(call)  # its temp files, if any

@@ -112,6 +112,12 @@ class ProcessExecutor(Executor):
             if memory.watched is not None:
                 self.pool.watch_folder(memory.watched, False)
 
+    def ready(self):
+        """True once the fork server has started a worker: batches sent now
+        start within milliseconds (before, they wait for it to boot)."""
+        pool = self.pool
+        return any(w.pid is not None for w in list(pool.active))
+
     def submit(self, batch):
         if _pool_module.exiting:
             # A daemon thread still calling at exit: the pool is gone; run
