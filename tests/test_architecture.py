@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import cyjob
 
-PACKAGE = Path(cyjob.__file__).resolve().parent
-ROOT = PACKAGE.parent.parent
+# The sources beside the tests, not the imported package: an installed cyjob
+# (as .ci/run tests it) ships no .pyx files.
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "cyjob"
 SOURCES = ("*.py", "*.pyx", "*.pxd")
 
 

@@ -521,4 +521,5 @@ def test_300_calls_leave_no_growth():
     before = _resources()
     calls(300)
     after = _resources()
-    assert after == before
+    # No growth; a count may fall (a descriptor or thread of the warm-up closing late).
+    assert {k: v for k, v in after.items() if v > before[k]} == {}, (before, after)

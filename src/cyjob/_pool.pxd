@@ -24,6 +24,7 @@ cdef class ThreadPool:
     cdef readonly list threads
     cdef readonly Py_ssize_t n_threads
     cdef readonly bint closed
+    cdef bint at_exit          # shut down by the interpreter's exit
     cdef readonly long owner_pid
     cdef list workers          # the live, not retired workers
     cdef bint watching         # some worker may be stuck on abandoned work

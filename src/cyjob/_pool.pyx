@@ -203,6 +203,14 @@ def _worker_main(ThreadPool pool, Worker me):
                 continue
             work = <Work>ticket.owner
             Py_DECREF(work)  # the queue's reference; `work` holds its own
+            if pool.closed:
+                # Queued before shutdown() and popped before it drained the
+                # queue: it fails (or is dropped at exit) as shutdown() says.
+                if not pool.at_exit:
+                    work.fail(PoolShutdownError(
+                        "the cyjob thread pool was shut down before this batch ran"))
+                work = None
+                continue
             me.current = work
             me.since = cyj_now_ns()
             try:
@@ -344,6 +352,7 @@ cdef class ThreadPool:
         cdef Worker w
         if self.closed:
             return
+        self.at_exit = at_exit
         self.closed = True
         with nogil:
             cyj_queue_close(&self.queue)

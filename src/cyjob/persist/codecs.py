@@ -53,6 +53,12 @@ class Codec:
         return self._decode(data, raw_size)
 
 
+def _gzip_compress(chunk, level):
+    # zlib.compress takes wbits only from Python 3.11; a compressobj does everywhere.
+    enc = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return enc.compress(chunk) + enc.flush()
+
+
 def _zstd_encode(chunk, level):
     import zstandard
 
@@ -87,7 +93,7 @@ CODECS = {c.name: c for c in [
           lambda c, lv: zlib.compress(c, lv),
           lambda d, n: zlib.decompress(d, zlib.MAX_WBITS, max(n, 1))),
     Codec("gzip", 2, range(1, 10), 3,
-          lambda c, lv: zlib.compress(c, lv, wbits=31),
+          lambda c, lv: _gzip_compress(c, lv),
           lambda d, n: zlib.decompress(d, 31, max(n, 1))),
     Codec("bz2", 3, range(1, 10), 9,
           lambda c, lv: bz2.compress(c, lv),
