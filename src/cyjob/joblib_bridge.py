@@ -53,7 +53,8 @@ from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
 from cyjob.backends._probe import INLINE, PROCESSES, THREADS, BatchFigures, decide
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
-                                 CORRECTION_MARGIN, PROBE_MAX_NS, _marker_of, memo)
+                                 CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
+                                 memo)
 from cyjob.backends.threads import get_pool
 from cyjob.config import cpu_count as _cpus, get_config
 from cyjob.exceptions import chain_remote_traceback, traceback_text
@@ -183,7 +184,9 @@ class _Route:
             return
         remembered = memo.get(function)
         if remembered is not None:
-            self.kind, self.ns_per_task, self.threads_ns = remembered
+            self.kind, self.ns_per_task, self.threads_ns = remembered[:3]
+            # A choice that was itself a correction is not checked again.
+            self.corrected = len(remembered) > 3 and remembered[3]
             self.remembered = True
             self.reason = "remembered from an earlier call"
 
@@ -248,7 +251,7 @@ class _Route:
             return
         self.checked.append((n_tasks, duration_ns, batch.finished_ns if batch else 0))
         if kind == PROCESSES:
-            done = sorted(self.checked, key=lambda c: c[2])[self.n_jobs - 1:]
+            done = sorted(self.checked, key=lambda c: c[2])[WARMUP_BATCHES * self.n_jobs - 1:]
             if len(done) < CHECK_MIN_BATCHES + 1:
                 return
             elapsed = done[-1][2] - done[0][2]
@@ -271,7 +274,7 @@ class _Route:
         self.corrected = corrected
         self.checked = []
         if remember and self.function is not None:
-            memo.put(self.function, (kind, ns_per_task, self.threads_ns))
+            memo.put(self.function, (kind, ns_per_task, self.threads_ns, corrected))
         self.backend._routed(kind, ns_per_task, reason)
 
 

@@ -1,24 +1,28 @@
 """The default backend: measure the first batches, then pick where the rest run.
 
 With no backend given, a call starts on the thread pool and watches its first
-batches (the core records, for each batch run in this process, its start and
-end and the CPU time of the thread that ran it):
+batches.  The core records, for each batch run in this process, its start and
+end, the CPU time of the thread that ran it, and that thread's own voluntary
+and involuntary context switches (a pool worker's wait for the GIL before
+the batch included).  ``_probe.decide``, a pure function of those figures,
+says where the call goes, from batches that really ran at the same time:
 
-* ``efficiency`` = CPU time of all probe batches / wall time they spanned.
-  Above ~1.3 several threads computed at once: the function releases the GIL
-  (numpy on large arrays, Cython nogil, numba nogil)  -> stay on threads.
-* ``busy`` = CPU time / time the batches were running.  Low: tasks mostly wait
-  (sleep, I/O), which threads overlap well                   -> stay on threads.
-* Otherwise the tasks hold the GIL.  If a task costs enough for pickling to be
-  cheap next to it                                           -> processes;
-  if it is tiny, no backend beats a plain loop               -> the caller's
-  thread (inline).
+* tasks too small to gain from workers                -> the caller's thread;
+* threads that computed at once, or rarely blocked     -> threads (GIL released;
+  what kept them from whole CPUs was other programs);
+* tasks that mostly wait (sleep, I/O)                  -> threads;
+* threads that blocked often while using about one CPU -> processes (GIL-bound),
+  or the caller's thread if a task is too small for pickling to pay;
+* unclear: keep measuring, then stay on threads (not remembered).
 
-The choice is sticky for the rest of the call and remembered per function, so
-later calls skip the probe (and re-probe if a task's cost moves 10x, or after
-a minute).  An explicit backend, ``prefer``, ``require="sharedmem"`` or a
-marker on the function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over
-measurement.
+A choice is then checked while the call runs and corrected once: processes
+or the caller's thread that run slower per task than the probe's threads
+did send the rest to threads; threads that turn out GIL-bound move to
+processes.  A call sent to a process pool that is still booting runs on
+threads until a worker is up.  Choices are remembered per function for a
+minute (re-measured if a task's cost moves 10x).  An explicit backend,
+``prefer``, ``require="sharedmem"`` or a marker on the function
+(``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
 """
 
 import functools
@@ -46,7 +50,10 @@ PROBE_MAX_NS = 150_000_000
 # A choice is checked against threads while the call runs: another place
 # that turns out this much slower per task than the probe's threads moves
 # the call back to threads (and is remembered so)...
-CORRECTION_MARGIN = 1.25
+CORRECTION_MARGIN = 1.5
+# Process batches that warm the workers up (imports, caches: scikit-learn
+# takes ~1 s to import in each) are left out of that check: per worker.
+WARMUP_BATCHES = 2
 # ...once it has run this many batches, over at least this long.
 CHECK_MIN_BATCHES = 4
 CHECK_MIN_NS = 50_000_000
@@ -221,6 +228,9 @@ class AutoExecutor(Router):
             self._probe()
         else:
             self.threads_ns = remembered[2]
+            # A choice that was itself a correction is not checked again
+            # (until it expires): no flapping between two places.
+            self.corrected = len(remembered) > 3 and remembered[3]
             self._choose(remembered[0], remembered[1], "remembered from an earlier call")
 
     def watch(self, batch):
@@ -326,7 +336,7 @@ class AutoExecutor(Router):
             # time here), from the moment every worker has answered once (a
             # cold pool's start-up is paid once, not per task).
             remote = sorted((b for b in done if b.started_ns == 0),
-                            key=lambda b: b.finished_ns)[self.n_workers - 1:]
+                            key=lambda b: b.finished_ns)[WARMUP_BATCHES * self.n_workers - 1:]
             if len(remote) < CHECK_MIN_BATCHES + 1:
                 return
             elapsed = remote[-1].finished_ns - remote[0].finished_ns
@@ -447,7 +457,7 @@ class AutoExecutor(Router):
         self.route_to(target, elsewhere)
         self.choice = (kind, ns_per_task, reason)
         if remember:
-            memo.put(self.function, (kind, ns_per_task, self.threads_ns))
+            memo.put(self.function, (kind, ns_per_task, self.threads_ns, self.corrected))
         elif verifying:
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
