@@ -54,6 +54,17 @@ static inline int64_t cyj_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* This thread's depth in pool work: 1 in a pool's worker thread, one more
+ * while a caller runs a batch of its own call.  A thread-local C int: read
+ * by every Parallel call, changed around every batch a caller runs, where a
+ * threading.local costs a dict lookup per access.  (Each module including
+ * this header has its own counter: only _pool uses it.) */
+static inline int *cyj_worker_depth(void)
+{
+    static _Thread_local int depth = 0;
+    return &depth;
+}
+
 /* CPU time consumed by the calling thread (not the process). */
 static inline int64_t cyj_thread_cpu_ns(void)
 {

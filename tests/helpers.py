@@ -3,10 +3,24 @@
 Everything here is module-level so that tasks pickle by reference.
 """
 
+import os
 import threading
 import time
 
+import cyjob
 from cyjob import delayed
+
+# Where the cyjob under test was imported from: src/ for an in-place build,
+# site-packages when installed (as .ci/run tests it). Child interpreters must
+# import that same cyjob, never the repo's unbuilt src/.
+CYJOB_PATH = os.path.dirname(os.path.dirname(os.path.abspath(cyjob.__file__)))
+
+
+def child_env(**extra):
+    """os.environ for a child interpreter that imports the cyjob under test."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (CYJOB_PATH, env.get("PYTHONPATH")) if p)
+    return env
 
 
 class Counter:

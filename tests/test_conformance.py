@@ -20,16 +20,14 @@ import pytest
 
 import cyjob
 from cyjob import Parallel, delayed, parallel_config, register_parallel_backend
+from helpers import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "src")
 
 
 def run_script(code, timeout=60, args=(), env=None):
     """Run ``code`` in a fresh interpreter that imports this cyjob."""
-    environ = dict(os.environ)
-    environ["PYTHONPATH"] = SRC + os.pathsep + environ.get("PYTHONPATH", "")
-    environ.update(env or {})
+    environ = child_env(**(env or {}))
     return subprocess.run([sys.executable, *args, "-c", textwrap.dedent(code)],
                           capture_output=True, text=True, timeout=timeout, env=environ)
 

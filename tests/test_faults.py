@@ -10,7 +10,6 @@ time-out: stuck threads and killed processes must not leak into other tests.
 
 import glob
 import os
-import pickle
 import select
 import signal
 import subprocess
@@ -24,24 +23,18 @@ import pytest
 
 import cyjob
 from cyjob import Parallel, delayed
+from helpers import child_env
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
-    return env
 
 
 def run_script(code, *args, timeout=60):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+                          env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def popen_script(code, *args, **kwargs):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                            env=_env(), text=True, **kwargs)
+                            env=child_env(), text=True, **kwargs)
 
 
 def wait_for(predicate, seconds=20.0):

@@ -23,7 +23,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t
 
 from cyjob._batching cimport BatchSizer
-from cyjob._pool cimport ThreadPool, Work, retire_stuck_workers
+from cyjob._pool cimport ThreadPool, Work, enter_worker, leave_worker, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
     cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
@@ -31,7 +31,6 @@ from cyjob._sync cimport (
 )
 from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
 
-from cyjob._pool import worker_state as _worker_state
 from cyjob._tasks import check_tasks
 from cyjob.exceptions import TimeoutError as _TimeoutError
 
@@ -52,7 +51,10 @@ cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
 # Time per task of recent calls, by their first task's code: a call of tasks
 # seen short before lets its caller run batches from the first one (many
 # small calls in a loop, the caller-helps saving), without waiting for a
-# worker to measure one.
+# worker to measure one.  Keyed by the key's address, each entry holding
+# `(key, ns)`: hashing a code object hashes its bytecode, names and
+# constants (~700 instructions, twice a call), and the key held there keeps
+# its address from being reused by another object.
 cdef dict _task_ns = {}
 cdef Py_ssize_t TASK_NS_MAX_ENTRIES = 256
 
@@ -409,7 +411,7 @@ cdef class Call:
         if self.monitor_ready:
             cyj_monitor_destroy(&self.monitor)
 
-    def use_sizer(self, BatchSizer sizer):
+    def use_sizer(self, BatchSizer sizer not None):
         """Size the coming batches with another sizer (an executor that has
         just moved the call elsewhere knows better)."""
         self.sizer = sizer
@@ -488,7 +490,9 @@ cdef class Call:
             if first_function is not None:
                 if self.caller_helps:
                     self.task_key = _task_key(first_function)
-                    self.known_ns = _task_ns.get(self.task_key, -1.0)
+                    known = _task_ns.get(<Py_ssize_t><void *>self.task_key)
+                    if known is not None and (<tuple>known)[0] is self.task_key:
+                        self.known_ns = (<tuple>known)[1]
                 self.executor.call_started(self, first_function)
         size = self.sizer.next_size(self._remaining())
         if size <= 0:
@@ -558,14 +562,13 @@ cdef class Call:
             return False
         # While it runs a task the caller is a worker: a nested call made by
         # that task must not add workers of its own.
-        previous = _worker_state.pool
-        _worker_state.pool = self.executor
+        enter_worker()
         self.caller_running = True
         try:
             _execute_claimed(batch)
         finally:
             self.caller_running = False
-            _worker_state.pool = previous
+            leave_worker()
         return True
 
     # -- completion (any thread, GIL held) ----------------------------------
@@ -744,9 +747,10 @@ cdef class Call:
         if self.task_key is not None and self.sizer.n_observed > 0:
             if len(_task_ns) >= TASK_NS_MAX_ENTRIES:
                 _task_ns.clear()
-            _task_ns[self.task_key] = (self.sizer.ns_per_task
-                                       if self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS
-                                       else self.slowest_task_ns)
+            _task_ns[<Py_ssize_t><void *>self.task_key] = (
+                self.task_key,
+                self.sizer.ns_per_task if self.slowest_task_ns <= CALLER_SLOWEST_TASK_MAX_NS
+                else self.slowest_task_ns)
             self.task_key = None
 
     cdef void _report(self) except *:

@@ -6,13 +6,14 @@ and resolved once into one immutable value that backends receive.
 the output kind, the batch policy) and nothing else of ``Parallel``.
 """
 
-import os
+from os import environ as _environ
 from typing import Any, Callable, NamedTuple, Optional
 
 from cyjob import _validation as check
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE
 from cyjob import backends as _backends
 from cyjob.backends import default_backend_name, get_backend, shared_backend
+from cyjob.backends.joblib_api import JoblibAPIBackend
 from cyjob.config import DEFAULTS, get_config, is_default
 
 # Plans by the arguments that gave them, while no parallel_config is active:
@@ -50,19 +51,12 @@ class Plan(NamedTuple):
     progress: bool
     label: str                      #: "Parallel(n_jobs=2)", for messages
     backend_name: Optional[str]     #: the backend name given or configured, if a name
-
-    @property
-    def ordered(self):
-        """Results in input order (else in completion order)."""
-        return self.return_as != "generator_unordered"
-
-    def one_thread_batch_size(self):
-        """Tasks per batch for a list output computed in one thread: balance
-        means nothing there, so batches as large as allowed (0: the usual
-        rule applies, as batch_size was given or the output is a generator)."""
-        if self.fixed_batch_size or self.return_as != "list":
-            return 0
-        return self.max_batch_size
+    ordered: bool                   #: results in input order (else in completion order)
+    via_joblib: bool                #: a backend written for joblib's API (joblib runs it)
+    #: Tasks per batch for a list output computed in one thread: balance
+    #: means nothing there, so batches as large as allowed (0: the usual rule
+    #: applies, as batch_size was given or the output is a generator).
+    one_thread_batch_size: int
 
 
 def _choose_backend(backend, prefer, require, backend_params, config):
@@ -104,9 +98,14 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         args = (label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, batch_size,
                 temp_folder, max_nbytes, mmap_mode, prefer, require, max_batch_size, progress)
         # With the types: 1, 1.0 and True are equal keys, not equally valid.
-        # LOKY_MAX_CPU_COUNT: what a negative n_jobs means can change.
-        key = (_backends.registry_version, os.environ.get("LOKY_MAX_CPU_COUNT"), args,
-               tuple(map(type, args)))
+        # LOKY_MAX_CPU_COUNT: what a negative n_jobs means can change (read
+        # only for an n_jobs that may count CPUs: a missing variable costs a
+        # KeyError inside os.environ, and most calls give a positive n_jobs
+        # or none, which means 1 here).
+        cpus = None
+        if not (type(n_jobs) is int and n_jobs > 0 or n_jobs is None or is_default(n_jobs)):
+            cpus = _environ.get("LOKY_MAX_CPU_COUNT")
+        key = (_backends.registry_version, cpus, args, tuple(map(type, args)))
         try:
             plan = _PLANS.get(key)
         except TypeError:  # an unhashable argument: check it every time
@@ -147,7 +146,10 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         mmap_mode=mmap_mode, inner_max_num_threads=pick("inner_max_num_threads"),
         progress=progress, label=f"{label}(n_jobs={n_jobs})",
         backend_name=_name_of(explicit_backend if explicit_backend is not None
-                              else config["backend"]))
+                              else config["backend"]),
+        ordered=return_as != "generator_unordered",
+        via_joblib=isinstance(chosen, JoblibAPIBackend),
+        one_thread_batch_size=0 if fixed_batch_size or return_as != "list" else max_batch_size)
     if key is not None and chosen is shared_backend(chosen.name):
         # (Only the stateless built-in backends: dask's, say, holds a client.)
         if len(_PLANS) >= _PLANS_MAX:

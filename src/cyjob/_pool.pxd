@@ -38,3 +38,5 @@ cdef class ThreadPool:
 
 
 cdef Py_ssize_t retire_stuck_workers(object log) except -1
+cdef void enter_worker() noexcept nogil
+cdef void leave_worker() noexcept nogil

@@ -22,11 +22,6 @@ class Job(Work):
                  callback: Callable[[Job], object] | None = None) -> None: ...
     def cancel(self) -> bool: ...
 
-class _WorkerState(threading.local):
-    pool: Any
-
-worker_state: _WorkerState
-
 def in_worker_thread() -> bool: ...
 
 MAX_RETIRED_THREADS: int

@@ -20,8 +20,8 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
-    cyj_cas, cyj_load, cyj_now_ns, cyj_store, cyj_queue_close, cyj_queue_destroy, cyj_queue_init,
-    cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
+    cyj_cas, cyj_load, cyj_now_ns, cyj_store, cyj_worker_depth, cyj_queue_close, cyj_queue_destroy,
+    cyj_queue_init, cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
 )
 
 from cyjob.exceptions import PoolShutdownError
@@ -133,20 +133,20 @@ cdef class Job(Work):
         return False
 
 
-class _WorkerState(threading.local):
-    # A class default, so that reading it in a thread that never set it
-    # costs no AttributeError (every call reads it).
-    pool = None
-
-
-# What this thread works for: a pool in its workers, an executor while a
-# caller runs one of its own batches (set by _dispatch).
-worker_state = _WorkerState()
-
-
 def in_worker_thread():
-    """True inside a cyjob thread-pool worker (used to run nested calls inline)."""
-    return worker_state.pool is not None
+    """True inside a cyjob thread-pool worker, or while a caller runs a batch
+    of its own call (used to run nested calls inline)."""
+    return cyj_worker_depth()[0] > 0
+
+
+cdef void enter_worker() noexcept nogil:
+    """This thread runs pool work from now on (a worker, or a caller running
+    a batch of its call) until ``leave_worker``."""
+    cyj_worker_depth()[0] += 1
+
+
+cdef void leave_worker() noexcept nogil:
+    cyj_worker_depth()[0] -= 1
 
 
 # Stale queue entries (work someone else ran first) a worker drops in one go
@@ -167,7 +167,7 @@ def _worker_main(ThreadPool pool, Worker me):
     cdef void *stale[STALE_BATCH]
     cdef Py_ssize_t n_stale = 0, i
     cdef Work work
-    worker_state.pool = pool
+    enter_worker()
     try:
         while True:
             ticket = NULL
@@ -221,7 +221,7 @@ def _worker_main(ThreadPool pool, Worker me):
             if me.retired:
                 break  # replaced while it ran abandoned work: leave
     finally:
-        worker_state.pool = None
+        leave_worker()
         if me.retired:
             _n_retired_running -= 1
 

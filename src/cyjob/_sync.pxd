@@ -14,6 +14,7 @@ cdef extern from "cyj_sync.h" nogil:
     int cyj_wait_until(cyj_monitor *m, int64_t deadline_ns)
     int64_t cyj_now_ns()
     int64_t cyj_thread_cpu_ns()
+    int *cyj_worker_depth()
     void cyj_thread_switches(int64_t *voluntary, int64_t *involuntary)
     int64_t cyj_load(const int64_t *p)
     void cyj_store(int64_t *p, int64_t v)

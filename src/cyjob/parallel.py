@@ -16,13 +16,14 @@ from cyjob._dispatch import Call, InlineExecutor
 from cyjob._pool import in_worker_thread
 from cyjob._progress import ProgressBar, VerboseReporter, combine, verbose_stream
 from cyjob.backends import PROCESS_BACKEND_NAMES
-from cyjob.backends.joblib_api import JoblibAPIBackend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.config import default
 
 __all__ = ["Parallel"]
 
 _SEQUENTIAL = SequentialBackend()
+_modules = sys.modules
+_WORKER_MODULE = "cyjob.backends.processes.worker"
 # Window used with pre_dispatch="all": every batch may be in flight at once.
 _UNBOUNDED = 1 << 40
 
@@ -99,7 +100,7 @@ class Parallel:
         return self._plan.label
 
     def __enter__(self):
-        if isinstance(self._plan.backend, JoblibAPIBackend):
+        if self._plan.via_joblib:
             self._warm = self._plan.backend.joblib_parallel(self)
             self._warm.__enter__()
             return self
@@ -114,7 +115,7 @@ class Parallel:
 
     def __exit__(self, *exc_info):
         warm, self._warm = self._warm, None
-        if isinstance(self._plan.backend, JoblibAPIBackend) and warm is not None:
+        if self._plan.via_joblib and warm is not None:
             warm.__exit__(*exc_info)
         elif warm is not None:
             warm.close()
@@ -135,9 +136,13 @@ class Parallel:
                 _warn_nested(plan.backend_name, "threads")
                 n_workers = 1
             else:
-                below = _worker_process_kind()
-                if below is not None and _warn_nested(plan.backend_name, below):
-                    n_workers = 1  # joblib's rule, which the warning announced
+                # In a worker process: "multiprocessing" if its call asked for
+                # that backend (joblib's daemonic workers), else "processes".
+                worker = _modules.get(_WORKER_MODULE)
+                if worker is not None and worker.IN_WORKER:
+                    below = "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
+                    if _warn_nested(plan.backend_name, below):
+                        n_workers = 1  # joblib's rule, which the warning announced
         if n_workers == 1:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, plan)
@@ -153,25 +158,32 @@ class Parallel:
                             "of all the previous tasks, or clean all references to the "
                             "output generator.")
             raise RuntimeError(message)
-        if isinstance(plan.backend, JoblibAPIBackend):
+        if plan.via_joblib:
             return self._call_joblib(iterable)
-        executor = self._warm if self._warm is not None else self._make_executor()
+        executor = self._warm
+        if executor is None:
+            executor = self._make_executor()
         n_workers = executor.n_workers
+        # (The plan's fields read once each: a NamedTuple field costs an
+        # attribute lookup, and this runs for every call.)
         lazy = plan.return_as != "list"
+        timeout = plan.timeout
+        verbose = plan.verbose
         inline = n_workers == 1 and type(executor) is InlineExecutor
-        if plan.timeout is not None and inline:
+        if inline and timeout is not None:
             warnings.warn(
                 "The backend class 'SequentialBackend' does not support timeout. You have "
-                f"set 'timeout={plan.timeout}' in Parallel but the 'timeout' parameter "
+                f"set 'timeout={timeout}' in Parallel but the 'timeout' parameter "
                 "will not be used.", UserWarning, stacklevel=2)
-        if plan.verbose:
+        if verbose:
             name = "SequentialBackend" if inline else type(plan.backend).__name__
             self._print(f"Using backend {name} with {n_workers} concurrent workers.")
-        if plan.window is None:
+        window_of = plan.window
+        if window_of is None:
             iterable = list(iterable)
             window = _UNBOUNDED
         else:
-            window = plan.window(n_workers)
+            window = window_of(n_workers)
         fixed = plan.fixed_batch_size
         if n_workers == 1 and not fixed:
             # One thread: nothing to balance.  A generator output computes
@@ -181,24 +193,24 @@ class Parallel:
             if lazy:
                 fixed = 1
             elif type(iterable) is list or type(iterable) is tuple:
-                fixed = plan.one_thread_batch_size()
+                fixed = plan.one_thread_batch_size
         if inline and lazy:
             window = 1  # read no further ahead than the results asked for
         target = DEFAULT_TARGET_SECONDS
-        if plan.timeout is not None:
+        if timeout is not None:
             # The time-out bounds the wait for one result: a batch, plus the
             # ones queued before it, must take well under it.
-            target = min(target, plan.timeout / 10)
+            target = min(target, timeout / 10)
         # An executor whose round trip per batch is costly (processes, dask)
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, plan.max_batch_size, target, min_batch)
         progress = reporter = None
-        if plan.verbose or plan.progress:
+        if verbose or plan.progress:
             bar = ProgressBar() if plan.progress else None
-            reporter = VerboseReporter(self._print, plan.verbose, above=bar) if plan.verbose else None
+            reporter = VerboseReporter(self._print, verbose, above=bar) if verbose else None
             progress = combine(reporter, bar)
-        call = Call(executor, sizer, iterable, window, plan.ordered, plan.timeout, progress)
+        call = Call(executor, sizer, iterable, window, plan.ordered, timeout, progress)
         if reporter is not None:
             call.log = reporter.say  # the thread pool's notes (stuck workers replaced)
         self._running = call
@@ -234,15 +246,6 @@ for _name in ("n_jobs", "verbose", "return_as", "timeout", "pre_dispatch", "batc
               "prefer", "require", "temp_folder", "max_nbytes", "mmap_mode", "progress"):
     setattr(Parallel, _name, _plan_property(_name))
 del _name
-
-
-def _worker_process_kind():
-    """In a worker process: "multiprocessing" if its call asked for that
-    backend (joblib's daemonic workers), else "processes"; None outside."""
-    worker = sys.modules.get("cyjob.backends.processes.worker")
-    if worker is None or not worker.IN_WORKER:
-        return None
-    return "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
 
 
 def _warn_nested(backend_name, below):

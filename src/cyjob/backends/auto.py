@@ -442,7 +442,7 @@ class AutoExecutor(Router):
                 call.use_sizer(sizer)
         elif kind == INLINE:
             target = _INLINE
-            largest = plan.one_thread_batch_size() if plan is not None else 0
+            largest = plan.one_thread_batch_size if plan is not None else 0
             if largest:
                 if ns_per_task >= TINY_TASK_NS:
                     # Not tiny: batches that grow as measured, so that the
@@ -476,7 +476,8 @@ class AutoExecutor(Router):
             self.booting = target
             self.route_to(self.first)
         self._watch()
-        self._say(f"Using {kind}: {reason}")
+        if plan is not None and plan.verbose >= 10:  # (not even formatted otherwise: every call)
+            self._say(f"Using {kind}: {reason}")
 
     def _say(self, message):
         plan = self.plan
