@@ -234,16 +234,25 @@ def pytest_configure(config):
                    "no_cover: not run under coverage",
                    "asyncio: an async test (run here with asyncio.run)"):
         config.addinivalue_line("markers", marker)
+    if not config.pluginmanager.has_plugin("cyjob-joblib-suite-async"):
+        config.pluginmanager.register(_AsyncTests(), "cyjob-joblib-suite-async")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem):
-    """Run ``async def`` tests of joblib's modules (joblib uses pytest-asyncio's
-    marker; a fresh event loop per test is all they need)."""
-    if pyfuncitem.getparent(JoblibTestModule) is None or not inspect.iscoroutinefunction(
-            pyfuncitem.obj):
-        return None
-    names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    asyncio.run(pyfuncitem.obj(**kwargs))
-    return True
+class _AsyncTests:
+    """Runs ``async def`` tests of joblib's modules (joblib uses pytest-asyncio's
+    marker; a fresh event loop per test is all they need).
+
+    A plugin, not a hook of this conftest: pytest applies a conftest's hooks
+    only to items under its folder, and joblib's test modules live in
+    site-packages (as a conftest hook it never ran: every async test failed
+    with "async def functions are not natively supported")."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem):
+        if pyfuncitem.getparent(JoblibTestModule) is None or not inspect.iscoroutinefunction(
+                pyfuncitem.obj):
+            return None
+        names = pyfuncitem._fixtureinfo.argnames
+        kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+        asyncio.run(pyfuncitem.obj(**kwargs))
+        return True
