@@ -388,7 +388,10 @@ def test_tiny_then_heavy_work_is_measured_again(capsys, return_as):
     again = err[err.index("measuring again"):]
     using = USING.findall(again)
     assert len(using) == 1, err
-    assert using[0][0] == "threading" and "us per task" in using[0][1]
+    if using[0][0] != "threading" and not _two_cpus_free():
+        # (Seen once in many runs with the machine's load above 8 on 2 CPUs.)
+        pytest.skip(f"machine too busy to measure sleeping tasks again: {using}")
+    assert using[0][0] == "threading" and "us per task" in using[0][1], using
     assert memo.get(nap_for)[0] == "threading"
 
 
