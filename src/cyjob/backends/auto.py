@@ -132,10 +132,11 @@ def _memo_key(function):
 
 
 class _Memo:
-    """Choices per function, ``(kind, ns_per_task, threads_ns_per_task)``
-    (the last: wall time per task the probe got on threads), each kept for
-    MEMO_MAX_AGE seconds: weakly keyed where possible, so a closure's memory
-    is not kept alive by cyjob."""
+    """Choices per function, ``(kind, ns_per_task, threads_ns_per_task,
+    settled)`` (the third: wall time per task the probe got on threads; the
+    last: a correction, or a choice a call has proven, which later calls do
+    not watch again), each kept for MEMO_MAX_AGE seconds: weakly keyed where
+    possible, so a closure's memory is not kept alive by cyjob."""
 
     def __init__(self, max_strong=1024):
         self.weak = weakref.WeakKeyDictionary()
@@ -164,6 +165,19 @@ class _Memo:
                     if len(self.strong) >= self.max_strong:
                         self.strong.clear()
                     self.strong[function] = choice
+                except TypeError:
+                    pass
+
+    def settle(self, function):
+        """Mark a remembered choice proven, keeping its expiry: later calls
+        skip watching it (the per-call cost of many small calls)."""
+        function = _memo_key(function)
+        with self.lock:
+            for table in (self.weak, self.strong):
+                try:
+                    entry = table.get(function)
+                    if entry is not None:
+                        table[function] = (*entry[:3], True, entry[-1])
                 except TypeError:
                     pass
 
@@ -286,10 +300,14 @@ class AutoExecutor(Router):
         done = [b for b in self.checked if b.done and b.results is not None]
         elapsed = sum(b.duration_ns for b in done)
         n_tasks = sum(b.size for b in done)
-        if n_tasks and elapsed / n_tasks > LAST_LOOK_MARGIN * self.threads_ns:
+        if not n_tasks:
+            return
+        if elapsed / n_tasks > LAST_LOOK_MARGIN * self.threads_ns:
             memo.forget(self.function)
             self._say(f"inline ran {elapsed / n_tasks / 1e3:.1f} us per task against "
                       f"{self.threads_ns / 1e3:.1f} on threads: the next call measures again")
+        else:
+            memo.settle(self.function)  # proven: the next calls are not watched
 
     # -- measuring --------------------------------------------------------
 
