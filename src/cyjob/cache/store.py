@@ -25,7 +25,6 @@ file.  Checksums catch torn or corrupted files (a mapped array's memory is
 checked for length only: reading it all would defeat mapping).
 """
 
-import errno
 import os
 import pickle
 import shutil
@@ -37,6 +36,10 @@ import warnings
 
 import xxhash
 
+from cyjob.cache.locks import UNWRITABLE
+# Not the package (its dump/load import numpy): crash-safe writes only.
+from cyjob.persist.atomic import TEMP_SUFFIX, atomic_write
+
 __all__ = ["StoreBackendBase", "LocalStoreBackend", "CorruptEntry", "register_store_backend",
            "bytes_from_limit"]
 
@@ -47,16 +50,13 @@ _DUMPED_ENTRY = "cyjob.Memory entry 1"
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
 _ALIGN = 64
-_TEMP_SUFFIX = ".cyjob-tmp"
 # Entries up to this size are read into bytes (their arrays copied out, a
 # few KB); larger ones into one writable buffer the arrays are views of.
-_SMALL_ENTRY = 1 << 16  # cyjob.persist.atomic's temporary files
+_SMALL_ENTRY = 1 << 16
 # Guards the stores' running size counts (one lock for all: held for an add).
 _SIZE_LOCK = threading.Lock()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | _O_CLOEXEC
-# Errors that mean "this store cannot take writes now": compute, warn once.
-_UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CorruptEntry(Exception):
@@ -125,28 +125,15 @@ def write_entry(path, value, meta, duration, compress=None):
         dump((_DUMPED_ENTRY, value, meta, time.time(), duration), path, compress=compress)
         return os.stat(path).st_size
     head, buffers = encode_entry(value, meta, duration)
-    # cyjob.persist.atomic's protocol (an exclusive temporary name beside the
-    # entry, os.replace into place, removed on any error), written out here:
-    # importing cyjob.persist imports numpy, 0.1-0.35 s on the first miss of
-    # a program that may not use numpy at all (measured in bench_memory #7).
-    head_dir, _, base = path.rpartition(os.sep)
-    temp = "%s%s.%s.%d.%d%s" % (head_dir, os.sep, base, os.getpid(), threading.get_ident(),
-                                _TEMP_SUFFIX)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666)
-    try:
-        with open(fd, "wb", buffering=0) as f:
-            _write_all(f, head)
-            pos = len(head)
-            for buf in buffers:
-                pad = -pos % _ALIGN
-                if pad:
-                    f.write(b"\0" * pad)
-                _write_all(f, buf)
-                pos += pad + buf.nbytes
-        os.replace(temp, path)
-    except BaseException:
-        _unlink(temp)
-        raise
+    with atomic_write(path) as f:
+        _write_all(f, head)
+        pos = len(head)
+        for buf in buffers:
+            pad = -pos % _ALIGN
+            if pad:
+                f.write(b"\0" * pad)
+            _write_all(f, buf)
+            pos += pad + buf.nbytes
     return pos
 
 
@@ -423,7 +410,7 @@ class LocalStoreBackend(StoreBackendBase):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 size = write_entry(path, value, meta, duration, self.compress)
         except OSError as exc:
-            if exc.errno not in _UNWRITABLE:
+            if exc.errno not in UNWRITABLE:
                 raise
             self.warn_unwritable(exc)
             return False
@@ -499,7 +486,7 @@ class LocalStoreBackend(StoreBackendBase):
                 json.dump(info, f)
             os.replace(tmp, os.path.join(fdir, "func_code.json"))
         except OSError as exc:
-            if exc.errno not in _UNWRITABLE:
+            if exc.errno not in UNWRITABLE:
                 raise
             return
         for name in os.listdir(fdir):
@@ -534,7 +521,7 @@ class LocalStoreBackend(StoreBackendBase):
                     st = os.stat(path)
                 except OSError:
                     continue
-                if name.endswith((".tmp", _TEMP_SUFFIX)):
+                if name.endswith((".tmp", TEMP_SUFFIX)):
                     if _stale_tmp(name, st, now):
                         _unlink(path)
                     continue

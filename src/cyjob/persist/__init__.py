@@ -8,15 +8,33 @@
 - ``restricted``: what ``load(..., trusted=False)`` lets through
 """
 
-from cyjob.persist.api import dump, load
-from cyjob.persist.codecs import CompressorWrapper, MissingCompressorError, register_compressor
-from cyjob.persist.format import ALIGN as NUMPY_ARRAY_ALIGNMENT_BYTES
-from cyjob.persist.format import CorruptFileError
-from cyjob.persist.restricted import UntrustedTypeError
+import importlib
 
-#: (joblib.numpy_pickle's name) Arrays in a cyjob file start on a multiple of
-#: this many bytes from its start: 64 (joblib: 16).
-NUMPY_ARRAY_ALIGNMENT_BYTES = NUMPY_ARRAY_ALIGNMENT_BYTES
+# ``dump``/``load`` need numpy; ``cyjob.persist.atomic`` (crash-safe writes,
+# which cyjob.Memory's store uses too) does not, and importing it runs this
+# file: the public names resolve on first use (PEP 562).
+_LAZY = {"dump": "api", "load": "api",
+         "register_compressor": "codecs", "CompressorWrapper": "codecs",
+         "MissingCompressorError": "codecs", "CorruptFileError": "format",
+         "UntrustedTypeError": "restricted",
+         #: (joblib.numpy_pickle's name) Arrays in a cyjob file start on a
+         #: multiple of this many bytes from its start: 64 (joblib: 16).
+         "NUMPY_ARRAY_ALIGNMENT_BYTES": "format"}
+_RENAMED = {"NUMPY_ARRAY_ALIGNMENT_BYTES": "ALIGN"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyjob.persist' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cyjob.persist.{module}"), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["dump", "load", "register_compressor", "CompressorWrapper", "CorruptFileError",
            "UntrustedTypeError", "MissingCompressorError", "NUMPY_ARRAY_ALIGNMENT_BYTES"]
