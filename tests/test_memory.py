@@ -5,7 +5,6 @@ processes, crash safety, a size bound, a read-only or full store."""
 import asyncio
 import functools
 import os
-import pathlib
 import pickle
 import shutil
 import signal
@@ -21,9 +20,9 @@ import pytest
 
 import cyjob
 from cyjob import Memory, MemorizedResult, Parallel, delayed, expires_after
+from helpers import child_env
 
 joblib = pytest.importorskip("joblib")
-SRC = str(pathlib.Path(cyjob.__file__).resolve().parent.parent)
 
 
 def _entries(location):
@@ -162,7 +161,7 @@ def test_call_and_shelve_pickles_to_another_process(tmp_path):
     code = ("import pickle, sys; r = pickle.loads(sys.stdin.buffer.read()); "
             "print(r.get())")
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(ref),
-                         capture_output=True, timeout=60, env=_env())
+                         capture_output=True, timeout=60, env=child_env())
     assert out.stdout.strip() == b"105", out.stderr
     ref.clear()
     with pytest.raises(KeyError):
@@ -275,17 +274,9 @@ def test_cached_function_in_parallel_tasks_shares_entries(tmp_path):
 
 # -- hashing, store, invalidation across processes -------------------------
 
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([SRC] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env.update(extra)
-    return env
-
-
 def _run(code, cwd, timeout=60, **env):
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
-                         capture_output=True, text=True, timeout=timeout, env=_env(**env))
+                         capture_output=True, text=True, timeout=timeout, env=child_env(**env))
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -399,7 +390,7 @@ def _spawn_slow(tmp_path, keys, seconds):
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp_path / "cache"), str(marks), str(seconds),
          ",".join(map(str, keys))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
 
 
 def test_four_processes_one_key_one_computation(tmp_path):
@@ -711,22 +702,22 @@ def test_functions_of_main_and_of_python_c(tmp_path, backend):
     script.write_text(_MAIN_SCRIPT)
     cache = str(tmp_path / "cache")
     run = [sys.executable, str(script), cache, backend]
-    first = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, env=child_env())
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("COMPUTED") == 4
-    again = subprocess.run(run, capture_output=True, text=True, timeout=120, env=_env())
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120, env=child_env())
     assert again.returncode == 0 and "COMPUTED" not in again.stdout, again.stderr
     # Code typed at `python -c` has no source file: its bytecode versions it.
     code = _MAIN_SCRIPT.replace("sys.argv[1]", repr(cache + "-c")).replace(
         "sys.argv[2]", repr(backend))
     for expected in (4, 0):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120, env=_env())
+                             timeout=120, env=child_env())
         assert out.returncode == 0, out.stderr
         assert out.stdout.count("COMPUTED") == expected
     changed = code.replace("return x * x", "return x * x + 0 * 1")
     out = subprocess.run([sys.executable, "-c", changed], capture_output=True, text=True,
-                         timeout=120, env=_env())
+                         timeout=120, env=child_env())
     assert out.returncode == 0 and out.stdout.count("COMPUTED") == 4, out.stderr
 
 
