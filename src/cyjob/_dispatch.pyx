@@ -214,11 +214,12 @@ cdef class Router(Executor):
 
     Routing runs for every batch, so it lives here; the choice does not.  The
     automatic backend (backends/auto.py) chooses in hooks: ``begin(function)``
-    before the first batch, and, while it asks for it (``watch_batches``),
-    ``watch(batch)`` before a batch is routed.  A remembered choice is checked
-    here, per batch, without a Python call (``check_cost``): many small calls
-    of a function whose place is known run no policy code after ``begin``;
-    ``drifted(ns_per_task)`` is called if the check fails.
+    before the first batch, and, while it asks for them (``watch_batches``),
+    ``watch(batch)`` before a batch is routed and ``ended(call)`` when the
+    call ends.  A remembered choice is checked here, per batch, without a
+    Python call (``check_cost``), and ``drifted(ns_per_task)`` is called if
+    the check fails: many small calls of a function whose place is known run
+    no policy code after ``begin``.
     """
 
     def __init__(self, Py_ssize_t n_workers, Executor first):
@@ -252,13 +253,15 @@ cdef class Router(Executor):
         self.first.hand_over(batch)
 
     cpdef call_finished(self, Call call):
+        if self.watch_end:
+            self.ended(call)
         self.first.call_finished(call)
         if self.target is not None and self.target is not self.first:
             self.target.call_finished(call)
         # The call holds this router: break the cycle so that both are
         # freed by reference counting.
         self.call = None
-        self.watch_before = False
+        self.watch_before = self.watch_end = False
         self.check_tasks = 0
         self.check_sizer = self.check_then = None
 
@@ -268,9 +271,11 @@ cdef class Router(Executor):
         self.target = target
         self.out_of_process = out_of_process and target is not None
 
-    def watch_batches(self, bint before=False):
-        """Call ``watch`` before routing each batch (or stop)."""
+    def watch_batches(self, bint before=False, bint end=False):
+        """Call ``watch(batch)`` before routing each batch, ``ended(call)``
+        when the call ends (before the executors are told)."""
         self.watch_before = before
+        self.watch_end = end
 
     def check_cost(self, Py_ssize_t n_tasks, double ns_per_task, double lowest,
                    double highest, BatchSizer then=None):
@@ -312,6 +317,9 @@ cdef class Router(Executor):
 
     def drifted(self, double ns_per_task):
         """``check_cost`` measured tasks far from the expected cost."""
+
+    def ended(self, Call call):
+        """The call ends (while ``watch_end``): completed, failed or aborted."""
 
 
 cdef class ThreadExecutor(Executor):

@@ -199,6 +199,7 @@ class _Memo:
 memo = _Memo()
 _THREADS = ThreadingBackend()
 _INLINE = SequentialBackend().executor(1)
+_NO_HOOKS = (False, False)
 
 
 class AutoExecutor(Router):
@@ -208,13 +209,14 @@ class AutoExecutor(Router):
     checks a remembered choice's task cost as this policy asks
     (``check_cost``); it calls these hooks before the first batch
     (``begin``), before routing each batch while probing, checking a choice
-    or waiting for a pool to boot (``watch``), and when a remembered
-    choice's tasks cost far more or less than remembered (``drifted``).  A
-    call whose remembered choice is settled runs no policy code after
-    ``begin`` (the per-call cost of many small calls)."""
+    or waiting for a pool to boot (``watch``), when a remembered choice's
+    tasks cost far more or less than remembered (``drifted``), and at the end
+    of a call that measured, checked, moved or booted (``ended``).  A call
+    whose remembered choice is settled runs no policy code after ``begin``
+    (the per-call cost of many small calls)."""
 
     __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered",
-                 "threads_ns", "checked", "corrected", "left", "booting")
+                 "threads_ns", "checked", "corrected", "left", "booting", "hooks")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -228,6 +230,7 @@ class AutoExecutor(Router):
         self.left = []          # executors the call was moved away from
         self.booting = None     # the chosen process executor, while its pool starts
         self.choice = self.seen = None
+        self.hooks = _NO_HOOKS  # (watch, ended) as last asked of the core
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -276,28 +279,27 @@ class AutoExecutor(Router):
         self.call.use_sizer(self.initial_sizer)
         self._probe()
 
-    def call_finished(self, call):
-        if self.call is None:  # a call with no task never began
-            Router.call_finished(self, call)
-            return
+    def ended(self, call):
         if self.booting is not None:
             self.left.append(self.booting)
             self.booting = None
-        if self.left:
-            for executor in self.left:
-                executor.call_finished(call)
-            self.left = []
+        for executor in self.left:
+            executor.call_finished(call)
+        self.left = []
         if self.checked is not None and not call.was_aborted:
             self._last_look()
-        Router.call_finished(self, call)
         # Batches hold the call, which holds this.
         self.seen = self.checked = None
 
     def _watch(self):
-        """Ask the core for the hook this policy needs now."""
+        """Ask the core for the hooks this policy needs now: ``watch`` while
+        it probes, checks a choice or waits for a pool to boot, and ``ended``
+        once it has done any of these or moved the call (from then on)."""
         before = self.choice is None or self.checked is not None or self.booting is not None
-        if before != self.watch_before:
-            self.watch_batches(before)
+        end = before or self.hooks[1] or bool(self.left)
+        if (before, end) != self.hooks:
+            self.hooks = (before, end)
+            self.watch_batches(before, end)
 
     def _last_look(self):
         """A call run in the caller's thread too short for its choice to be
@@ -411,6 +413,7 @@ class AutoExecutor(Router):
         call.measure_cpu = False
         self.checked = None
         verifying = reason == "remembered from an earlier call"
+        marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
         if kind == PROCESSES:
@@ -450,19 +453,19 @@ class AutoExecutor(Router):
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
             self.check_cost(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
-        if not self.corrected and not reason.startswith("marked"):
+        if not self.corrected and not marked:
             # A choice is watched until it proves itself (or is corrected).
             self.checked = []
             call.measure_cpu = kind == THREADS
-        ready = getattr(target, "ready", None)
-        if elsewhere and ready is not None and not ready() \
-                and not reason.startswith("marked"):
+        if elsewhere and not marked and not target.ready():
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
             # batches meanwhile (GIL-bound, about as fast as one process).
             # (A marker asked for processes: its batches wait for them.)
             self.booting = target
             self.route_to(self.first)
-        self._watch()
+        if self.checked is not None or self.booting is not None or self.left \
+                or self.hooks is not _NO_HOOKS:
+            self._watch()  # (a settled choice made in begin needs no hook)
         if plan is not None and plan.verbose >= 10:  # (not even formatted otherwise: every call)
             self._say(f"Using {kind}: {reason}")
 
