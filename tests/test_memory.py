@@ -678,6 +678,40 @@ def test_readers_never_see_a_partial_entry(tmp_path):
     assert errors == []
 
 
+def test_readers_never_see_a_partial_tiny_entry(tmp_path):
+    # The same with a small result (no array: the store's os-level write).
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: [seed] * 5000)
+    f(3)
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        while not stop.is_set():
+            f.call(3)
+
+    def reader():
+        try:
+            for _ in range(2000):
+                assert f(3) == [3] * 5000
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = threading.Thread(target=writer)
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        w.start()
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(60)
+        stop.set()
+        w.join(60)
+    assert errors == []
+    assert not list(tmp_path.rglob("*.cyjob-tmp"))
+
+
 _MAIN_SCRIPT = """
 import os, sys
 import cyjob
