@@ -536,6 +536,11 @@ class LocalStoreBackend(StoreBackendBase):
         if over:
             self.enforce_store_limits(self.bytes_limit)
 
+    def remove_dead_temps(self):
+        """Remove the temporary files of writers that died mid-write (any
+        scan of the entries does it too)."""
+        self._entries()
+
     def _entries(self):
         """(mtime, path, size) of every entry; removes stale temp files."""
         out = []
