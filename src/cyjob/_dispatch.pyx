@@ -510,7 +510,7 @@ cdef class Call:
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
             PyObject_GC_UnTrack(<void *>flat)
             self.ahead_pos += len(flat)
-            if self.ahead_pos > 3 * 4096 and 2 * self.ahead_pos >= len(self.ahead):
+            if 2 * self.ahead_pos >= len(self.ahead):
                 del self.ahead[:self.ahead_pos]
                 self.ahead_pos = 0
         self.n_taken += len(flat) // 3
