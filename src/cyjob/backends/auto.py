@@ -466,7 +466,7 @@ class AutoExecutor(Router):
                     # choice can be checked (and corrected) as the call runs.
                     then = BatchSizer(1, 0, largest)
                 else:
-                    size = min(largest, INLINE_TINY_BATCH)
+                    size = INLINE_TINY_BATCH if largest > INLINE_TINY_BATCH else largest
                     then = BatchSizer(1, size, size)
                 call.use_sizer(BatchSizer(1, MEMO_CHECK_TASKS, largest) if verifying else then)
         else:
