@@ -45,7 +45,7 @@ def _short(base):
     return base if len(raw) <= TEMP_BASE_BYTES else os.fsdecode(raw[:TEMP_BASE_BYTES])
 
 
-_pid_spaces = {}
+_pid_spaces: "dict[int, str]" = {}
 
 
 def pid_space():
@@ -120,7 +120,7 @@ def atomic_write(path):
 # is what makes them unsafe against a crash.)
 
 #: Descriptors of replaced files whose closing thread has not closed them yet.
-_held = set()
+_held: "set[int]" = set()
 
 
 def _hold(path, old):
