@@ -678,6 +678,76 @@ def test_readers_never_see_a_partial_entry(tmp_path):
     assert errors == []
 
 
+def test_readers_never_see_a_partial_tiny_entry(tmp_path):
+    # The same with a small result (no array: the store's os-level write).
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: [seed] * 5000)
+    f(3)
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        while not stop.is_set():
+            f.call(3)
+
+    def reader():
+        try:
+            for _ in range(2000):
+                assert f(3) == [3] * 5000
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = threading.Thread(target=writer)
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        w.start()
+        for r in readers:
+            r.start()
+        for r in readers:
+            r.join(60)
+        stop.set()
+        w.join(60)
+    assert errors == []
+    assert not list(tmp_path.rglob("*.cyjob-tmp"))
+
+
+def test_writer_killed_while_storing_leaves_whole_entries_only(tmp_path):
+    # A process stores small entries as fast as it can until SIGKILLed:
+    # every entry left reads back whole, and the store cleans the dead
+    # writer's temporary file, if the kill left one.
+    code = """
+        import itertools, sys, warnings
+        import cyjob
+        mem = cyjob.Memory(%r, verbose=0)
+        f = mem.cache(lambda i: ("v", i, "x" * 3000))
+        if sys.argv[1] == "write":
+            for i in itertools.count():
+                f.call(i %% 200)
+                if i == 200:
+                    print("STORED", flush=True)
+        warnings.simplefilter("error")  # an unreadable entry fails the check
+        assert all(f.check_call_in_cache(i) for i in range(200))
+        assert [f(i) for i in range(200)] == [("v", i, "x" * 3000) for i in range(200)]
+        mem.reduce_size()
+        print("WHOLE")
+    """ % str(tmp_path)
+    code = textwrap.dedent(code)
+    proc = subprocess.Popen([sys.executable, "-c", code, "write"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert proc.stdout.readline().strip() == "STORED"
+        time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    out = subprocess.run([sys.executable, "-c", code, "check"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "WHOLE"
+    assert not list(tmp_path.rglob("*.cyjob-tmp"))
+
+
 _MAIN_SCRIPT = """
 import os, sys
 import cyjob

@@ -40,8 +40,18 @@ cdef class Router(Executor):
     cdef readonly Executor target      # None until chosen
     cdef readonly bint out_of_process  # the target runs batches elsewhere
     cdef readonly bint watch_before    # call watch(batch) before routing a batch
-    cdef readonly bint watch_after     # call routed(batch) after routing it
+    cdef readonly bint watch_end       # call ended(call) when the call ends
     cdef readonly Call call            # set at the first batch
+    # check_cost: the expected cost of the next check_tasks tasks (0: none)
+    cdef BatchSizer check_sizer
+    cdef BatchSizer check_then
+    cdef Py_ssize_t check_tasks
+    cdef Py_ssize_t check_from_tasks
+    cdef double check_from_ns
+    cdef double check_ns
+    cdef double check_lowest
+    cdef double check_highest
+    cdef int _check_cost(self) except -1
 
 
 cdef class ThreadExecutor(Executor):

@@ -215,7 +215,11 @@ cdef class Router(Executor):
     Routing runs for every batch, so it lives here; the choice does not.  The
     automatic backend (backends/auto.py) chooses in hooks: ``begin(function)``
     before the first batch, and, while it asks for them (``watch_batches``),
-    ``watch(batch)`` before a batch is routed and ``routed(batch)`` after.
+    ``watch(batch)`` before a batch is routed and ``ended(call)`` when the
+    call ends.  A remembered choice is checked here, per batch, without a
+    Python call (``check_cost``), and ``drifted(ns_per_task)`` is called if
+    the check fails: many small calls of a function whose place is known run
+    no policy code after ``begin``.
     """
 
     def __init__(self, Py_ssize_t n_workers, Executor first):
@@ -238,10 +242,10 @@ cdef class Router(Executor):
             # (Claimed first when it runs elsewhere: otherwise the caller may
             # run it too.  Already claimed: the caller ran it meanwhile.)
             self.target.submit(batch)
-        if self.watch_after:
+        if self.check_tasks > 0:
             # A batch run inline is already measured: the next batch can be
             # sized for what this one showed.
-            self.routed(batch)
+            self._check_cost()
 
     cpdef hand_over(self, Batch batch):
         # Only batches given to the first executor can still be unclaimed
@@ -249,13 +253,17 @@ cdef class Router(Executor):
         self.first.hand_over(batch)
 
     cpdef call_finished(self, Call call):
+        if self.watch_end:
+            self.ended(call)
         self.first.call_finished(call)
         if self.target is not None and self.target is not self.first:
             self.target.call_finished(call)
         # The call holds this router: break the cycle so that both are
         # freed by reference counting.
         self.call = None
-        self.watch_before = self.watch_after = False
+        self.watch_before = self.watch_end = False
+        self.check_tasks = 0
+        self.check_sizer = self.check_then = None
 
     def route_to(self, Executor target, bint out_of_process=False):
         """Send the coming batches to ``target`` (None: back to ``first``);
@@ -263,10 +271,43 @@ cdef class Router(Executor):
         self.target = target
         self.out_of_process = out_of_process and target is not None
 
-    def watch_batches(self, bint before=False, bint after=False):
-        """Call ``watch`` before routing each batch, ``routed`` after."""
+    def watch_batches(self, bint before=False, bint end=False):
+        """Call ``watch(batch)`` before routing each batch, ``ended(call)``
+        when the call ends (before the executors are told)."""
         self.watch_before = before
-        self.watch_after = after
+        self.watch_end = end
+
+    def check_cost(self, Py_ssize_t n_tasks, double ns_per_task, double lowest,
+                   double highest, BatchSizer then=None):
+        """Check the next ``n_tasks`` tasks the call's current sizer observes:
+        if each costs between ``lowest`` and ``highest`` times
+        ``ns_per_task``, size the rest of the call with ``then`` (if given);
+        otherwise call ``drifted(measured_ns_per_task)``."""
+        self.check_sizer = self.call.sizer
+        self.check_tasks = n_tasks
+        self.check_from_tasks = self.check_sizer.n_tasks
+        self.check_from_ns = self.check_sizer.work_ns
+        self.check_ns = ns_per_task
+        self.check_lowest = lowest
+        self.check_highest = highest
+        self.check_then = then
+
+    cdef int _check_cost(self) except -1:
+        cdef BatchSizer sizer = self.check_sizer
+        cdef BatchSizer then = self.check_then
+        cdef Py_ssize_t n = sizer.n_tasks - self.check_from_tasks
+        cdef double per_task, ratio
+        if n < self.check_tasks:
+            return 0
+        self.check_tasks = 0
+        self.check_sizer = self.check_then = None
+        per_task = (sizer.work_ns - self.check_from_ns) / n
+        ratio = per_task / self.check_ns if self.check_ns > 0 else 1.0
+        if not (self.check_lowest <= ratio <= self.check_highest):
+            self.drifted(per_task)
+        elif then is not None:
+            self.call.use_sizer(then)
+        return 0
 
     def begin(self, first_function):
         """The call starts; its first task calls ``first_function``."""
@@ -274,8 +315,11 @@ cdef class Router(Executor):
     def watch(self, Batch batch):
         """A batch about to be routed (while ``watch_before``)."""
 
-    def routed(self, Batch batch):
-        """A batch just routed (while ``watch_after``)."""
+    def drifted(self, double ns_per_task):
+        """``check_cost`` measured tasks far from the expected cost."""
+
+    def ended(self, Call call):
+        """The call ends (while ``watch_end``): completed, failed or aborted."""
 
 
 cdef class ThreadExecutor(Executor):

@@ -199,25 +199,24 @@ class _Memo:
 memo = _Memo()
 _THREADS = ThreadingBackend()
 _INLINE = SequentialBackend().executor(1)
+_NO_HOOKS = (False, False)
 
 
 class AutoExecutor(Router):
     """The policy of one call: what to measure, what to choose, whether a
     remembered choice still holds, and when a choice proved wrong.  The
-    core's ``Router`` only sends each batch where this policy says; it calls
-    these hooks before the first batch (``begin``), before routing each batch
-    while probing, checking a choice or waiting for a pool to boot
-    (``watch``), and after routing each batch while a remembered choice is
-    being verified (``routed``)."""
+    core's ``Router`` only sends each batch where this policy says, and
+    checks a remembered choice's task cost as this policy asks
+    (``check_cost``); it calls these hooks before the first batch
+    (``begin``), before routing each batch while probing, checking a choice
+    or waiting for a pool to boot (``watch``), when a remembered choice's
+    tasks cost far more or less than remembered (``drifted``), and at the end
+    of a call that measured, checked, moved or booted (``ended``).  A call
+    whose remembered choice is settled runs no policy code after ``begin``
+    (the per-call cost of many small calls)."""
 
-    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered", "check",
-                 "threads_ns", "checked", "corrected", "left", "booting")
-
-    def __init__(self, n_workers, first):
-        super().__init__(n_workers, first)
-        # A call with no task never begins: its end must still find these.
-        self.booting = self.checked = self.seen = self.check = self.choice = None
-        self.left = []
+    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered",
+                 "threads_ns", "checked", "corrected", "left", "booting", "hooks")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -225,13 +224,13 @@ class AutoExecutor(Router):
         self.initial_sizer = self.call.sizer
         self.function = function
         self.remembered = None
-        self.check = None
         self.threads_ns = 0.0   # wall ns per task the call got on threads
         self.checked = None     # batches routed since the choice, while checked
         self.corrected = False
         self.left = []          # executors the call was moved away from
         self.booting = None     # the chosen process executor, while its pool starts
         self.choice = self.seen = None
+        self.hooks = _NO_HOOKS  # (watch, ended) as last asked of the core
         kind = _marker_of(function)
         if kind is not None:
             self._choose(kind, 0.0, "marked with cyjob." +
@@ -265,11 +264,22 @@ class AutoExecutor(Router):
         elif self.choice is None:
             self.seen.append(batch)
 
-    def routed(self, batch):
-        if self.check is not None:
-            self._check_remembered()
+    def drifted(self, per_task):
+        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
+                  f"{per_task / 1e3:.1f} us: measuring again")
+        memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        if self.target is not None and self.target is not self.first:
+            self.left.append(self.target)
+        if self.booting is not None:
+            self.left.append(self.booting)
+            self.booting = None
+        self.route_to(None)
+        self.choice = None
+        self.checked = None
+        self.call.use_sizer(self.initial_sizer)
+        self._probe()
 
-    def call_finished(self, call):
+    def ended(self, call):
         if self.booting is not None:
             self.left.append(self.booting)
             self.booting = None
@@ -278,16 +288,18 @@ class AutoExecutor(Router):
         self.left = []
         if self.checked is not None and not call.was_aborted:
             self._last_look()
-        super().call_finished(call)
         # Batches hold the call, which holds this.
         self.seen = self.checked = None
-        self.check = None
 
     def _watch(self):
-        """Ask the core for the hooks this policy needs now."""
-        self.watch_batches(before=(self.choice is None or self.checked is not None
-                                   or self.booting is not None),
-                           after=self.check is not None)
+        """Ask the core for the hooks this policy needs now: ``watch`` while
+        it probes, checks a choice or waits for a pool to boot, and ``ended``
+        once it has done any of these or moved the call (from then on)."""
+        before = self.choice is None or self.checked is not None or self.booting is not None
+        end = before or self.hooks[1] or bool(self.left)
+        if (before, end) != self.hooks:
+            self.hooks = (before, end)
+            self.watch_batches(before, end)
 
     def _last_look(self):
         """A call run in the caller's thread too short for its choice to be
@@ -387,47 +399,6 @@ class AutoExecutor(Router):
                 and previous is not self.target:
             self.left.append(previous)  # still runs batches: told when the call ends
 
-    # -- checking a remembered choice ---------------------------------------
-
-    def _check_later(self, n_tasks, ns_per_task, lowest, highest, then):
-        """Check the choice on the next ``n_tasks`` tasks the call's current
-        sizer observes: if each costs between ``lowest`` and ``highest``
-        times ``ns_per_task``, size the rest of the call with ``then`` (if
-        given); otherwise measure again."""
-        sizer = self.call.sizer
-        self.check = (sizer, sizer.n_tasks, sizer.work_ns, n_tasks, ns_per_task,
-                      lowest, highest, then)
-        self._watch()
-
-    def _check_remembered(self):
-        sizer, from_tasks, from_ns, n_tasks, expected, lowest, highest, then = self.check
-        n = sizer.n_tasks - from_tasks
-        if n < n_tasks:
-            return
-        self.check = None
-        self._watch()
-        per_task = (sizer.work_ns - from_ns) / n
-        ratio = per_task / expected if expected > 0 else 1.0
-        if not (lowest <= ratio <= highest):
-            self._drifted(per_task)
-        elif then is not None:
-            self.call.use_sizer(then)
-
-    def _drifted(self, per_task):
-        self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
-                  f"{per_task / 1e3:.1f} us: measuring again")
-        memo.forget(self.function)  # a call that ends before choosing must not reuse it
-        if self.target is not None and self.target is not self.first:
-            self.left.append(self.target)
-        if self.booting is not None:
-            self.left.append(self.booting)
-            self.booting = None
-        self.route_to(None)
-        self.choice = None
-        self.checked = None
-        self.call.use_sizer(self.initial_sizer)
-        self._probe()
-
     # -- choosing ---------------------------------------------------------
 
     def _probe(self):
@@ -442,6 +413,7 @@ class AutoExecutor(Router):
         call.measure_cpu = False
         self.checked = None
         verifying = reason == "remembered from an earlier call"
+        marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
         if kind == PROCESSES:
@@ -480,20 +452,20 @@ class AutoExecutor(Router):
             # Inline is already the cheapest place for tasks that got cheaper:
             # only heavier ones make it worth measuring again.
             lowest = 0.0 if kind == INLINE else 1 / MEMO_DRIFT
-            self._check_later(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
-        if not self.corrected and not reason.startswith("marked"):
+            self.check_cost(MEMO_CHECK_TASKS, ns_per_task, lowest, MEMO_DRIFT, then)
+        if not self.corrected and not marked:
             # A choice is watched until it proves itself (or is corrected).
             self.checked = []
             call.measure_cpu = kind == THREADS
-        ready = getattr(target, "ready", None)
-        if elsewhere and ready is not None and not ready() \
-                and not reason.startswith("marked"):
+        if elsewhere and not marked and not target.ready():
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
             # batches meanwhile (GIL-bound, about as fast as one process).
             # (A marker asked for processes: its batches wait for them.)
             self.booting = target
             self.route_to(self.first)
-        self._watch()
+        if self.checked is not None or self.booting is not None or self.left \
+                or self.hooks is not _NO_HOOKS:
+            self._watch()  # (a settled choice made in begin needs no hook)
         if plan is not None and plan.verbose >= 10:  # (not even formatted otherwise: every call)
             self._say(f"Using {kind}: {reason}")
 

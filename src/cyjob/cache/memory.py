@@ -777,12 +777,18 @@ class Memory:
             Number of entries to keep at most.
         age_limit : datetime.timedelta, optional
             Entries not used for longer are removed.
+
+        Without any limit, it still removes the temporary files that
+        writers killed mid-write left behind.
         """
         if bytes_limit is None:
             bytes_limit = self.bytes_limit
         if self.store_backend is None:
             return
         if bytes_limit is None and items_limit is None and age_limit is None:
+            remove_temps = getattr(self.store_backend, "remove_dead_temps", None)
+            if remove_temps is not None:
+                remove_temps()
             return
         self.store_backend.enforce_store_limits(bytes_limit, items_limit, age_limit)
 

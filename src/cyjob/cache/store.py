@@ -25,6 +25,8 @@ file.  Checksums catch torn or corrupted files (a mapped array's memory is
 checked for length only: reading it all would defeat mapping).
 """
 
+import io
+import itertools
 import os
 import pickle
 import shutil
@@ -36,7 +38,7 @@ import warnings
 
 import xxhash
 
-from cyjob.cache.locks import UNWRITABLE
+from cyjob.cache.locks import UNWRITABLE, key_lock
 # Not the package (its dump/load import numpy): crash-safe writes only.
 from cyjob.persist.atomic import TEMP_SUFFIX, atomic_write
 
@@ -57,6 +59,10 @@ _SMALL_ENTRY = 1 << 16
 _SIZE_LOCK = threading.Lock()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | _O_CLOEXEC
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+# Temporary names: ``.<entry>.<pid>.<n>`` + TEMP_SUFFIX (as persist.atomic's,
+# which the stale-temp cleanup parses); the pid and O_EXCL make them unique.
+_TEMP_IDS = itertools.count()
 
 
 class CorruptEntry(Exception):
@@ -90,8 +96,6 @@ class _EntryPickler(pickle.Pickler):
 def encode_entry(value, meta, duration):
     """``(head, buffers)``: the header, table, pickle and metadata as one
     bytes object, and the out-of-band buffers that follow it."""
-    import io
-
     buffers = []
     out = io.BytesIO()
     _EntryPickler(out, protocol=5,
@@ -125,29 +129,57 @@ def write_entry(path, value, meta, duration, compress=None):
         dump((_DUMPED_ENTRY, value, meta, time.time(), duration), path, compress=compress)
         return os.stat(path).st_size
     head, buffers = encode_entry(value, meta, duration)
+    if not buffers:
+        _publish(path, head)  # the common tiny entry: a handful of syscalls
+        return len(head)
     with atomic_write(path) as f:
-        _write_all(f, head)
+        _write_all(f.fileno(), head)
         pos = len(head)
         for buf in buffers:
             pad = -pos % _ALIGN
             if pad:
-                f.write(b"\0" * pad)
-            _write_all(f, buf)
+                _write_all(f.fileno(), b"\0" * pad)
+            _write_all(f.fileno(), buf)
             pos += pad + buf.nbytes
     return pos
 
 
-def _write_all(f, buf):
+def _publish(path, data):
+    """atomic_write's protocol (a temporary file beside ``path``, named with
+    its suffix, renamed into place; removed on error) at the os level, for
+    a small new entry: ``open``, ``write``, ``close``, ``rename``.
+
+    atomic_write also follows a symlinked target and keeps a replaced
+    file's permissions, which cost two more ``stat`` calls, a file object
+    and a random name: nothing an entry the store names itself needs.
+    """
+    directory, base = os.path.split(path)
+    temp = "%s%s.%s.%d.%x%s" % (directory, os.sep, base, os.getpid(), next(_TEMP_IDS),
+                               TEMP_SUFFIX)
+    fd = os.open(temp, _O_NEW, 0o666)
+    try:
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_all(fd, buf):
     view = memoryview(buf).cast("B")
     while view:
-        n = f.write(view)  # a raw file may write less than asked
+        n = os.write(fd, view)  # may write less than asked
         view = view[n:]
 
 
 def _read_dumped(data, path, with_meta):
     """A compressed entry: a cyjob.dump file of (mark, value, meta, time, duration)."""
-    import io
-
     from cyjob.persist import load
 
     try:
@@ -433,8 +465,6 @@ class LocalStoreBackend(StoreBackendBase):
 
     def lock_at(self, path):
         """The single-flight lock of the entry at ``path``."""
-        from cyjob.cache.locks import key_lock
-
         return key_lock(self.location, path)
 
     def clear_item(self, func_id, version, args_id):
@@ -505,6 +535,11 @@ class LocalStoreBackend(StoreBackendBase):
             over = self._size_at_scan + self._written_since_scan > self.bytes_limit
         if over:
             self.enforce_store_limits(self.bytes_limit)
+
+    def remove_dead_temps(self):
+        """Remove the temporary files of writers that died mid-write (any
+        scan of the entries does it too)."""
+        self._entries()
 
     def _entries(self):
         """(mtime, path, size) of every entry; removes stale temp files."""
