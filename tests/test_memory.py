@@ -555,6 +555,8 @@ def test_full_disk_degrades_to_computing(tmp_path):
             assert f(10).sum() == 10
             assert f(100000).sum() == 100000
             assert f(200000).sum() == 200000
+            g = mem.cache(lambda n: "x" * n)  # no array: the store's own small write
+            assert g(100000) == "x" * 100000 and g(100000) == "x" * 100000
         print(len(w), [str(x.message)[:40] for x in w])
     """ % str(tmp_path)
     out = _run(code, tmp_path)
