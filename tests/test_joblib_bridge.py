@@ -290,6 +290,47 @@ def test_blas_threads_are_capped_in_worker_processes():
         assert counts and all(c <= cap for c in counts), counts
 
 
+def openmp_threads(x):
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    return _openmp_effective_n_threads(), threading.current_thread().name
+
+
+def test_openmp_is_capped_per_worker_thread_and_restored():
+    """Batches on threads start OpenMP regions of at most CPUs / n_jobs
+    threads (what scikit-learn sizes its loops by); the caller's limit, and
+    the worker threads' own once the call is over, are left as they were."""
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("sklearn")
+    if cyjob.cpu_count() < 2:
+        pytest.skip("one CPU: nothing to cap")
+    before, _ = openmp_threads(0)
+    cap = max(cyjob.cpu_count() // 2, 1)
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="threads"):
+        out = joblib.Parallel(batch_size=1)(joblib.delayed(openmp_threads)(x)
+                                            for x in range(8))
+    assert {n for n, _ in out} == {min(cap, before)}
+    assert all(name.startswith("cyjob-worker") for _, name in out)
+    assert openmp_threads(0)[0] == before
+    # The same worker threads, outside a joblib call: their own limit again.
+    after = cyjob.Parallel(n_jobs=2, backend="threading", batch_size=1)(
+        cyjob.delayed(openmp_threads)(x) for x in range(8))
+    assert {n for n, _ in after} == {before}
+
+
+def test_inner_max_num_threads_sets_the_openmp_cap_on_threads():
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("sklearn")
+    before, _ = openmp_threads(0)
+    if before < 2:
+        pytest.skip("OpenMP runs one thread here: nothing to cap")
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="threads",
+                                inner_max_num_threads=1):
+        out = joblib.Parallel(batch_size=1)(joblib.delayed(openmp_threads)(x)
+                                            for x in range(4))
+    assert {n for n, _ in out} == {1}
+
+
 def test_a_large_array_is_memory_mapped_once_per_joblib_call(tmp_path):
     """An 8 MB array carried by 20 batches reaches the workers as one
     memory-mapped file (joblib's loky dumps it once per batch), removed

@@ -46,12 +46,14 @@ class Report:
         self.title = title
         self.rows = []
 
-    def add(self, name, value, target=None, unit="x", better="lower"):
-        """Record a figure; ``target`` is the bound it must meet, if any."""
+    def add(self, name, value, target=None, unit="x", better="lower", digits=None):
+        """Record a figure; ``target`` is the bound it must meet, if any;
+        ``digits`` prints it with that many decimals (default: 3 significant
+        digits, which shows 1.004x as "1x")."""
         ok = None
         if target is not None:
             ok = value <= target if better == "lower" else value >= target
-        self.rows.append((name, value, target, unit, ok))
+        self.rows.append((name, value, target, unit, ok, digits))
         return ok
 
     @property
@@ -61,10 +63,11 @@ class Report:
     def markdown(self):
         lines = [f"### {self.title}", "", "| measure | value | target | |",
                  "|---|---:|---:|---|"]
-        for name, value, target, unit, ok in self.rows:
+        for name, value, target, unit, ok, digits in self.rows:
             tgt = "" if target is None else f"<= {target:g}{unit}"
             mark = "" if ok is None else ("ok" if ok else "MISSED")
-            lines.append(f"| {name} | {value:.3g}{unit} | {tgt} | {mark} |")
+            shown = f"{value:.3g}" if digits is None else f"{value:.{digits}f}"
+            lines.append(f"| {name} | {shown}{unit} | {tgt} | {mark} |")
         return "\n".join(lines)
 
     def print(self, file=None):

@@ -15,7 +15,11 @@ routed as ``cyjob.Parallel``'s default backend routes a call
   the caller's warning filters and scikit-learn config go along with every
   batch, and BLAS/OpenMP are capped in the workers (backends/processes/
   context.py);
-* work that releases the GIL, or waits, stays on threads;
+* work that releases the GIL, or waits, stays on threads, where each
+  batch starts OpenMP regions of at most CPUs / n_jobs threads (a per-thread
+  limit, restored after the batch: _threadcaps.py), so that scikit-learn's
+  OpenMP code on n threads does not oversubscribe the CPUs (joblib's
+  threading backend caps nothing);
 * tiny work runs in the caller's thread (``return_as="list"`` without a
   timeout; otherwise it stays on threads, in large batches);
 * a choice that proves slower than threads were is undone within the call,
@@ -51,6 +55,7 @@ from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
 from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
+from cyjob._threadcaps import capped, runtimes as openmp_runtimes
 from cyjob.backends._probe import INLINE, PROCESSES, THREADS, BatchFigures, decide
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
                                  CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
@@ -289,12 +294,16 @@ class CyjobBackend(ParallelBackendBase):
     nesting_level : int, optional
         Set by joblib.
     inner_max_num_threads : int, optional
-        BLAS/OpenMP threads in each worker process (default: CPUs / n_jobs).
+        BLAS/OpenMP threads in each worker process, and OpenMP threads
+        started by each worker thread (default: CPUs / n_jobs).
     max_batch_size : int, optional
         Upper bound on automatic batches (default 10,000, as in ``cyjob.Parallel``).
     """
 
     supports_retrieve_callback = True
+    # joblib.parallel_config(inner_max_num_threads=...) reaches the cap on
+    # worker processes' BLAS/OpenMP and on worker threads' OpenMP.
+    supports_inner_max_num_threads = True
     uses_threads = True
     supports_sharedmem = True
     supports_timeout = True
@@ -325,6 +334,8 @@ class CyjobBackend(ParallelBackendBase):
         self._inline = deque()
         self._inline_running = False
         self._in_context = None
+        self._inner_threads = None
+        self._openmp = ()
 
     def effective_n_jobs(self, n_jobs):
         """Workers for ``n_jobs`` (joblib's meaning; 1 inside a cyjob worker)."""
@@ -379,8 +390,13 @@ class CyjobBackend(ParallelBackendBase):
         # that makes the call (later batches are dispatched from callbacks).
         from cyjob.backends.processes.context import capture
 
-        self._in_context = capture(self.inner_max_num_threads
-                                   or max(_cpus() // n_jobs, 1))
+        inner = self.inner_max_num_threads or max(_cpus() // n_jobs, 1)
+        self._inner_threads = inner
+        self._in_context = capture(inner)
+        # Batches on threads cap the OpenMP regions they start, per thread
+        # (_threadcaps): n workers x n OpenMP threads would oversubscribe
+        # (HistGradientBoosting: 2-3x slower on a loaded machine).
+        self._openmp = openmp_runtimes() if inner < _cpus() else ()
 
     def compute_batch_size(self):
         """Tasks per batch for ``batch_size="auto"``, from measured run times."""
@@ -419,6 +435,8 @@ class CyjobBackend(ParallelBackendBase):
                                        False)
         elif kind == INLINE and self._may_run_inline():
             return self._run_inline(func, callback, n_tasks)
+        if self._openmp:
+            func = capped(func, self._inner_threads, self._openmp)
         if route.measuring:
             return self._submit_to(self._threads, func, callback, n_tasks, True)
         return self._submit_job(func, callback, n_tasks)
