@@ -30,11 +30,9 @@ def _deleted_fds(path):
     return found
 
 
-def _join_releases(timeout=30):
-    for thread in threading.enumerate():
-        if thread.name == "cyjob-release":
-            thread.join(timeout)
-            assert not thread.is_alive()
+def _join_releases():
+    atomic.wait_for_releases(timeout=30)
+    assert not [t for t in threading.enumerate() if t.name == "cyjob-release"]
 
 
 def _big_file(path):
