@@ -79,7 +79,9 @@ def atomic_write(path):
     A process killed meanwhile leaves the old ``path`` (or none) and a
     temporary file; any exception removes the temporary file.  Data is not
     fsync'ed (neither joblib nor ``np.save`` does): the rename protects
-    against a dying process, not against a dying machine.
+    against a dying process, not against a dying machine.  A replaced file
+    of ``RELEASE_LATER_BYTES`` or more is freed on a short-lived thread
+    after the rename (see below).
     """
     if os.path.islink(path):
         path = os.path.realpath(path)  # replace what the link points to, as open() writes there
