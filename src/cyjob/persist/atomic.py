@@ -1,19 +1,74 @@
-"""Crash-safe writes: a temporary file beside the target, renamed into place."""
+"""Crash-safe writes: a temporary file beside the target, renamed into place,
+and the sweep of the temporary files that killed writers leave behind."""
 
 import contextlib
+import hashlib
 import os
 import secrets
+import stat
+import threading
+import time
 
 #: Every temporary file of a dump ends so (a store may clean up the ones a
 #: killed process left behind).
 TEMP_SUFFIX = ".cyjob-tmp"
+#: A temporary name keeps at most this many bytes of the target's name
+#: (NAME_MAX is 255 bytes on common file systems; the rest of it needs ~40).
+TEMP_BASE_BYTES = 180
+#: The sweep leaves a temporary file alone until it is this old (s), even
+#: when its writer is known to be dead.
+SWEEP_GRACE = 10.0
+#: A temporary file whose writer cannot be looked up from here (another
+#: machine, container or boot) is removed once nothing wrote to it for this
+#: long (s): a live dump writes its file continuously.
+SWEEP_FOREIGN_AGE = 3600.0
+#: Replacing a file at least this large lets a helper thread free the old
+#: file's pages (bench_persistence: unlinking 200 MB on tmpfs costs ~0.3x
+#: writing it; a thread costs ~0.1 ms, the free of 16 MB ~1.5 ms).
+RELEASE_LATER_BYTES = 16 << 20
 
 
 def temp_name(path):
     """A fresh temporary name in ``path``'s directory (so the rename that
-    publishes it is atomic: same file system)."""
+    publishes it is atomic: same file system):
+    ``.NAME.HOST.PID.RANDOM.cyjob-tmp``, where HOST names the pid space of
+    the writer (see :func:`pid_space`) and NAME is the target's name, cut
+    to ``TEMP_BASE_BYTES``."""
     directory, base = os.path.split(path)
-    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return os.path.join(directory, f".{_short(base)}.{pid_space()}.{os.getpid()}."
+                                   f"{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _short(base):
+    raw = os.fsencode(base)
+    # (a cut inside a character decodes to surrogate escapes, which encode back)
+    return base if len(raw) <= TEMP_BASE_BYTES else os.fsdecode(raw[:TEMP_BASE_BYTES])
+
+
+_pid_spaces: "dict[int, str]" = {}
+
+
+def pid_space():
+    """8 hex digits that name where this process's pid means something:
+    this machine, since this boot (Linux: the kernel's boot id, else the
+    host name), in this pid namespace."""
+    pid = os.getpid()
+    tag = _pid_spaces.get(pid)  # per pid: a child may live in a new namespace
+    if tag is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                ident = [f.read().strip()]
+        except OSError:
+            ident = [os.uname().nodename if hasattr(os, "uname") else os.environ.get(
+                "COMPUTERNAME", "")]
+        try:
+            ns = os.stat("/proc/self/ns/pid")
+            ident.append(f"{ns.st_dev}:{ns.st_ino}")
+        except OSError:
+            pass
+        tag = hashlib.blake2b("\0".join(ident).encode(), digest_size=4).hexdigest()
+        _pid_spaces[pid] = tag
+    return tag
 
 
 @contextlib.contextmanager
@@ -32,16 +87,176 @@ def atomic_write(path):
     # 0o666 & ~umask, as open(path, "wb") would create it.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                  0o666)
+    old = None
     try:
         with open(fd, "wb", buffering=0) as file:
             try:
+                old = os.stat(path)
                 # A file replaced keeps its permissions, as one rewritten in place would.
-                os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+                os.fchmod(fd, old.st_mode & 0o7777)
             except (FileNotFoundError, AttributeError):
                 pass
             yield file
-        os.replace(temp, path)
+        old_fd = _hold(path, old)
+        try:
+            os.replace(temp, path)
+        finally:
+            if old_fd is not None:
+                _release_later(old_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+# -- freeing the replaced file off the caller's path ----------------------------
+#
+# The rename that publishes a file drops the last link to the file it
+# replaces, and the kernel frees that file's pages or blocks right there, in
+# the caller's os.replace (for 200 MB on tmpfs ~20 ms, 0.3x the write).  A
+# descriptor opened on the old file before the rename keeps its inode alive;
+# closing it on a short-lived thread does the freeing beside the caller.
+# (np.save and joblib pay it up front: they truncate the file in place, which
+# is what makes them unsafe against a crash.)
+
+#: Descriptors of replaced files whose closing thread has not closed them yet.
+_held: "set[int]" = set()
+
+
+def _hold(path, old):
+    """A read-only descriptor on the file about to be replaced, if freeing
+    it is worth a thread: a large regular file with no other link."""
+    # POSIX only: elsewhere an open file cannot be replaced.
+    if (os.name != "posix" or old is None or not stat.S_ISREG(old.st_mode)
+            or old.st_nlink != 1 or old.st_size < RELEASE_LATER_BYTES):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # unreadable: the rename frees it, as before
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (old.st_dev, old.st_ino):  # replaced meanwhile
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_later(fd):
+    _held.add(fd)
+    try:
+        # Not a daemon: an exiting interpreter waits for it (milliseconds).
+        threading.Thread(target=_close_held, args=(fd,), name="cyjob-release").start()
+    except RuntimeError:  # no new thread at interpreter exit: free it here
+        _close_held(fd)
+
+
+def _close_held(fd):
+    # Forget it first: the number may be reused once closed, and a fork in
+    # between must not make the child close someone else's descriptor.
+    _held.discard(fd)
+    os.close(fd)
+
+
+def _close_held_in_child():
+    # A forked child inherits the descriptors but not their closing threads:
+    # close them, or the child would keep the replaced files alive.
+    for fd in list(_held):
+        _held.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+# -- sweeping what killed writers left -------------------------------------------
+
+def sweep_temps(path, now=None):
+    """Remove the temporary files of dumps to ``path`` whose writer died.
+
+    A process killed during a dump leaves its ``.NAME.HOST.PID.RANDOM
+    .cyjob-tmp`` beside the target; nothing else would ever remove it.  A
+    sibling of ``path`` of that form is removed when it is at least
+    ``SWEEP_GRACE`` seconds old (by its mtime) and
+
+    - HOST is this process's :func:`pid_space` (same machine, boot and pid
+      namespace) and no process PID exists (a zombie still counts, a pid
+      reused by another process keeps the file: when in doubt, keep it), or
+    - HOST is another (a file shared over NFS, a container, a previous boot;
+      or an older cyjob's name without HOST) and nothing wrote to it for
+      ``SWEEP_FOREIGN_AGE`` seconds.
+
+    Returns the names removed.  Never raises for a file it cannot read or
+    remove (another process may be sweeping too).
+    """
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # where atomic_write puts the temporary files
+    directory, base = os.path.split(path)
+    prefix = f".{_short(base)}."
+    here = pid_space()
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = os.scandir(directory or ".")
+    except OSError:
+        return removed
+    # (scandir's iteration may fail midway too: what was swept stays swept)
+    with entries, contextlib.suppress(OSError):
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+                continue
+            writer = _writer(name[len(prefix):-len(TEMP_SUFFIX)])
+            if writer is None:
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            space, pid = writer
+            if age < SWEEP_GRACE:
+                continue
+            if space == here:
+                if pid == os.getpid() or _exists(pid):
+                    continue
+            elif age < SWEEP_FOREIGN_AGE:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(name)
+    return removed
+
+
+def _writer(fields):
+    """(pid space or None, pid) from the middle of a temporary name, or None
+    if it is not one (e.g. another target's whose name starts like this)."""
+    parts = fields.split(".")
+    if len(parts) == 3:
+        space, pid, rand = parts
+        if len(space) != 8 or not _is_hex(space):
+            return None
+    elif len(parts) == 2:  # an older cyjob's name: .NAME.PID.RANDOM.cyjob-tmp
+        space = None
+        pid, rand = parts
+    else:
+        return None
+    if not (pid.isdigit() and pid.isascii() and len(rand) == 8 and _is_hex(rand)):
+        return None
+    return space, int(pid)
+
+
+def _is_hex(text):
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _exists(pid):
+    if os.name != "posix":
+        return True  # Windows: os.kill(pid, 0) would terminate the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or unknowable: keep the file
+    return True
