@@ -68,10 +68,10 @@ __all__ = ["CyjobBackend", "register"]
 
 JOBLIB_BATCH_SECONDS = 0.05
 # A batch sent to a process costs the CPU time of pickling and sending it
-# here, and about as much again to receive and unpickle it in the worker (a
-# fitted 50-tree forest in every batch of permutation_importance: ~2-3 ms
-# each way, 7% of its 40 ms task).  Process batches last at least this many
-# times that cost (overhead ~5%; joblib's loky pays it for every task)...
+# here, and about as much again to receive and unpickle it in the worker
+# (permutation_importance sends its fitted forest, a 700 KB pickle, with
+# every task of ~40 ms).  Process batches last at least this many times that
+# cost (overhead ~5%; joblib's loky pays it for every task)...
 PAYLOAD_COST_FACTOR = 40
 # ...but no longer than joblib's own smallest ideal batch (its
 # MIN_IDEAL_BATCH_DURATION): longer ones would unbalance the end of a call.
@@ -621,8 +621,8 @@ def _call_processes_class():
             self.memory = sharedmem.CallMemory(self.max_nbytes, self.temp_folder,
                                                self.mmap_mode)
             # CPU time of pickling and sending a batch here: the least of the
-            # batches sent so far (the first dumps the call's large arrays,
-            # once), 0 until two were sent.
+            # last four (the first dumps the call's large arrays, once), 0
+            # until two were sent.
             self.batch_cost_ns = 0.0
             self._costs = []
 
@@ -635,8 +635,10 @@ def _call_processes_class():
                 self._calls.pop(id(batch.call), None)
             costs = self._costs
             costs.append(time.thread_time_ns() - started)
+            if len(costs) > 4:
+                del costs[0]
             if len(costs) >= 2:
-                self.batch_cost_ns = min(costs[-4:])
+                self.batch_cost_ns = min(costs)
 
         def call_finished(self, call):
             # One batch of the joblib call: the files stay for the others.
