@@ -56,6 +56,9 @@ cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
 # constants (~700 instructions, twice a call), and the key held there keeps
 # its address from being reused by another object.
 cdef dict _task_ns = {}
+# Entries (3 per task) of a lazy input's read-ahead buffer already handed out
+# in batches, past which the buffer lets go of them (see Call._take).
+cdef Py_ssize_t AHEAD_TRIM = 3 * 128
 cdef Py_ssize_t TASK_NS_MAX_ENTRIES = 256
 
 
@@ -510,7 +513,13 @@ cdef class Call:
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
             PyObject_GC_UnTrack(<void *>flat)
             self.ahead_pos += len(flat)
-            if self.ahead_pos > 3 * 4096 and 2 * self.ahead_pos >= len(self.ahead):
+            # Let go of the tasks handed out (the batch holds them now) once
+            # a few hundred have piled up: tasks kept alive here count
+            # towards the cyclic GC's threshold, which a long call of tiny
+            # tasks would otherwise cross hundreds of times.  (Not sooner:
+            # each trim costs a slice deletion, and many small calls cut
+            # only a few batches.)
+            if self.ahead_pos > AHEAD_TRIM and 2 * self.ahead_pos >= len(self.ahead):
                 del self.ahead[:self.ahead_pos]
                 self.ahead_pos = 0
         self.n_taken += len(flat) // 3
