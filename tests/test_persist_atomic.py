@@ -30,11 +30,9 @@ def _deleted_fds(path):
     return found
 
 
-def _join_releases(timeout=30):
-    for thread in threading.enumerate():
-        if thread.name == "cyjob-release":
-            thread.join(timeout)
-            assert not thread.is_alive()
+def _join_releases():
+    atomic.wait_for_releases(timeout=30)
+    assert not [t for t in threading.enumerate() if t.name == "cyjob-release"]
 
 
 def _big_file(path):
@@ -152,22 +150,34 @@ def _start_dumping(target):
     return child
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="POSIX signals")
-def test_a_dump_sweeps_what_a_sigkilled_dump_left(tmp_path):
+DUMP_ONCE_SCRIPT = "import sys; from cyjob import dump; dump(int(sys.argv[2]), sys.argv[1])"
+
+
+def _dump_in_a_new_process(target, version):
+    import subprocess
+
+    from helpers import child_env
+
+    subprocess.run([sys.executable, "-c", DUMP_ONCE_SCRIPT, str(target), str(version)],
+                   env=child_env(), timeout=60, check=True)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_the_next_program_to_dump_there_sweeps_what_a_sigkilled_dump_left(tmp_path):
     import signal
 
     target = tmp_path / "model.pkl"
-    dump({"version": 1}, target)
+    dump(1, target)
     child = _start_dumping(target)
     try:
         # Stopped mid-dump, its writer alive: nobody touches its file, however old.
         child.send_signal(signal.SIGSTOP)
         time.sleep(0.05)
         (left,) = _temps(tmp_path)
-        assert f".{os.getpid()}." not in left and f".{child.pid}." in left
+        assert f".{child.pid}." in left
         _age(tmp_path / left, 2 * atomic.SWEEP_FOREIGN_AGE)
-        dump({"version": 2}, target)
+        _dump_in_a_new_process(target, 2)
         assert _temps(tmp_path) == [left]
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)  # reaped: a zombie's pid still exists
@@ -175,14 +185,14 @@ def test_a_dump_sweeps_what_a_sigkilled_dump_left(tmp_path):
         child.kill()
         child.wait(timeout=30)
         child.stdout.close()
-    assert _temps(tmp_path) == [left] and load(target) == {"version": 2}
+    assert _temps(tmp_path) == [left] and load(target) == 2
     # Its writer dead, but written to moments ago: kept for SWEEP_GRACE.
     _age(tmp_path / left, atomic.SWEEP_GRACE / 2)
-    dump({"version": 3}, target)
+    _dump_in_a_new_process(target, 3)
     assert _temps(tmp_path) == [left]
     _age(tmp_path / left, atomic.SWEEP_GRACE + 1)
-    dump({"version": 4}, target)
-    assert _temps(tmp_path) == [] and load(target) == {"version": 4}
+    _dump_in_a_new_process(target, 4)
+    assert _temps(tmp_path) == [] and load(target) == 4
 
 
 def _dead_pid():
@@ -194,7 +204,6 @@ def _dead_pid():
 
 
 def test_sweep_rules(tmp_path):
-    target = tmp_path / "data.pkl"
     here = atomic.pid_space()
     other = "0123abcd" if here != "0123abcd" else "89abcdef"
     dead, alive = _dead_pid(), os.getppid()
@@ -208,32 +217,53 @@ def test_sweep_rules(tmp_path):
         f".data.pkl.{other}.{alive}.55c0ffee.cyjob-tmp": (7200, True),      # .. silent for 2 h
         f".data.pkl.{dead}.66c0ffee.cyjob-tmp": (600, False),               # an older cyjob's
         f".data.pkl.{dead}.77c0ffee.cyjob-tmp": (7200, True),
-        f".data.pkl.old.{here}.{dead}.88c0ffee.cyjob-tmp": (60, False),     # another target's
-        f".data.pkl.{here}.{dead}.99c0ffee.tmp": (60, False),               # not ours
-        f".data.pkl.{here}.x{dead}.aac0ffee.cyjob-tmp": (60, False),
-        "data.pkl.bak": (60, False),
+        f".other.v2.pkl.{here}.{dead}.88c0ffee.cyjob-tmp": (60, True),      # any target's
+        f".data.pkl.{here}.{dead}.99c0ffee.tmp": (10**6, False),            # not ours
+        f".data.pkl.{here}.x{dead}.aac0ffee.cyjob-tmp": (10**6, False),
+        f".data.pkl.{here}.{dead}.bbc0ffe.cyjob-tmp": (10**6, False),
+        f"data.pkl.{here}.{dead}.ccc0ffee.cyjob-tmp": (10**6, False),
+        f"..{dead}.ddc0ffee.cyjob-tmp": (10**6, False),                     # no NAME
+        "data.pkl.bak": (10**6, False),
     }
     for name, (age, _) in names.items():
         (tmp_path / name).write_bytes(b"x")
         _age(tmp_path / name, age)
-    removed = atomic.sweep_temps(str(target))
+    removed = atomic.sweep_temps(str(tmp_path))
     assert sorted(removed) == sorted(n for n, (_, gone) in names.items() if gone)
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, (_, gone) in names.items()
                                                   if not gone)
+    assert atomic.sweep_temps(str(tmp_path / "missing")) == []
 
 
-def test_sweep_follows_a_link_to_the_target_and_survives_a_missing_directory(tmp_path):
+def _leftover(directory, target_name):
+    path = directory / f".{target_name}.{atomic.pid_space()}.{_dead_pid()}.0badf00d.cyjob-tmp"
+    path.write_bytes(b"x")
+    _age(path, 60)
+    return path
+
+
+def test_dump_sweeps_its_directory_once_a_minute(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_last_sweep", {})
+    first = _leftover(tmp_path, "a.pkl")
+    dump(1, tmp_path / "a.pkl")
+    assert not first.exists()
+    second = _leftover(tmp_path, "b.pkl")
+    dump(2, tmp_path / "b.pkl")  # within SWEEP_INTERVAL of the last sweep there
+    assert second.exists()
+    monkeypatch.setattr(atomic, "SWEEP_INTERVAL", 0.0)
+    dump(3, tmp_path / "b.pkl")
+    assert not second.exists() and load(tmp_path / "b.pkl") == 3
+
+
+def test_the_sweep_follows_a_link_to_the_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_last_sweep", {})
     real = tmp_path / "real"
     real.mkdir()
     link = tmp_path / "link.pkl"
     os.symlink(real / "m.pkl", link)
-    dump(1, link)
-    leftover = real / f".m.pkl.{atomic.pid_space()}.{_dead_pid()}.0badf00d.cyjob-tmp"
-    leftover.write_bytes(b"x")
-    _age(leftover, 60)
+    leftover = _leftover(real, "m.pkl")
     dump(2, link)
     assert not leftover.exists() and load(link) == 2 and os.path.islink(link)
-    assert atomic.sweep_temps(str(tmp_path / "missing" / "m.pkl")) == []
 
 
 def test_a_long_file_name_gets_a_temporary_name_that_fits(tmp_path):
@@ -251,4 +281,4 @@ def test_a_long_file_name_gets_a_temporary_name_that_fits(tmp_path):
         leftover = tmp_path / temp.replace(f".{os.getpid()}.", f".{_dead_pid()}.")
         leftover.write_bytes(b"x")
         _age(leftover, 60)
-        assert atomic.sweep_temps(str(target)) == [leftover.name]
+        assert atomic.sweep_temps(str(tmp_path)) == [leftover.name]

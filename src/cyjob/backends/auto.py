@@ -40,7 +40,7 @@ from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, Bat
                                    decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.backends.threads import ThreadingBackend
+from cyjob.backends.threads import ThreadingBackend, get_pool, started_pool
 
 # What the probe's figures mean is decided in _probe.decide (a pure function,
 # tested on recorded figures).
@@ -562,6 +562,16 @@ class AutoBackend(Backend):
     supports_sharedmem = False
 
     def executor(self, n_workers, plan=None):
-        executor = AutoExecutor(n_workers, _THREADS.executor(n_workers, plan))
+        if n_workers > 1 and started_pool(n_workers) is None:
+            # The process's first call: its probe runs on n_workers threads
+            # (the caller never runs a task nobody has measured), and tiny
+            # tasks then need no thread at all.  Start only those: each
+            # thread start waits for the new thread to run, up to several
+            # ms on a loaded machine, as long as the tasks of such a call
+            # (issue 15).  The caller's own pool comes with the next call.
+            first = get_pool(n_workers)
+        else:
+            first = _THREADS.executor(n_workers, plan)
+        executor = AutoExecutor(n_workers, first)
         executor.plan = plan
         return executor

@@ -46,6 +46,11 @@ def get_pool(n_workers, caller_helps=False):
     return pool
 
 
+def started_pool(n_workers, caller_helps=False):
+    """The pool ``get_pool`` would return, if it is started already (else None)."""
+    return _pools.get((n_workers - caller_helps, caller_helps))
+
+
 def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
     """Stop every worker thread (at exit, or to free them in a test)."""
     with _pools_lock:

@@ -9,7 +9,7 @@ import numpy as np
 
 from cyjob.persist import format as _format
 from cyjob.persist import joblib_format
-from cyjob.persist.atomic import atomic_write, sweep_temps
+from cyjob.persist.atomic import atomic_write, sweep_beside
 from cyjob.persist.codecs import CODECS, EXTENSIONS, REGISTERED, method_names
 from cyjob.persist.joblib_format import native_byte_order
 from cyjob.persist.restricted import Policy, UntrustedTypeError
@@ -91,9 +91,9 @@ def dump(value, filename, compress=0, protocol=None):
     memory, aligned so that :func:`load` can memory-map them.  Every part of
     the file carries a checksum.  A path is written to a temporary file
     beside it and renamed into place: a process killed meanwhile leaves the
-    old file, never a half-written one (and a temporary file, which the next
-    dump to that path removes once it is 10 s old and its writer is dead:
-    see ``cyjob.persist.atomic.sweep_temps``).
+    old file, never a half-written one (and a temporary file, which a later
+    dump into that directory removes once it is 10 s old and its writer is
+    dead: see ``cyjob.persist.atomic.sweep_temps``).
 
     Parameters
     ----------
@@ -145,8 +145,8 @@ def dump(value, filename, compress=0, protocol=None):
     directory = os.path.dirname(os.path.abspath(filename))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"dump: the directory of {filename!r} does not exist")
-    # Before writing: the space that killed dumps of this file hold comes back first.
-    sweep_temps(filename)
+    # Before writing: the space that killed dumps hold comes back first.
+    sweep_beside(filename)
     with atomic_write(filename) as file:
         _write(file, value, method, level)
     return [filename]
