@@ -37,7 +37,7 @@ def uncompressed(report, d, rounds, nbytes):
         "np.save": lambda: np.save(paths["np.npy"], a),
         "cyjob": lambda: cyjob.dump(a, paths["cy.pkl"]),
         "joblib": lambda: joblib.dump(a, paths["jl.pkl"]),
-    }, rounds=rounds)
+    }, rounds=rounds, between=wait_for_releases)  # cyjob's freeing never slows the next one
     loads = interleaved({
         "np.load": lambda: np.load(paths["np.npy"]),
         "cyjob": lambda: cyjob.load(paths["cy.pkl"]),
@@ -88,7 +88,7 @@ def object_dict(report, d, rounds, n=200_000):
         joblib.dump(value, jl_path)
         return joblib.load(jl_path)
 
-    times = interleaved({"cyjob": cy, "joblib": jl}, rounds=rounds)
+    times = interleaved({"cyjob": cy, "joblib": jl}, rounds=rounds, between=wait_for_releases)
     assert cy() == value
     report.add(f"dump + load of a {n:,}-entry str -> tuple dict: cyjob / joblib",
                times["cyjob"] / times["joblib"], 0.2)
@@ -105,7 +105,7 @@ def compressed(report, d, rounds, nbytes):
         "cy_zstd": lambda: cyjob.dump(a, paths["cy_zstd"], compress=("zstd", 3)),
         "cy_zlib": lambda: cyjob.dump(a, paths["cy_zlib"], compress=("zlib", 3)),
         "jl_zlib": lambda: joblib.dump(a, paths["jl_zlib"], compress=("zlib", 3)),
-    }, rounds=rounds, warmup=0)
+    }, rounds=rounds, warmup=0, between=wait_for_releases)
     loads = interleaved({
         "cy_zstd": lambda: cyjob.load(paths["cy_zstd"]),
         "cy_zlib": lambda: cyjob.load(paths["cy_zlib"]),

@@ -13,7 +13,7 @@ import time
 __all__ = ["interleaved", "Report"]
 
 
-def interleaved(contenders, rounds=5, warmup=1, repeat=1):
+def interleaved(contenders, rounds=5, warmup=1, repeat=1, between=None):
     """Run each ``name -> fn()`` in turn, ``rounds`` times (the order rotated
     every round); return the median time of each (s).
 
@@ -21,6 +21,10 @@ def interleaved(contenders, rounds=5, warmup=1, repeat=1):
     With ``repeat``, a round times that many calls in a row and counts their
     mean: a single call of a few hundred microseconds is at the mercy of one
     timer interrupt or one preemption on a shared machine.
+
+    ``between()``, if given, runs untimed after every timed stretch: work a
+    contender left running in the background (a file being freed on a
+    thread) must not land in the next contender's time.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -36,6 +40,8 @@ def interleaved(contenders, rounds=5, warmup=1, repeat=1):
             for _ in range(repeat):
                 fn()
             times[name].append((time.perf_counter() - t0) / repeat)
+            if between is not None:
+                between()
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -355,7 +355,6 @@ class AutoExecutor(Router):
             n_done, elapsed, n_tasks = self._inline_done()
             if n_done < CHECK_MIN_BATCHES:
                 return
-            done = None
         else:
             done = [b for b in self.checked if b.done and b.results is not None]
             if len(done) < CHECK_MIN_BATCHES:
