@@ -347,6 +347,39 @@ def test_a_large_array_is_memory_mapped_once_per_joblib_call(tmp_path):
     assert not os.path.exists(names.pop())
 
 
+class Heavy:
+    """An argument costly to pickle, counting how often the caller pickles it."""
+
+    pickled = 0
+
+    def __init__(self, items):
+        self.items = items
+
+    def __reduce__(self):
+        Heavy.pickled += 1
+        return (Heavy, (self.items,))
+
+
+def busy_with(heavy, x):
+    deadline = time.thread_time() + 0.02
+    while time.thread_time() < deadline:
+        pass
+    return x + len(heavy.items)
+
+
+def test_process_batches_grow_when_each_one_carries_a_costly_object():
+    """A fitted model sent with every task (permutation_importance) costs
+    its pickling once per batch: batches then hold several tasks, and the
+    object is pickled fewer times than there are tasks (joblib's loky
+    pickles it for each one)."""
+    heavy = Heavy([(i, str(i)) for i in range(50_000)])
+    Heavy.pickled = 0
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        out = joblib.Parallel()(joblib.delayed(busy_with)(heavy, x) for x in range(40))
+    assert out == [x + 50_000 for x in range(40)]
+    assert 0 < Heavy.pickled < 30, Heavy.pickled  # one per task without it
+
+
 def test_processes_slower_than_threads_move_back_within_the_joblib_call(capsys, fresh_memo):
     """A remembered "processes" choice that runs slower there than the
     probe's threads (recorded at 1 us per task) is corrected to threads."""

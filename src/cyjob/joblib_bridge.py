@@ -67,6 +67,15 @@ from cyjob.exceptions import chain_remote_traceback, traceback_text
 __all__ = ["CyjobBackend", "register"]
 
 JOBLIB_BATCH_SECONDS = 0.05
+# A batch sent to a process costs the CPU time of pickling and sending it
+# here, and about as much again to receive and unpickle it in the worker
+# (permutation_importance sends its fitted forest, a 700 KB pickle, with
+# every task of ~40 ms).  Process batches last at least this many times that
+# cost (overhead ~5%; joblib's loky pays it for every task)...
+PAYLOAD_COST_FACTOR = 40
+# ...but no longer than joblib's own smallest ideal batch (its
+# MIN_IDEAL_BATCH_DURATION): longer ones would unbalance the end of a call.
+PAYLOAD_MAX_BATCH_SECONDS = 0.2
 
 
 class _JobCall(Call):
@@ -431,8 +440,10 @@ class CyjobBackend(ParallelBackendBase):
             # A cold pool boots in 0.1-0.3 s: threads run the batches of a
             # measured call meanwhile (a hint or a marker asked for processes).
             if executor is not None and (route.fixed or executor.ready()):
-                return self._submit_to(executor, self._in_context(func), callback, n_tasks,
-                                       False)
+                job = self._submit_to(executor, self._in_context(func), callback, n_tasks,
+                                      False)
+                self._fit_batches_to(executor.batch_cost_ns)
+                return job
         elif kind == INLINE and self._may_run_inline():
             return self._run_inline(func, callback, n_tasks)
         if self._openmp:
@@ -494,6 +505,21 @@ class CyjobBackend(ParallelBackendBase):
         finally:
             self._inline_running = False
         return job
+
+    def _fit_batches_to(self, cost_ns):
+        """Process batches long enough for what sending one costs
+        (``PAYLOAD_COST_FACTOR``): fewer, larger batches when every batch
+        carries a large object."""
+        sizer = self._sizer
+        if sizer is None or not cost_ns:
+            return
+        want_ns = min(PAYLOAD_COST_FACTOR * cost_ns, PAYLOAD_MAX_BATCH_SECONDS * 1e9)
+        if want_ns <= 1.25 * sizer.min_batch_ns:
+            return
+        resized = BatchSizer(self._n_jobs, 0, sizer.max_size,
+                             max(want_ns, sizer.target_ns) / 1e9, want_ns / 1e9)
+        resized.expect(sizer.ns_per_task)
+        self._sizer = resized
 
     def _routed(self, kind, ns_per_task, reason):
         """A choice (or a correction) was made: size the coming batches for it."""
@@ -594,13 +620,25 @@ def _call_processes_class():
                              "r" if mmap_mode is None else mmap_mode)
             self.memory = sharedmem.CallMemory(self.max_nbytes, self.temp_folder,
                                                self.mmap_mode)
+            # CPU time of pickling and sending a batch here: the least of the
+            # last four (the first dumps the call's large arrays, once), 0
+            # until two were sent.
+            self.batch_cost_ns = 0.0
+            self._costs = []
 
         def submit(self, batch):
             self._calls[id(batch.call)] = self.memory
+            started = time.thread_time_ns()  # CPU time: a loaded machine does not inflate it
             try:
                 super().submit(batch)
             finally:
                 self._calls.pop(id(batch.call), None)
+            costs = self._costs
+            costs.append(time.thread_time_ns() - started)
+            if len(costs) > 4:
+                del costs[0]
+            if len(costs) >= 2:
+                self.batch_cost_ns = min(costs)
 
         def call_finished(self, call):
             # One batch of the joblib call: the files stay for the others.
