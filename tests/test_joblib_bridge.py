@@ -436,3 +436,54 @@ def test_cyjob_parallel_config_reaches_joblib_calls():
         with joblib.parallel_config(backend="cyjob", prefer="threads"):
             out = joblib.Parallel()(joblib.delayed(tiny_where)(x) for x in range(10))
     assert {pid for _, pid, _ in out} == {os.getpid()}
+
+
+# -- the bridge's extra rule on probe figures (no wall clock) -------------------
+
+from cyjob.backends._probe import BatchFigures, decide  # noqa: E402
+from cyjob.joblib_bridge import _mixed_verdict  # noqa: E402
+
+# Recorded by the bridge on threads (2 CPUs, loaded machine): permutation_importance
+# of a 50-tree forest, two overlapping batches of one task each.
+PERMUTATION = [(12163779404479, 12163832234596, 41921443, 1, 118, 14, 88962),
+               (12163779379202, 12163837040582, 41889850, 1, 143, 4, 86128)]
+# HistGradientBoosting cross_val_score (OpenMP capped at one thread per
+# worker thread), four batches shaped from a logged window's totals: 706 ms
+# of CPU in 505 ms, 115 GIL waits per 10 ms of CPU.
+HGB = [(0, 250_000_000, 176_000_000, 1, 2030, 60, 0),
+       (0, 252_000_000, 177_000_000, 1, 2040, 55, 0),
+       (252_000_000, 505_000_000, 177_000_000, 1, 2030, 62, 0),
+       (250_000_000, 500_000_000, 176_000_000, 1, 2000, 58, 0)]
+
+
+@pytest.mark.parametrize("rows", [PERMUTATION, HGB], ids=["permutation", "hgb"])
+def test_threads_that_wait_for_the_gil_often_go_to_processes(rows):
+    batches = [BatchFigures(*row) for row in rows]
+    verdict = _mixed_verdict(batches, 2)
+    assert verdict is not None and verdict.kind == "processes" and verdict.remember
+    assert "waited for the GIL" in verdict.reason
+    assert _mixed_verdict(batches, 1) is None  # one worker: nothing to compare
+
+
+def test_recorded_numpy_and_sleeping_probes_stay_on_threads():
+    """The probes test_probe.py records for GIL-free numpy and sleeping
+    tasks (idle and loaded machines) are not taken for mixed work."""
+    from test_probe import IDLE, LOADED
+
+    checked = 0
+    for records in (IDLE, LOADED):
+        for name, rows in records.items():
+            batches = [BatchFigures(*row) for row in rows]
+            if decide(batches, 2).kind == "threading":
+                assert _mixed_verdict(batches, 2) is None, name
+                checked += 1
+    assert checked >= 8
+
+
+def test_small_or_sequential_batches_are_not_mixed_work():
+    tiny = [BatchFigures(0, 60_000, 40_000, 1, 30, 0, 0),
+            BatchFigures(0, 60_000, 40_000, 1, 30, 0, 0)]  # 40 us of CPU per task
+    one_after_another = [BatchFigures(0, 100_000_000, 95_000_000, 1, 400, 5, 0),
+                         BatchFigures(100_000_000, 200_000_000, 95_000_000, 1, 400, 5, 0)]
+    assert _mixed_verdict(tiny, 2) is None
+    assert _mixed_verdict(one_after_another, 2) is None
