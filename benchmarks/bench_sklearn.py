@@ -153,8 +153,9 @@ class _CountingBackend(cyjob.joblib_bridge.CyjobBackend):
     calls = 0
 
     def configure(self, *args, **kwargs):
+        n_jobs = super().configure(*args, **kwargs)  # raises to fall back to sequential
         type(self).calls += 1
-        return super().configure(*args, **kwargs)
+        return n_jobs
 
 
 def joblib_calls(workload):

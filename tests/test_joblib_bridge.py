@@ -347,6 +347,39 @@ def test_a_large_array_is_memory_mapped_once_per_joblib_call(tmp_path):
     assert not os.path.exists(names.pop())
 
 
+class Heavy:
+    """An argument costly to pickle, counting how often the caller pickles it."""
+
+    pickled = 0
+
+    def __init__(self, items):
+        self.items = items
+
+    def __reduce__(self):
+        Heavy.pickled += 1
+        return (Heavy, (self.items,))
+
+
+def busy_with(heavy, x):
+    deadline = time.thread_time() + 0.02
+    while time.thread_time() < deadline:
+        pass
+    return x + len(heavy.items)
+
+
+def test_process_batches_grow_when_each_one_carries_a_costly_object():
+    """A fitted model sent with every task (permutation_importance) costs
+    its pickling once per batch: batches then hold several tasks, and the
+    object is pickled fewer times than there are tasks (joblib's loky
+    pickles it for each one)."""
+    heavy = Heavy([(i, str(i)) for i in range(50_000)])
+    Heavy.pickled = 0
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, prefer="processes"):
+        out = joblib.Parallel()(joblib.delayed(busy_with)(heavy, x) for x in range(40))
+    assert out == [x + 50_000 for x in range(40)]
+    assert 0 < Heavy.pickled < 30, Heavy.pickled  # one per task without it
+
+
 def test_processes_slower_than_threads_move_back_within_the_joblib_call(capsys, fresh_memo):
     """A remembered "processes" choice that runs slower there than the
     probe's threads (recorded at 1 us per task) is corrected to threads."""
@@ -403,3 +436,54 @@ def test_cyjob_parallel_config_reaches_joblib_calls():
         with joblib.parallel_config(backend="cyjob", prefer="threads"):
             out = joblib.Parallel()(joblib.delayed(tiny_where)(x) for x in range(10))
     assert {pid for _, pid, _ in out} == {os.getpid()}
+
+
+# -- the bridge's extra rule on probe figures (no wall clock) -------------------
+
+from cyjob.backends._probe import BatchFigures, decide  # noqa: E402
+from cyjob.joblib_bridge import _mixed_verdict  # noqa: E402
+
+# Recorded by the bridge on threads (2 CPUs, loaded machine): permutation_importance
+# of a 50-tree forest, two overlapping batches of one task each.
+PERMUTATION = [(12163779404479, 12163832234596, 41921443, 1, 118, 14, 88962),
+               (12163779379202, 12163837040582, 41889850, 1, 143, 4, 86128)]
+# HistGradientBoosting cross_val_score (OpenMP capped at one thread per
+# worker thread), four batches shaped from a logged window's totals: 706 ms
+# of CPU in 505 ms, 115 GIL waits per 10 ms of CPU.
+HGB = [(0, 250_000_000, 176_000_000, 1, 2030, 60, 0),
+       (0, 252_000_000, 177_000_000, 1, 2040, 55, 0),
+       (252_000_000, 505_000_000, 177_000_000, 1, 2030, 62, 0),
+       (250_000_000, 500_000_000, 176_000_000, 1, 2000, 58, 0)]
+
+
+@pytest.mark.parametrize("rows", [PERMUTATION, HGB], ids=["permutation", "hgb"])
+def test_threads_that_wait_for_the_gil_often_go_to_processes(rows):
+    batches = [BatchFigures(*row) for row in rows]
+    verdict = _mixed_verdict(batches, 2)
+    assert verdict is not None and verdict.kind == "processes" and verdict.remember
+    assert "waited for the GIL" in verdict.reason
+    assert _mixed_verdict(batches, 1) is None  # one worker: nothing to compare
+
+
+def test_recorded_numpy_and_sleeping_probes_stay_on_threads():
+    """The probes test_probe.py records for GIL-free numpy and sleeping
+    tasks (idle and loaded machines) are not taken for mixed work."""
+    from test_probe import IDLE, LOADED
+
+    checked = 0
+    for records in (IDLE, LOADED):
+        for name, rows in records.items():
+            batches = [BatchFigures(*row) for row in rows]
+            if decide(batches, 2).kind == "threading":
+                assert _mixed_verdict(batches, 2) is None, name
+                checked += 1
+    assert checked >= 8
+
+
+def test_small_or_sequential_batches_are_not_mixed_work():
+    tiny = [BatchFigures(0, 60_000, 40_000, 1, 30, 0, 0),
+            BatchFigures(0, 60_000, 40_000, 1, 30, 0, 0)]  # 40 us of CPU per task
+    one_after_another = [BatchFigures(0, 100_000_000, 95_000_000, 1, 400, 5, 0),
+                         BatchFigures(100_000_000, 200_000_000, 95_000_000, 1, 400, 5, 0)]
+    assert _mixed_verdict(tiny, 2) is None
+    assert _mixed_verdict(one_after_another, 2) is None

@@ -9,7 +9,11 @@ routed as ``cyjob.Parallel``'s default backend routes a call
 
 * its first batches run on cyjob's thread pool and are measured (the
   threads' CPU time and their own voluntary/involuntary context switches);
-* GIL-bound batches then go to cyjob's process pool (cloudpickle).  Large
+* GIL-bound batches then go to cyjob's process pool (cloudpickle), and so
+  do batches of work that releases the GIL only in short stretches (threads
+  that waited for it often and used fewer than 1.7 CPUs between them:
+  scikit-learn's HistGradientBoosting, a forest's predict; loky's choice,
+  and ~1.9 CPUs on processes).  Large
   numpy arguments are memory-mapped **once per joblib call**, whatever the
   number of batches that carry them (joblib's loky dumps them per batch);
   the caller's warning filters and scikit-learn config go along with every
@@ -56,7 +60,8 @@ from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
-from cyjob.backends._probe import INLINE, PROCESSES, THREADS, BatchFigures, decide
+from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, PROCESS_MIN_TASK_NS, PROCESSES,
+                                   THREADS, BatchFigures, Verdict, decide)
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
                                  CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
                                  memo)
@@ -67,6 +72,27 @@ from cyjob.exceptions import chain_remote_traceback, traceback_text
 __all__ = ["CyjobBackend", "register"]
 
 JOBLIB_BATCH_SECONDS = 0.05
+# A batch sent to a process costs the CPU time of pickling and sending it
+# here, and about as much again to receive and unpickle it in the worker
+# (permutation_importance sends its fitted forest, a 700 KB pickle, with
+# every task of ~40 ms).  Process batches last at least this many times that
+# cost (overhead ~5%; joblib's loky pays it for every task)...
+PAYLOAD_COST_FACTOR = 40
+# ...but no longer than joblib's own smallest ideal batch (its
+# MIN_IDEAL_BATCH_DURATION): longer ones would unbalance the end of a call.
+PAYLOAD_MAX_BATCH_SECONDS = 0.2
+# Work that releases the GIL only in short stretches between Python steps
+# (scikit-learn's HistGradientBoosting fit, a forest's predict) keeps
+# threads waiting for the GIL often (30-40 times per 10 ms of CPU measured
+# for permutation_importance, 100-127 for HistGradientBoosting, against 5-10
+# for pure Python), yet lets them use 1.3-1.5 CPUs between them, which
+# ``decide`` reads as "releases the GIL" (or, past 100 waits, "waits").
+# Processes reach ~1.9 there, as joblib's loky does (HistGradientBoosting
+# cross_val_score: 425 ms on processes, 623 on threads, loky 430,
+# interleaved under load): threads that used at least one CPU (tasks that
+# sleep or wait for I/O use far less) but fewer than this, while waiting
+# for the GIL, go to processes.
+MIXED_MAX_EFFICIENCY = 1.7
 
 
 class _JobCall(Call):
@@ -158,6 +184,35 @@ def _function_of(func):
     return function
 
 
+def _mixed_verdict(batches, n_workers):
+    """A processes verdict for threads that ran side by side yet waited for
+    the GIL often (see ``MIXED_MAX_EFFICIENCY``), or None."""
+    batches = [b for b in batches if b.n_tasks > 0 and b.cpu_ns > 0]
+    if n_workers < 2 or len(batches) < 2:
+        return None
+    span, end = 0, None
+    for start, finish in sorted((b.started_ns - b.waited_ns, b.finished_ns) for b in batches):
+        if end is None or start > end:
+            span += finish - start
+            end = finish
+        elif finish > end:
+            span += finish - end
+            end = finish
+    cpu = sum(b.cpu_ns for b in batches)
+    if span <= 0:
+        return None
+    efficiency = cpu / span
+    waits = 10e6 * sum(b.voluntary for b in batches) / cpu
+    cpu_per_task = cpu / sum(b.n_tasks for b in batches)
+    if (1.0 <= efficiency < MIXED_MAX_EFFICIENCY and waits >= CONTENDED_SWITCHES
+            and cpu_per_task >= PROCESS_MIN_TASK_NS):
+        return Verdict(PROCESSES, cpu_per_task,
+                       f"threads used {efficiency:.2f} CPUs but waited for the GIL {waits:.1f} "
+                       f"times per 10 ms of CPU ({cpu_per_task / 1e3:.1f} us of CPU per task): "
+                       "processes use them all", True)
+    return None
+
+
 class _Route:
     """Where one joblib call's batches run, and the evidence for it: the
     policy of ``backends/auto.AutoExecutor`` on joblib's push-style calls."""
@@ -225,6 +280,8 @@ class _Route:
         verdict = decide(self.figures, self.n_jobs, last_chance)
         if verdict.kind is None:
             return
+        if verdict.kind == THREADS:
+            verdict = _mixed_verdict(self.figures, self.n_jobs) or verdict
         n = sum(f.n_tasks for f in self.figures)
         # End to end, gaps between batches included, as the check of the
         # choice will measure it.
@@ -249,6 +306,8 @@ class _Route:
             if len(window) < CHECK_MIN_BATCHES:
                 return
             verdict = decide(window, self.n_jobs)
+            if verdict.kind == THREADS:
+                verdict = _mixed_verdict(window, self.n_jobs) or verdict
             if verdict.remember and verdict.kind == PROCESSES:
                 self._set(PROCESSES, verdict.ns_per_task,
                           "correcting: threads measured again: " + verdict.reason, True,
@@ -431,8 +490,10 @@ class CyjobBackend(ParallelBackendBase):
             # A cold pool boots in 0.1-0.3 s: threads run the batches of a
             # measured call meanwhile (a hint or a marker asked for processes).
             if executor is not None and (route.fixed or executor.ready()):
-                return self._submit_to(executor, self._in_context(func), callback, n_tasks,
-                                       False)
+                job = self._submit_to(executor, self._in_context(func), callback, n_tasks,
+                                      False)
+                self._fit_batches_to(executor.batch_cost_ns)
+                return job
         elif kind == INLINE and self._may_run_inline():
             return self._run_inline(func, callback, n_tasks)
         if self._openmp:
@@ -494,6 +555,21 @@ class CyjobBackend(ParallelBackendBase):
         finally:
             self._inline_running = False
         return job
+
+    def _fit_batches_to(self, cost_ns):
+        """Process batches long enough for what sending one costs
+        (``PAYLOAD_COST_FACTOR``): fewer, larger batches when every batch
+        carries a large object."""
+        sizer = self._sizer
+        if sizer is None or not cost_ns:
+            return
+        want_ns = min(PAYLOAD_COST_FACTOR * cost_ns, PAYLOAD_MAX_BATCH_SECONDS * 1e9)
+        if want_ns <= 1.25 * sizer.min_batch_ns:
+            return
+        resized = BatchSizer(self._n_jobs, 0, sizer.max_size,
+                             max(want_ns, sizer.target_ns) / 1e9, want_ns / 1e9)
+        resized.expect(sizer.ns_per_task)
+        self._sizer = resized
 
     def _routed(self, kind, ns_per_task, reason):
         """A choice (or a correction) was made: size the coming batches for it."""
@@ -594,13 +670,25 @@ def _call_processes_class():
                              "r" if mmap_mode is None else mmap_mode)
             self.memory = sharedmem.CallMemory(self.max_nbytes, self.temp_folder,
                                                self.mmap_mode)
+            # CPU time of pickling and sending a batch here: the least of the
+            # last four (the first dumps the call's large arrays, once), 0
+            # until two were sent.
+            self.batch_cost_ns = 0.0
+            self._costs = []
 
         def submit(self, batch):
             self._calls[id(batch.call)] = self.memory
+            started = time.thread_time_ns()  # CPU time: a loaded machine does not inflate it
             try:
                 super().submit(batch)
             finally:
                 self._calls.pop(id(batch.call), None)
+            costs = self._costs
+            costs.append(time.thread_time_ns() - started)
+            if len(costs) > 4:
+                del costs[0]
+            if len(costs) >= 2:
+                self.batch_cost_ns = min(costs)
 
         def call_finished(self, call):
             # One batch of the joblib call: the files stay for the others.

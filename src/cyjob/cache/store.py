@@ -26,7 +26,6 @@ checked for length only: reading it all would defeat mapping).
 """
 
 import io
-import itertools
 import os
 import pickle
 import shutil
@@ -40,7 +39,7 @@ import xxhash
 
 from cyjob.cache.locks import UNWRITABLE, key_lock
 # Not the package (its dump/load import numpy): crash-safe writes only.
-from cyjob.persist.atomic import TEMP_SUFFIX, atomic_write
+from cyjob.persist.atomic import atomic_write, is_stale_temp, publish
 
 __all__ = ["StoreBackendBase", "LocalStoreBackend", "CorruptEntry", "register_store_backend",
            "bytes_from_limit"]
@@ -59,10 +58,6 @@ _SMALL_ENTRY = 1 << 16
 _SIZE_LOCK = threading.Lock()
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_READ = os.O_RDONLY | _O_CLOEXEC
-_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
-# Temporary names: ``.<entry>.<pid>.<n>`` + TEMP_SUFFIX (as persist.atomic's,
-# which the stale-temp cleanup parses); the pid and O_EXCL make them unique.
-_TEMP_IDS = itertools.count()
 
 
 class CorruptEntry(Exception):
@@ -130,7 +125,7 @@ def write_entry(path, value, meta, duration, compress=None):
         return os.stat(path).st_size
     head, buffers = encode_entry(value, meta, duration)
     if not buffers:
-        _publish(path, head)  # the common tiny entry: a handful of syscalls
+        publish(path, head)  # the common tiny entry: a handful of syscalls
         return len(head)
     with atomic_write(path) as f:
         _write_all(f.fileno(), head)
@@ -142,33 +137,6 @@ def write_entry(path, value, meta, duration, compress=None):
             _write_all(f.fileno(), buf)
             pos += pad + buf.nbytes
     return pos
-
-
-def _publish(path, data):
-    """atomic_write's protocol (a temporary file beside ``path``, named with
-    its suffix, renamed into place; removed on error) at the os level, for
-    a small new entry: ``open``, ``write``, ``close``, ``rename``.
-
-    atomic_write also follows a symlinked target and keeps a replaced
-    file's permissions, which cost two more ``stat`` calls, a file object
-    and a random name: nothing an entry the store names itself needs.
-    """
-    directory, base = os.path.split(path)
-    temp = "%s%s.%s.%d.%x%s" % (directory, os.sep, base, os.getpid(), next(_TEMP_IDS),
-                               TEMP_SUFFIX)
-    fd = os.open(temp, _O_NEW, 0o666)
-    try:
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
 
 
 def _write_all(fd, buf):
@@ -510,11 +478,7 @@ class LocalStoreBackend(StoreBackendBase):
         fdir = self.func_dir(func_id)
         try:
             os.makedirs(fdir, exist_ok=True)
-            tmp = os.path.join(fdir, "func_code.json.%d.%d.tmp" % (os.getpid(),
-                                                                  threading.get_ident()))
-            with open(tmp, "w") as f:
-                json.dump(info, f)
-            os.replace(tmp, os.path.join(fdir, "func_code.json"))
+            publish(os.path.join(fdir, "func_code.json"), json.dumps(info).encode())
         except OSError as exc:
             if exc.errno not in UNWRITABLE:
                 raise
@@ -556,11 +520,9 @@ class LocalStoreBackend(StoreBackendBase):
                     st = os.stat(path)
                 except OSError:
                     continue
-                if name.endswith((".tmp", TEMP_SUFFIX)):
-                    if _stale_tmp(name, st, now):
+                if name.startswith("."):  # temporary files; the dead writers' go
+                    if is_stale_temp(name, st.st_mtime, now):
                         _unlink(path)
-                    continue
-                if name.startswith("."):
                     continue
                 out.append((st.st_mtime, path, st.st_size))
         return out
@@ -600,20 +562,6 @@ def _unlink(path):
         os.unlink(path)
     except OSError:
         pass
-
-
-def _stale_tmp(name, st, now):
-    """A temp file whose writer died (its pid is gone) or an hour old
-    (``<name>.<pid>.<tid>.tmp`` or ``.<name>.<pid>.<hex>.cyjob-tmp``)."""
-    parts = name.rsplit(".", 3)
-    try:
-        pid = int(parts[-3])
-        os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError):
-        return True
-    except OSError:
-        pass
-    return now - st.st_mtime > 3600
 
 
 def _compress_spec(compress):
