@@ -12,8 +12,8 @@ routed as ``cyjob.Parallel``'s default backend routes a call
 * GIL-bound batches then go to cyjob's process pool (cloudpickle), and so
   do batches of work that releases the GIL only in short stretches (threads
   that waited for it often and used fewer than 1.7 CPUs between them:
-  scikit-learn's HistGradientBoosting, a forest's predict; loky's choice,
-  and ~1.9 CPUs on processes).  Large
+  scikit-learn's HistGradientBoosting, a forest's predict: on processes,
+  as with loky, each worker keeps its CPU busy).  Large
   numpy arguments are memory-mapped **once per joblib call**, whatever the
   number of batches that carry them (joblib's loky dumps them per batch);
   the caller's warning filters and scikit-learn config go along with every
@@ -87,11 +87,11 @@ PAYLOAD_MAX_BATCH_SECONDS = 0.2
 # for permutation_importance, 100-127 for HistGradientBoosting, against 5-10
 # for pure Python), yet lets them use 1.3-1.5 CPUs between them, which
 # ``decide`` reads as "releases the GIL" (or, past 100 waits, "waits").
-# Processes reach ~1.9 there, as joblib's loky does (HistGradientBoosting
-# cross_val_score: 425 ms on processes, 623 on threads, loky 430,
-# interleaved under load): threads that used at least one CPU (tasks that
-# sleep or wait for I/O use far less) but fewer than this, while waiting
-# for the GIL, go to processes.
+# On processes each worker keeps its CPU busy, as with joblib's loky
+# (HistGradientBoosting cross_val_score: 425 ms on processes, 623 on
+# threads, loky 430, interleaved under load): threads that used at least
+# one CPU (tasks that sleep or wait for I/O use far less) but fewer than
+# this, while waiting for the GIL, go to processes.
 MIXED_MAX_EFFICIENCY = 1.7
 
 
