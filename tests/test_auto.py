@@ -771,3 +771,33 @@ def test_a_short_call_slower_than_threads_is_measured_again_next_time(capsys):
     assert memo.get(nap) is None
     _, using = run(capsys, tasks_of(nap, [(x,) for x in range(40)]))
     assert using[0][0] == "threading" and "remembered" not in using[0][1], using
+
+
+def test_the_probe_measures_in_batches_longer_than_the_gil_switch_interval(capsys,
+                                                                          monkeypatch):
+    """GIL-bound batches shorter than the switch interval run one after
+    another (tests/test_probe.py: GIL_SHORT_BATCHES), so the probe sizes its
+    batches to last at least PROBE_SWITCH_INTERVALS of them; the chosen place
+    then gets the call's own minimum back."""
+    import sys
+
+    from cyjob._batching import DEFAULT_MIN_BATCH_SECONDS
+    from cyjob.backends import auto
+
+    minimums = []
+    choose = auto.AutoExecutor._choose
+
+    def spy(self, *args, **kwargs):
+        minimums.append(self.call.sizer.min_batch_ns)
+        choose(self, *args, **kwargs)
+        minimums.append(self.call.sizer.min_batch_ns)
+
+    monkeypatch.setattr(auto.AutoExecutor, "_choose", spy)
+    args = [(x,) for x in range(40)]
+    results, using = run(capsys, tasks_of(nap, args))
+    assert results == sequential(nap, args)
+    assert using[0][0] == "threading", using
+    probe_min, chosen_min = minimums[:2]
+    assert probe_min > sys.getswitchinterval() * 1e9
+    assert probe_min >= auto.PROBE_SWITCH_INTERVALS * sys.getswitchinterval() * 1e9
+    assert chosen_min == DEFAULT_MIN_BATCH_SECONDS * 1e9

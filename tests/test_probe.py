@@ -177,3 +177,96 @@ def test_sleeping_threads_woken_on_a_loaded_machine_still_wait():
             (2570242471135, 2570245111185, 12718, 1, 1, 0, 0)]
     verdict = decide(figures(rows), n_workers=2)
     assert verdict.kind == THREADS and "mostly wait" in verdict.reason, verdict.reason
+
+
+# Probes of the gil workload, 2 ms tasks (the 7th figure: the worker's wait
+# for the GIL before the batch).  With batches of one task (the sizer's 2 ms
+# minimum), shorter than the GIL switch interval (5 ms), one worker ran batch
+# after batch while the other waited for the GIL unseen: a worker that
+# releases the GIL between batches and takes it back at once counts as a
+# switch, so the waiting one never asks for a hand-over.  This probe needed
+# 96 ms, 41 batches:
+GIL_SHORT_BATCHES = [
+    (27842, 1941713, 1876326, 1, 2, 1, 27842), (1963656, 3798430, 1827704, 1, 3, 1, 1942865),
+    (3898028, 5786141, 1858319, 1, 2, 1, 103354), (5803787, 7636668, 1827212, 1, 2, 1, 20681),
+    (7733432, 9619152, 1875224, 1, 1, 2, 99908), (9637108, 11500054, 1856676, 1, 2, 1, 21371),
+    (11573604, 13526253, 1922564, 1, 2, 1, 76634),
+    (13543679, 15482777, 1890096, 1, 2, 2, 20661),
+    (15588535, 17488806, 1894002, 1, 1, 1, 109313),
+    (17506803, 19384771, 1872109, 1, 2, 1, 21282),
+    (19507663, 21434975, 1896545, 1, 2, 1, 126237),
+    (21452020, 23355947, 1895184, 1, 2, 1, 20340),
+    (23495844, 25401824, 1899449, 1, 1, 1, 144424),
+    (25419130, 27305561, 1880772, 1, 2, 1, 20611),
+    (27443786, 29371147, 1897897, 1, 2, 1, 141410),
+    (29389004, 31279761, 1884557, 1, 2, 1, 21061),
+    (31485066, 33458486, 1934602, 1, 1, 2, 208409),
+    (33472427, 35363454, 1881433, 1, 2, 1, 17667),
+    (35371536, 37274411, 1898338, 1, 2, 1, 15162),
+    (37525935, 39423372, 1891508, 1, 1, 1, 697836),
+    (39441078, 41359627, 1912119, 1, 2, 1, 21041),
+    (41646252, 43567605, 1890527, 1, 2, 1, 290371),
+    (43584940, 45517780, 1926270, 1, 2, 1, 20850),
+    (45827390, 47723916, 1889706, 1, 1, 1, 313145),
+    (47741772, 49705127, 1933631, 1, 2, 1, 21382),
+    (50184759, 52157067, 1942815, 1, 2, 1, 775161),
+    (52175024, 54099441, 1917537, 1, 3, 1, 1997285),
+    (54492244, 56391184, 1892039, 1, 1, 1, 396478),
+    (56408980, 58341239, 1925458, 1, 2, 1, 21031),
+    (58765439, 60685269, 1889656, 1, 2, 1, 427695),
+    (60702264, 62658929, 1950165, 1, 2, 1, 20770),
+    (63145051, 65069388, 1912900, 1, 1, 1, 489567),
+    (65087325, 67010871, 1917066, 1, 2, 1, 247167),
+    (67549210, 69509230, 1930296, 1, 2, 1, 541684),
+    (69528008, 71440698, 1905649, 1, 3, 1, 1985378),
+    (72060878, 75892467, 3823026, 2, 1, 1, 623816),
+    (75910935, 79738948, 3819590, 2, 2, 1, 23195),
+    (80384206, 84262344, 3822345, 2, 2, 1, 649755),
+    (84283485, 88090127, 3798389, 2, 3, 1, 3906109),
+    (88802695, 92675425, 3842865, 2, 2, 1, 716935),
+    (92693361, 96520073, 3819160, 2, 3, 1, 3897216),
+]
+# The same workload with probe batches of at least two switch intervals
+# (auto.PROBE_SWITCH_INTERVALS), on the shared machine and with one busy loop
+# per CPU beside it: the workers take turns inside their batches.
+GIL_PROBE_BATCHES = {
+    "idle": [
+        (1890958, 3682017, 1781835, 1, 3, 1, 1890958),
+        (40280, 1875114, 1817588, 1, 0, 1, 821), (3690590, 5525584, 1827484, 1, 2, 1, 14512),
+        (5660194, 7465735, 1798770, 1, 1, 1, 138386),
+        (7483471, 11098338, 3609789, 2, 2, 1, 21622),
+        (11203644, 26583789, 7356221, 4, 5, 5, 2123623),
+        (18188815, 35457333, 9143947, 5, 5, 4, 5078139),
+    ],
+    "loaded": [
+        (3085, 487494, 481605, 1, 0, 0, 3085), (501004, 976390, 473994, 1, 0, 0, 501),
+        (977111, 1462992, 479562, 1, 0, 1, 441), (1583822, 2067940, 482907, 1, 0, 0, 581),
+        (2150062, 3143447, 992043, 2, 0, 0, 540), (3231468, 5210907, 1977736, 4, 0, 0, 551),
+        (5310955, 9249443, 3936554, 8, 0, 0, 671),
+        (19815480, 52088596, 6335647, 16, 6, 1, 12235987),
+        (9281510, 44441512, 9974817, 20, 5, 1, 771),
+    ],
+}
+
+
+def _span_ms(rows):
+    return (max(row[1] for row in rows) - min(row[0] - row[6] for row in rows)) / 1e6
+
+
+def test_gil_bound_batches_shorter_than_the_switch_interval_show_little_overlap():
+    """The recorded short-batch probe: after 60 ms of GIL-bound batches of
+    one task, still no verdict (they ran one after another)."""
+    first = [row for row in GIL_SHORT_BATCHES if row[1] <= 60_000_000]
+    assert len(first) >= 25
+    assert decide(figures(first), n_workers=2).kind is None
+    assert decide(figures(GIL_SHORT_BATCHES), n_workers=2).kind == PROCESSES
+
+
+@pytest.mark.parametrize("machine", sorted(GIL_PROBE_BATCHES))
+def test_gil_bound_batches_longer_than_the_switch_interval_decide_early(machine):
+    """Probe batches of two switch intervals overlap: the verdict comes from
+    the first 7-9 batches, within ~35-52 ms of the first batch's start."""
+    rows = GIL_PROBE_BATCHES[machine]
+    assert len(rows) <= 10 and _span_ms(rows) < 60
+    verdict = decide(figures(rows), n_workers=2)
+    assert verdict.kind == PROCESSES and verdict.remember, verdict.reason

@@ -27,6 +27,7 @@ minute (re-measured if a task's cost moves 10x).  An explicit backend,
 
 import functools
 import pickle
+import sys
 import threading
 import time
 import types
@@ -67,6 +68,19 @@ LAST_LOOK_MARGIN = 1.5
 # batches of 10,000: 232 young and 21 middle-aged collections, 3-7 ms of a
 # 30 ms call), while a batch's fixed cost stays ~1% of it.
 INLINE_TINY_BATCH = 512
+# Probe batches last at least this many GIL switch intervals
+# (sys.getswitchinterval(), 5 ms by default).  A thread waiting for the GIL
+# asks its holder to hand it over only after a whole interval with no switch;
+# a pool worker that releases the GIL between batches and takes it back at
+# once counts as a switch, so with shorter GIL-bound batches one worker runs
+# batch after batch while the other waits for the GIL unseen: the batches
+# barely overlap (tests/test_probe.py, GIL_SHORT_BATCHES).  Batches longer
+# than the interval make the two workers take turns inside their batches,
+# which is the evidence the probe reads.  Measured on 2 ms GIL-bound tasks,
+# from the first batch to the verdict, fresh interpreters on the shared
+# machine: 16-164 ms, median ~100, with batches of one task; 15-130 ms,
+# median 41-46, with these (3 intervals: no better).
+PROBE_SWITCH_INTERVALS = 2.0
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
@@ -222,14 +236,16 @@ class AutoExecutor(Router):
     whose remembered choice is settled runs no policy code after ``begin``
     (the per-call cost of many small calls)."""
 
-    __slots__ = ("plan", "initial_sizer", "choice", "function", "seen", "remembered",
-                 "threads_ns", "checked", "corrected", "left", "booting", "hooks",
-                 "inline_batches", "inline_ns", "inline_tasks")
+    __slots__ = ("plan", "initial_sizer", "probe_sizer", "n_judged", "choice", "function",
+                 "seen", "remembered", "threads_ns", "checked", "corrected", "left",
+                 "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks")
 
     # -- hooks called by the core -------------------------------------------
 
     def begin(self, function):
         self.initial_sizer = self.call.sizer
+        self.probe_sizer = None
+        self.n_judged = 0  # probe batches done when decide last ran
         self.function = function
         self.remembered = None
         self.threads_ns = 0.0   # wall ns per task the call got on threads
@@ -333,9 +349,14 @@ class AutoExecutor(Router):
         done = [b for b in self.seen if b.done and b.results is not None]
         if not done:
             return
-        figures = [_figures(b) for b in done]
         first = min(b.started_ns for b in done)
         last_chance = time.monotonic_ns() - first >= PROBE_MAX_NS
+        if len(done) == self.n_judged and not last_chance:
+            # Nothing new to judge: decide() takes the GIL from the tasks
+            # being measured (~1 ms at 40 batches), once per batch routed.
+            return
+        self.n_judged = len(done)
+        figures = [_figures(b) for b in done]
         verdict = decide(figures, self.n_workers, last_chance)
         if verdict.kind is None:
             return
@@ -428,9 +449,18 @@ class AutoExecutor(Router):
     # -- choosing ---------------------------------------------------------
 
     def _probe(self):
-        # Measure the first batches on threads until _maybe_decide chooses.
+        # Measure the first batches on threads until _maybe_decide chooses,
+        # in batches long enough for GIL-bound ones to overlap (see
+        # PROBE_SWITCH_INTERVALS; a first batch of one task still learns
+        # the cost of a task).
+        call = self.call
         self.seen = []
-        self.call.measure_cpu = True
+        self.n_judged = 0
+        self.probe_sizer = call.sizer.continued(
+            max(PROBE_SWITCH_INTERVALS * sys.getswitchinterval(),
+                call.sizer.min_batch_ns / 1e9))
+        call.use_sizer(self.probe_sizer)
+        call.measure_cpu = True
         self._watch()
 
     def _choose(self, kind, ns_per_task, reason, remember=False):
@@ -438,6 +468,12 @@ class AutoExecutor(Router):
         plan = self.plan
         call.measure_cpu = False
         self.checked = None
+        if self.probe_sizer is not None:
+            if call.sizer is self.probe_sizer:
+                # The probe's long batches were for measuring only.
+                call.use_sizer(self.probe_sizer.continued(
+                    self.initial_sizer.min_batch_ns / 1e9))
+            self.probe_sizer = None
         verifying = reason == "remembered from an earlier call"
         marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
