@@ -456,7 +456,14 @@ HGB = [(0, 250_000_000, 176_000_000, 1, 2030, 60, 0),
        (250_000_000, 500_000_000, 176_000_000, 1, 2000, 58, 0)]
 
 
-@pytest.mark.parametrize("rows", [PERMUTATION, HGB], ids=["permutation", "hgb"])
+# The same, on a machine loaded enough that the two threads got under one
+# CPU between them (0.8): still mixed work, not waiting.
+HGB_LOADED = [(start, start + 2 * (finish - start), cpu, n, vol, inv, waited)
+              for start, finish, cpu, n, vol, inv, waited in HGB]
+
+
+@pytest.mark.parametrize("rows", [PERMUTATION, HGB, HGB_LOADED],
+                         ids=["permutation", "hgb", "hgb-loaded"])
 def test_threads_that_wait_for_the_gil_often_go_to_processes(rows):
     batches = [BatchFigures(*row) for row in rows]
     verdict = _mixed_verdict(batches, 2)

@@ -11,7 +11,7 @@ routed as ``cyjob.Parallel``'s default backend routes a call
   threads' CPU time and their own voluntary/involuntary context switches);
 * GIL-bound batches then go to cyjob's process pool (cloudpickle), and so
   do batches of work that releases the GIL only in short stretches (threads
-  that waited for it often and used fewer than 1.7 CPUs between them:
+  that waited for it often and used 0.5-1.7 CPUs between them:
   scikit-learn's HistGradientBoosting, a forest's predict: on processes,
   as with loky, each worker keeps its CPU busy).  Large
   numpy arguments are memory-mapped **once per joblib call**, whatever the
@@ -60,8 +60,9 @@ from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
-from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, PROCESS_MIN_TASK_NS, PROCESSES,
-                                   THREADS, BatchFigures, Verdict, decide)
+from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, MIN_OVERLAP_NS,
+                                   PROCESS_MIN_TASK_NS, PROCESSES, THREADS, BatchFigures,
+                                   Verdict, decide)
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
                                  CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
                                  memo)
@@ -89,10 +90,12 @@ PAYLOAD_MAX_BATCH_SECONDS = 0.2
 # ``decide`` reads as "releases the GIL" (or, past 100 waits, "waits").
 # On processes each worker keeps its CPU busy, as with joblib's loky
 # (HistGradientBoosting cross_val_score: 425 ms on processes, 623 on
-# threads, loky 430, interleaved under load): threads that used at least
-# one CPU (tasks that sleep or wait for I/O use far less) but fewer than
-# this, while waiting for the GIL, go to processes.
+# threads, loky 430, interleaved under load): threads that used fewer CPUs
+# than this between them while waiting for the GIL go to processes...
 MIXED_MAX_EFFICIENCY = 1.7
+# ...if they used at least this many (a loaded machine leaves them under
+# one; tasks that sleep or wait for I/O use a few hundredths).
+MIXED_MIN_EFFICIENCY = 0.5
 
 
 class _JobCall(Call):
@@ -190,26 +193,31 @@ def _mixed_verdict(batches, n_workers):
     batches = [b for b in batches if b.n_tasks > 0 and b.cpu_ns > 0]
     if n_workers < 2 or len(batches) < 2:
         return None
-    span, end = 0, None
-    for start, finish in sorted((b.started_ns - b.waited_ns, b.finished_ns) for b in batches):
-        if end is None or start > end:
-            span += finish - start
-            end = finish
-        elif finish > end:
-            span += finish - end
-            end = finish
-    cpu = sum(b.cpu_ns for b in batches)
-    if span <= 0:
+    # Wall time during which one, and two or more, batches ran.
+    events = sorted([(b.started_ns - b.waited_ns, 1) for b in batches]
+                    + [(b.finished_ns, -1) for b in batches])
+    span = together = running = 0
+    since = events[0][0]
+    for t, step in events:
+        if running >= 1:
+            span += t - since
+        if running >= 2:
+            together += t - since
+        running += step
+        since = t
+    # GIL waits mean something only for batches that ran at the same time.
+    if span <= 0 or together < max(MIN_OVERLAP_NS, span / 2):
         return None
+    cpu = sum(b.cpu_ns for b in batches)
     efficiency = cpu / span
     waits = 10e6 * sum(b.voluntary for b in batches) / cpu
     cpu_per_task = cpu / sum(b.n_tasks for b in batches)
-    if (1.0 <= efficiency < MIXED_MAX_EFFICIENCY and waits >= CONTENDED_SWITCHES
+    if (MIXED_MIN_EFFICIENCY <= efficiency < MIXED_MAX_EFFICIENCY and waits >= CONTENDED_SWITCHES
             and cpu_per_task >= PROCESS_MIN_TASK_NS):
         return Verdict(PROCESSES, cpu_per_task,
                        f"threads used {efficiency:.2f} CPUs but waited for the GIL {waits:.1f} "
                        f"times per 10 ms of CPU ({cpu_per_task / 1e3:.1f} us of CPU per task): "
-                       "processes use them all", True)
+                       "processes share no GIL", True)
     return None
 
 
