@@ -776,9 +776,10 @@ def test_a_short_call_slower_than_threads_is_measured_again_next_time(capsys):
 def test_the_probe_measures_in_batches_longer_than_the_gil_switch_interval(capsys,
                                                                           monkeypatch):
     """GIL-bound batches shorter than the switch interval run one after
-    another (tests/test_probe.py: GIL_SHORT_BATCHES), so the probe sizes its
-    batches to last at least PROBE_SWITCH_INTERVALS of them; the chosen place
-    then gets the call's own minimum back."""
+    another (tests/test_probe.py: GIL_SHORT_BATCHES), so a probe whose
+    batches all go to the threads sizes them to last at least
+    PROBE_SWITCH_INTERVALS of them; the chosen place then gets the call's own
+    minimum back."""
     import sys
 
     from cyjob._batching import DEFAULT_MIN_BATCH_SECONDS
@@ -794,7 +795,9 @@ def test_the_probe_measures_in_batches_longer_than_the_gil_switch_interval(capsy
 
     monkeypatch.setattr(auto.AutoExecutor, "_choose", spy)
     args = [(x,) for x in range(40)]
-    results, using = run(capsys, tasks_of(nap, args))
+    # (A generator's caller does not help the threads: the probe's batches
+    # are all the threads', as in a process's first call.)
+    results, using = run(capsys, tasks_of(nap, args), return_as="generator")
     assert results == sequential(nap, args)
     assert using[0][0] == "threading", using
     probe_min, chosen_min = minimums[:2]
