@@ -64,8 +64,8 @@ from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, MIN_OVERLAP_NS,
                                    PROCESS_MIN_TASK_NS, PROCESSES, THREADS, BatchFigures,
                                    Verdict, decide)
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
-                                 CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
-                                 memo)
+                                 CORRECTION_MARGIN, PROBE_MAX_NS, _marker_of, memo,
+                                 steady_remote_throughput)
 from cyjob.backends.threads import get_pool
 from cyjob.config import cpu_count as _cpus, get_config
 from cyjob.exceptions import chain_remote_traceback, traceback_text
@@ -325,11 +325,10 @@ class _Route:
             return
         self.checked.append((n_tasks, duration_ns, batch.finished_ns if batch else 0))
         if kind == PROCESSES:
-            done = sorted(self.checked, key=lambda c: c[2])[WARMUP_BATCHES * self.n_jobs - 1:]
-            if len(done) < CHECK_MIN_BATCHES + 1:
+            steady = steady_remote_throughput([(c[2], c[0]) for c in self.checked], self.n_jobs)
+            if steady is None:
                 return
-            elapsed = done[-1][2] - done[0][2]
-            tasks = sum(c[0] for c in done[1:])
+            elapsed, tasks = steady
         else:
             elapsed = sum(c[1] for c in self.checked)
             tasks = sum(c[0] for c in self.checked)
