@@ -22,7 +22,7 @@ import pytest
 
 import cyjob
 from cyjob import Parallel, delayed, parallel_config
-from cyjob.backends.auto import memo
+from cyjob.backends.auto import memo, steady_remote_throughput
 from cyjob.bench import calibrate_gil_work, gil_work
 from helpers import descendants
 
@@ -804,3 +804,14 @@ def test_the_probe_measures_in_batches_longer_than_the_gil_switch_interval(capsy
     assert probe_min > sys.getswitchinterval() * 1e9
     assert probe_min >= auto.PROBE_SWITCH_INTERVALS * sys.getswitchinterval() * 1e9
     assert chosen_min == DEFAULT_MIN_BATCH_SECONDS * 1e9
+
+
+def test_steady_remote_throughput_leaves_out_each_workers_first_batches():
+    # (finished_ns, n_tasks), out of order as a pool's answers come back:
+    # with 2 workers the first 2 x 2 - 1 batches to end are warm-up, and
+    # the 4th to end starts the clock.
+    warm = [(30, 1), (10, 1), (20, 1)]
+    steady = [(100, 5), (200, 7), (300, 7), (400, 7)]
+    assert steady_remote_throughput(warm + steady, 2) is None  # 3 after the start only
+    assert steady_remote_throughput(warm + steady + [(500, 7)], 2) == (400, 28)
+    assert steady_remote_throughput(warm + steady + [(500, 7)], 1) == (480, 1 + 5 + 28)

@@ -645,58 +645,23 @@ def _marking_square(x, marks):
     return x * x
 
 
-def test_readers_never_see_a_partial_entry(tmp_path):
-    # One thread rewrites a large entry again and again (call() recomputes
-    # and stores); readers load it meanwhile: whole values only, no warning.
-    mem = Memory(tmp_path, verbose=0)
-    f = mem.cache(lambda seed: np.full(2_000_000, seed, dtype=np.float64))
-    f(7)
+def _race_readers_with_a_writer(f, seed, n_reads, check):
+    """One thread stores f(seed) again and again (call() recomputes and
+    stores) while two read it ``n_reads`` times each and ``check`` what
+    they get; returns the readers' failures.  A corrupted-entry warning is
+    an error."""
     stop = threading.Event()
     errors = []
 
     def writer():
         while not stop.is_set():
-            f.call(7)
+            f.call(seed)
 
     def reader():
         try:
-            for _ in range(40):
-                out = f(7)
-                assert out.shape == (2_000_000,) and out[0] == 7 and out[-1] == 7
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a corrupted-entry warning fails the test
-        w = threading.Thread(target=writer)
-        readers = [threading.Thread(target=reader) for _ in range(2)]
-        w.start()
-        for r in readers:
-            r.start()
-        for r in readers:
-            r.join(60)
-        stop.set()
-        w.join(60)
-    assert errors == []
-
-
-def test_readers_never_see_a_partial_tiny_entry(tmp_path):
-    # The same with a small result (no array: the store's os-level write).
-    mem = Memory(tmp_path, verbose=0)
-    f = mem.cache(lambda seed: [seed] * 5000)
-    f(3)
-    stop = threading.Event()
-    errors = []
-
-    def writer():
-        while not stop.is_set():
-            f.call(3)
-
-    def reader():
-        try:
-            for _ in range(2000):
-                assert f(3) == [3] * 5000
-        except BaseException as exc:  # reported below
+            for _ in range(n_reads):
+                check(f(seed))
+        except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
     with warnings.catch_warnings():
@@ -710,7 +675,31 @@ def test_readers_never_see_a_partial_tiny_entry(tmp_path):
             r.join(60)
         stop.set()
         w.join(60)
-    assert errors == []
+    return errors
+
+
+def test_readers_never_see_a_partial_entry(tmp_path):
+    # Readers load a large entry while it is rewritten: whole values only.
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: np.full(2_000_000, seed, dtype=np.float64))
+    f(7)
+
+    def check(out):
+        assert out.shape == (2_000_000,) and out[0] == 7 and out[-1] == 7
+
+    assert _race_readers_with_a_writer(f, 7, 40, check) == []
+
+
+def test_readers_never_see_a_partial_tiny_entry(tmp_path):
+    # The same with a small result (no array: the store's os-level write).
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(lambda seed: [seed] * 5000)
+    f(3)
+
+    def check(out):
+        assert out == [3] * 5000
+
+    assert _race_readers_with_a_writer(f, 3, 2000, check) == []
     assert not list(tmp_path.rglob("*.cyjob-tmp"))
 
 

@@ -62,10 +62,10 @@ from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
 from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, MIN_OVERLAP_NS,
                                    PROCESS_MIN_TASK_NS, PROCESSES, THREADS, BatchFigures,
-                                   Verdict, decide)
+                                   Verdict, decide, running_ns)
 from cyjob.backends.auto import (CHECK_MIN_BATCHES, CHECK_MIN_NS, CHECK_WINDOW,
-                                 CORRECTION_MARGIN, PROBE_MAX_NS, WARMUP_BATCHES, _marker_of,
-                                 memo)
+                                 CORRECTION_MARGIN, PROBE_MAX_NS, _marker_of, memo,
+                                 steady_remote_throughput)
 from cyjob.backends.threads import get_pool
 from cyjob.config import cpu_count as _cpus, get_config
 from cyjob.exceptions import chain_remote_traceback, traceback_text
@@ -193,18 +193,7 @@ def _mixed_verdict(batches, n_workers):
     batches = [b for b in batches if b.n_tasks > 0 and b.cpu_ns > 0]
     if n_workers < 2 or len(batches) < 2:
         return None
-    # Wall time during which one, and two or more, batches ran.
-    events = sorted([(b.started_ns - b.waited_ns, 1) for b in batches]
-                    + [(b.finished_ns, -1) for b in batches])
-    span = together = running = 0
-    since = events[0][0]
-    for t, step in events:
-        if running >= 1:
-            span += t - since
-        if running >= 2:
-            together += t - since
-        running += step
-        since = t
+    span, together = running_ns(batches)
     # GIL waits mean something only for batches that ran at the same time.
     if span <= 0 or together < max(MIN_OVERLAP_NS, span / 2):
         return None
@@ -219,6 +208,14 @@ def _mixed_verdict(batches, n_workers):
                        f"times per 10 ms of CPU ({cpu_per_task / 1e3:.1f} us of CPU per task): "
                        "processes share no GIL", True)
     return None
+
+
+def _decide(batches, n_workers, last_chance=False):
+    """The probe's verdict, with the bridge's rule for mixed work on top."""
+    verdict = decide(batches, n_workers, last_chance)
+    if verdict.kind == THREADS:
+        return _mixed_verdict(batches, n_workers) or verdict
+    return verdict
 
 
 class _Route:
@@ -285,11 +282,9 @@ class _Route:
         if self.first_ns is None:
             self.first_ns = batch.started_ns
         last_chance = time.monotonic_ns() - self.first_ns >= PROBE_MAX_NS
-        verdict = decide(self.figures, self.n_jobs, last_chance)
+        verdict = _decide(self.figures, self.n_jobs, last_chance)
         if verdict.kind is None:
             return
-        if verdict.kind == THREADS:
-            verdict = _mixed_verdict(self.figures, self.n_jobs) or verdict
         n = sum(f.n_tasks for f in self.figures)
         # End to end, gaps between batches included, as the check of the
         # choice will measure it.
@@ -313,9 +308,7 @@ class _Route:
             window = self.figures[-CHECK_WINDOW:]
             if len(window) < CHECK_MIN_BATCHES:
                 return
-            verdict = decide(window, self.n_jobs)
-            if verdict.kind == THREADS:
-                verdict = _mixed_verdict(window, self.n_jobs) or verdict
+            verdict = _decide(window, self.n_jobs)
             if verdict.remember and verdict.kind == PROCESSES:
                 self._set(PROCESSES, verdict.ns_per_task,
                           "correcting: threads measured again: " + verdict.reason, True,
@@ -325,11 +318,10 @@ class _Route:
             return
         self.checked.append((n_tasks, duration_ns, batch.finished_ns if batch else 0))
         if kind == PROCESSES:
-            done = sorted(self.checked, key=lambda c: c[2])[WARMUP_BATCHES * self.n_jobs - 1:]
-            if len(done) < CHECK_MIN_BATCHES + 1:
+            steady = steady_remote_throughput([(c[2], c[0]) for c in self.checked], self.n_jobs)
+            if steady is None:
                 return
-            elapsed = done[-1][2] - done[0][2]
-            tasks = sum(c[0] for c in done[1:])
+            elapsed, tasks = steady
         else:
             elapsed = sum(c[1] for c in self.checked)
             tasks = sum(c[0] for c in self.checked)

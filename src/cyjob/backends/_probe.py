@@ -146,6 +146,13 @@ def _at_least_two_ns(batches):
     return total
 
 
+def running_ns(batches):
+    """``(busy, together)``: the wall time during which at least one of the
+    batches ran, and during which two or more did."""
+    ran = [b for b in batches if b.finished_ns > _begin(b)]
+    return _union_ns([(_begin(b), b.finished_ns) for b in ran]), _at_least_two_ns(ran)
+
+
 def figures_text(per_task, efficiency=None, demand=None, switches=None, overlap=None):
     text = f"{per_task / 1e3:.1f} us per task"
     if overlap is not None:
@@ -202,7 +209,6 @@ def decide(batches, n_workers, last_chance=False):
         return unclear
 
     span = _union_ns([(_begin(b), b.finished_ns) for b in overlapping])
-    wall = sum(_wall(b) for b in overlapping)
     cpu = sum(b.cpu_ns for b in overlapping)
     efficiency = cpu / span
     demand = (cpu + sum(_preempted_ns(b) for b in overlapping)) / span

@@ -394,15 +394,12 @@ class AutoExecutor(Router):
             self._stop_checking()
             return
         if kind == PROCESSES:
-            # Steady throughput: batches run out of this process (no start
-            # time here), from the moment every worker has answered once (a
-            # cold pool's start-up is paid once, not per task).
-            remote = sorted((b for b in done if b.started_ns == 0),
-                            key=lambda b: b.finished_ns)[WARMUP_BATCHES * self.n_workers - 1:]
-            if len(remote) < CHECK_MIN_BATCHES + 1:
+            # Batches run out of this process have no start time here.
+            steady = steady_remote_throughput(
+                [(b.finished_ns, b.size) for b in done if b.started_ns == 0], self.n_workers)
+            if steady is None:
                 return
-            elapsed = remote[-1].finished_ns - remote[0].finished_ns
-            n_tasks = sum(b.size for b in remote[1:])
+            elapsed, n_tasks = steady
         if elapsed < CHECK_MIN_NS or not n_tasks:
             return
         per_task = elapsed / n_tasks
@@ -545,6 +542,19 @@ class AutoExecutor(Router):
         plan = self.plan
         if plan is not None and plan.verbose >= 10:
             verbose_stream(plan.verbose).write(f"[{plan.label}]: {message}\n")
+
+
+def steady_remote_throughput(finished, n_workers):
+    """``(elapsed_ns, n_tasks)`` of batches run in worker processes, from
+    each one's ``(finished_ns, n_tasks)``, in the order they ended and
+    leaving out the first ``WARMUP_BATCHES`` per worker (a cold pool's
+    start-up is paid once, not per task); None until ``CHECK_MIN_BATCHES``
+    batches ended after those.  The check of a choice of processes, in
+    ``cyjob.Parallel``'s default backend and in the joblib bridge."""
+    done = sorted(finished, key=lambda f: f[0])[WARMUP_BATCHES * n_workers - 1:]
+    if len(done) < CHECK_MIN_BATCHES + 1:
+        return None
+    return done[-1][0] - done[0][0], sum(n for _, n in done[1:])
 
 
 def _figures(batch):
