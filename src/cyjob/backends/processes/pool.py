@@ -754,9 +754,14 @@ def shutdown_pool(timeout=2.0, at_exit=False):
         pool, _pool = _pool, None
     if pool is not None and pool.pid == os.getpid():
         pool.shutdown(timeout, at_exit)
-    sharedmem = sys.modules.get("cyjob.backends.processes.sharedmem")
-    if sharedmem is not None:
-        sharedmem.cleanup_all()
+    # Not imported here: a program that never shared an array has nothing
+    # to clean.  A daemon thread may be importing it right now, at exit:
+    # then nothing of it has run yet (no folder), and cleanup_all may not
+    # exist yet either.
+    cleanup_all = getattr(sys.modules.get("cyjob.backends.processes.sharedmem"),
+                          "cleanup_all", None)
+    if cleanup_all is not None:
+        cleanup_all()
 
 
 def _forget_pool_after_fork():
