@@ -13,7 +13,8 @@ import pickle
 import sys
 import traceback
 
-from cyjob.backends.processes.wire import SET_SYS_PATH, dumps, recv_msg, send_msg
+from cyjob.backends.processes.wire import (SET_INNER_THREADS, SET_SYS_PATH, dumps, recv_msg,
+                                           send_msg)
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
@@ -109,6 +110,11 @@ def worker_loop(sock):
         if token == SET_SYS_PATH:
             sys.path[:] = pickle.loads(payload)
             continue
+        if token == SET_INNER_THREADS:
+            from cyjob.backends.processes import context
+
+            context.allow_next(pickle.loads(payload))
+            continue
         flat = None
         try:
             called_as, flat = pickle.loads(payload, buffers=buffers)
@@ -120,6 +126,9 @@ def worker_loop(sock):
         del payload, buffers
         CALLED_AS = called_as
         results, error, duration = run_tasks(flat)
+        context = sys.modules.get("cyjob.backends.processes.context")
+        if context is not None:
+            context.allow_next(None)  # it was for this job only
         _reply(sock, token, flat, results, error, duration)
         # Drop the batch now: its memmaps must not outlive the call (their
         # files are deleted when it ends) and its arguments may be large.
