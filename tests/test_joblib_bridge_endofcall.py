@@ -85,6 +85,12 @@ def test_contended_reads_the_workers_waits_for_a_cpu():
     assert contended(before, {12: (5_000 * MS, 0)})
 
 
+def test_runnable_now_counts_the_caller():
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("no /proc/loadavg")
+    assert _endofcall.runnable_now() >= 1
+
+
 def test_user_ceiling(monkeypatch):
     cpus = _endofcall.cpu_count()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -143,13 +149,15 @@ def end_of_call(folder, last_ends_after=0.0):
 @pytest.fixture
 def quiet(monkeypatch):
     """The end-of-call rule as on a quiet machine (the test cannot make the
-    machine quiet; ``contended`` is tested on figures above), and a batch
+    machine quiet; ``contended`` is tested on figures above, and so is
+    ``runnable_now``), and a batch
     may wait for the ones about to end up to 20 times its expected time
     (the test's tasks end within milliseconds of each other, but a loaded
     machine may stretch that)."""
     pytest.importorskip("sklearn")
     pytest.importorskip("threadpoolctl")
     monkeypatch.setattr(_endofcall.EndOfCall, "contended", lambda self: False)
+    monkeypatch.setattr(_endofcall, "runnable_now", lambda: 1)
     monkeypatch.setattr(_endofcall, "HOLD_FRACTION", 20.0)
     if cyjob.cpu_count() < 2:
         pytest.skip("one CPU: nothing to raise")

@@ -138,6 +138,24 @@ def user_ceiling(inner_max_num_threads, runtimes):
     return ceiling
 
 
+def runnable_now(samples=3, interval=0.0005):
+    """Threads on or waiting for a CPU right now, machine-wide, the caller
+    included (``/proc/loadavg``'s 4th field): the least of a few readings
+    over a millisecond (a worker that just sent its results back is still
+    on a CPU for a moment; a busy program stays there), or None."""
+    least = None
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        try:
+            with open("/proc/loadavg", "rb") as f:
+                n = int(f.read().split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        least = n if least is None else min(least, n)
+    return least
+
+
 def _schedstat(pid):
     """(ns on a CPU, ns waiting for one) of process ``pid``, or None."""
     try:
@@ -203,14 +221,20 @@ class EndOfCall:
                   for started, k in running]
         threads, wait = end_of_call_threads(self.cpus, self.base, self.ceiling, False,
                                             others, expected, self.contended())
-        if threads <= self.base and not wait:
-            return None, None
         if wait:
             held_since_ns = now if held_since_ns is None else held_since_ns
             deadline_ns = held_since_ns + HOLD_FRACTION * expected
             if now < deadline_ns:
                 return None, time.monotonic() + (deadline_ns - now) / 1e9
-        return (threads if threads > self.base else None), None
+        if threads <= self.base:
+            return None, None
+        # Right now, no thread but this one and the call's own running
+        # batches' may be on a CPU: a program that just started wants one
+        # (an OpenMP team sharing a CPU spins at every barrier).
+        busy = runnable_now()
+        if busy is None or busy > 1 + len(running) * self.base:
+            return None, None
+        return threads, None
 
     def _read_sched(self):
         figures = {}

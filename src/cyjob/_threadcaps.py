@@ -18,7 +18,8 @@ it is left alone: capping it from a worker would cap the caller too.
 
 :func:`capped` wraps a batch so that it runs under such a cap and restores
 the thread's previous limit afterwards (the thread pool is shared with
-``cyjob.Parallel``).  The OpenMP runtimes are found with threadpoolctl (a
+``cyjob.Parallel``); :func:`raised` lifts a worker process's limit for one
+batch at the end of a call (``_endofcall.py``).  The OpenMP runtimes are found with threadpoolctl (a
 scikit-learn dependency; without it nothing is capped), once, and again
 only when modules were imported since (a scan costs ~2 ms; a capped batch
 well under 1 us per runtime).

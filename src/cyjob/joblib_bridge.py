@@ -18,7 +18,11 @@ routed as ``cyjob.Parallel``'s default backend routes a call
   number of batches that carry them (joblib's loky dumps them per batch);
   the caller's warning filters and scikit-learn config go along with every
   batch, and BLAS/OpenMP are capped in the workers (backends/processes/
-  context.py);
+  context.py), at CPUs / n_jobs threads; at the end of a call, a batch that
+  starts while workers idle (nothing left to start) may use their CPUs for
+  OpenMP: CPUs / (the call's batches still running), never above the
+  user's limits, and not while other programs want the CPUs
+  (_endofcall.py: cross_val_score's fifth fold on 2 workers gets both CPUs);
 * work that releases the GIL, or waits, stays on threads, where each
   batch starts OpenMP regions of at most CPUs / n_jobs threads (a per-thread
   limit, restored after the batch: _threadcaps.py), so that scikit-learn's

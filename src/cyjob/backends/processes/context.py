@@ -12,7 +12,10 @@ task run there must still see:
   n-threaded BLAS do not oversubscribe the CPUs.  The pool already sets the
   ``OMP_NUM_THREADS``-style variables in each worker's environment (libraries
   loaded after it starts read them); ``threadpoolctl``, when installed (it
-  is a scikit-learn dependency), also limits the ones already loaded.
+  is a scikit-learn dependency), also limits the ones already loaded.  A
+  batch that starts at the end of its call, when the call's other workers
+  are idle, may be allowed more OpenMP threads (``allow_next``, from the
+  worker loop: ``cyjob/_endofcall.py``), for that batch only.
 
 :func:`capture` reads these in the caller; the :class:`InCallerContext` it
 makes wraps a callable and pickles with it.  This module imports nothing

@@ -19,6 +19,9 @@
   it finishes, without waiting for this process to be scheduled and take the
   GIL to send it (a round trip of 0.1-5 ms on a loaded machine, per batch).
   Longer jobs never wait behind another job: an idle worker would be better.
+* As a job starts on an idle worker, its call may give it more inner
+  (OpenMP) threads than its cap, or hold it back a moment (``_held``): at
+  the end of a joblib call, the CPUs of idle workers (``_endofcall.py``).
 * One I/O thread waits on every worker socket and the fork server's socket
   with ``epoll``; it decodes results, calls ``batch.call.batch_done`` and
   keeps freed workers fed.  The fork server tells it which worker exited and
@@ -334,7 +337,14 @@ class _Pool:
             if other is not job and getattr(other.batch.call, "group", None) is group:
                 waiting += 1
         job.inner_threads, job.hold_until = at_start(running, waiting)
-        return job.hold_until is not None
+        if job.hold_until is None:
+            return False
+        if threading.current_thread() is not self.thread:
+            try:
+                os.write(self.wake_w, b"x")  # the I/O thread: mind the deadline
+            except OSError:
+                pass
+        return True
 
     def _dispatch_queued(self):
         while self.queue:
