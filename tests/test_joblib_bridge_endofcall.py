@@ -157,7 +157,7 @@ def quiet(monkeypatch):
     pytest.importorskip("sklearn")
     pytest.importorskip("threadpoolctl")
     monkeypatch.setattr(_endofcall.EndOfCall, "contended", lambda self: False)
-    monkeypatch.setattr(_endofcall, "runnable_now", lambda: 1)
+    monkeypatch.setattr(_endofcall, "runnable_now", lambda at_most: 1)
     monkeypatch.setattr(_endofcall, "HOLD_FRACTION", 20.0)
     if cyjob.cpu_count() < 2:
         pytest.skip("one CPU: nothing to raise")

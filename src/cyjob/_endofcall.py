@@ -138,11 +138,12 @@ def user_ceiling(inner_max_num_threads, runtimes):
     return ceiling
 
 
-def runnable_now(samples=3, interval=0.0005):
+def runnable_now(at_most=1, samples=3, interval=0.0005):
     """Threads on or waiting for a CPU right now, machine-wide, the caller
-    included (``/proc/loadavg``'s 4th field): the least of a few readings
-    over a millisecond (a worker that just sent its results back is still
-    on a CPU for a moment; a busy program stays there), or None."""
+    included (``/proc/loadavg``'s 4th field), or None: the least of up to
+    ``samples`` readings over a millisecond, read until one is ``at_most``
+    (a worker that just sent its results back is on a CPU for a moment
+    more; a busy program stays there)."""
     least = None
     for i in range(samples):
         if i:
@@ -153,6 +154,8 @@ def runnable_now(samples=3, interval=0.0005):
         except (OSError, ValueError, IndexError):
             return None
         least = n if least is None else min(least, n)
+        if least <= at_most:
+            break
     return least
 
 
@@ -231,8 +234,9 @@ class EndOfCall:
         # Right now, no thread but this one and the call's own running
         # batches' may be on a CPU: a program that just started wants one
         # (an OpenMP team sharing a CPU spins at every barrier).
-        busy = runnable_now()
-        if busy is None or busy > 1 + len(running) * self.base:
+        allowed = 1 + len(running) * self.base
+        busy = runnable_now(allowed)
+        if busy is None or busy > allowed:
             return None, None
         return threads, None
 
