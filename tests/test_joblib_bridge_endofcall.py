@@ -159,14 +159,25 @@ def quiet(monkeypatch):
     monkeypatch.setattr(_endofcall.EndOfCall, "contended", lambda self: False)
     monkeypatch.setattr(_endofcall, "runnable_now", lambda at_most: 1)
     monkeypatch.setattr(_endofcall, "HOLD_FRACTION", 20.0)
+    # The user's limits are the tests' to set (another test's library may
+    # have left OMP_NUM_THREADS=1 in os.environ, or a limit of 1 on this
+    # thread's OpenMP).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
     if cyjob.cpu_count() < 2:
         pytest.skip("one CPU: nothing to raise")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(cyjob.cpu_count(), user_api="openmp"):
+        yield
 
 
 def caller_openmp():
-    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    """The calling thread's OpenMP limit, as threadpoolctl reads it."""
+    from threadpoolctl import threadpool_info
 
-    return _openmp_effective_n_threads()
+    return min(info["num_threads"] for info in threadpool_info()
+               if info["user_api"] == "openmp")
 
 
 def run_end_of_call(tasks, **config):
@@ -204,13 +215,17 @@ def test_a_batch_held_for_a_batch_that_does_not_end_starts_with_the_cap(
     assert time.monotonic() - started < 20  # the held batch was not forgotten
 
 
-@pytest.mark.parametrize("limit", ["inner_max_num_threads", "threadpoolctl"])
-def test_the_users_limit_is_never_raised(quiet, tmp_path, limit):
+@pytest.mark.parametrize("limit", ["inner_max_num_threads", "threadpoolctl",
+                                   "OMP_NUM_THREADS"])
+def test_the_users_limit_is_never_raised(quiet, tmp_path, monkeypatch, limit):
     from threadpoolctl import threadpool_limits
 
     if limit == "inner_max_num_threads":
         seen = run_end_of_call(end_of_call(str(tmp_path)), inner_max_num_threads=1)
-    else:
+    elif limit == "threadpoolctl":
         with threadpool_limits(1, user_api="openmp"):
             seen = run_end_of_call(end_of_call(str(tmp_path)))
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        seen = run_end_of_call(end_of_call(str(tmp_path)))
     assert set(seen.values()) == {1}, seen
