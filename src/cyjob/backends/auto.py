@@ -34,14 +34,14 @@ import types
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._dispatch import Executor, Router
+from cyjob._dispatch import Executor, Router, ThreadExecutor
 from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
 from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
                                    decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.backends.threads import ThreadingBackend, get_pool, started_pool
+from cyjob.backends.threads import ThreadingBackend, get_pool, grow_pool, started_pool
 
 # What the probe's figures mean is decided in _probe.decide (a pure function,
 # tested on recorded figures).
@@ -81,6 +81,13 @@ INLINE_TINY_BATCH = 512
 # machine: 16-164 ms, median ~100, with batches of one task; 15-130 ms,
 # median 41-46, with these (3 intervals: no better).
 PROBE_SWITCH_INTERVALS = 2.0
+# The process's first call starts one worker thread for its first task and
+# waits this long for it to finish: a tiny task (the call then runs inline,
+# no other thread started) takes ~10-50 us there on a quiet machine, where
+# each thread start costs ~0.25 ms, and several ms on a loaded one (the new
+# thread must be scheduled, then the caller).  Longer tasks only delay the
+# start of the other threads by this much.
+FIRST_TASK_WAIT_S = 0.002
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
@@ -238,7 +245,8 @@ class AutoExecutor(Router):
 
     __slots__ = ("plan", "initial_sizer", "probe_sizer", "n_judged", "choice", "function",
                  "seen", "remembered", "threads_ns", "checked", "corrected", "left",
-                 "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks")
+                 "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks",
+                 "growing")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -282,7 +290,10 @@ class AutoExecutor(Router):
             return
         if self.choice is not None:
             return  # only waiting for the pool to boot
-        self._maybe_decide()
+        if self.growing:
+            self._first_task()
+        if self.choice is None:
+            self._maybe_decide()
         if self.checked is not None:
             self.checked.append(batch)  # the first batch sent to the choice
         elif self.choice is None:
@@ -345,6 +356,33 @@ class AutoExecutor(Router):
 
     # -- measuring --------------------------------------------------------
 
+    def _first_task(self):
+        """The process's first call (its pool's threads not started yet):
+        one thread runs the first batch (one task; the caller never runs a
+        task nobody has measured, see Call._caller_may_run); if that task
+        is tiny, the call goes inline and no other thread starts; otherwise
+        the others start and the probe goes on as in any call."""
+        if not self.seen:
+            grow_pool(self.first, 1)  # before the first batch is queued
+            return
+        self.growing = False
+        first = self.seen[0]
+        if self.call.wait_for(first, FIRST_TASK_WAIT_S) and first.results is not None:
+            verdict = decide([_figures(first)], 1)
+            if verdict.kind == INLINE:
+                self.n_judged = 1
+                self._measured_on_threads([first])
+                self._choose(INLINE, verdict.ns_per_task, verdict.reason, remember=True)
+                return
+        grow_pool(self.first)
+
+    def _measured_on_threads(self, done):
+        # End to end, gaps between batches included, as the check of the
+        # choice will measure it.
+        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
+        n_tasks = sum(b.size for b in done)
+        self.threads_ns = span / n_tasks if n_tasks else 0.0
+
     def _maybe_decide(self):
         done = [b for b in self.seen if b.done and b.results is not None]
         if not done:
@@ -360,11 +398,7 @@ class AutoExecutor(Router):
         verdict = decide(figures, self.n_workers, last_chance)
         if verdict.kind is None:
             return
-        # End to end, gaps between batches included, as the check of the
-        # choice will measure it.
-        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
-        n_tasks = sum(b.size for b in done)
-        self.threads_ns = span / n_tasks if n_tasks else 0.0
+        self._measured_on_threads(done)
         self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
                      remember=verdict.remember)
 
@@ -478,6 +512,9 @@ class AutoExecutor(Router):
                 call.use_sizer(self.probe_sizer.continued(
                     self.initial_sizer.min_batch_ns / 1e9))
             self.probe_sizer = None
+        if self.growing and kind != INLINE:
+            self.growing = False
+            grow_pool(self.first)  # threads run batches from now on
         verifying = reason == "remembered from an earlier call"
         marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
@@ -614,16 +651,19 @@ class AutoBackend(Backend):
     supports_sharedmem = False
 
     def executor(self, n_workers, plan=None):
-        if n_workers > 1 and started_pool(n_workers) is None:
-            # The process's first call: its probe runs on n_workers threads
-            # (the caller never runs a task nobody has measured), and tiny
-            # tasks then need no thread at all.  Start only those: each
-            # thread start waits for the new thread to run, up to several
-            # ms on a loaded machine, as long as the tasks of such a call
-            # (issue 15).  The caller's own pool comes with the next call.
-            first = get_pool(n_workers)
+        growing = n_workers > 1 and started_pool(n_workers) is None
+        if growing:
+            # The process's first call: its probe runs on a pool of
+            # n_workers threads (the caller never runs a task nobody has
+            # measured) started as it needs them (AutoExecutor._first_task):
+            # each thread start waits for the new thread to run, up to
+            # several ms on a loaded machine, as long as a call of tiny tasks
+            # (issue 15), which needs one thread.  The caller's own pool
+            # comes with the next call.
+            first = get_pool(n_workers, lazy=True)
         else:
             first = _THREADS.executor(n_workers, plan)
         executor = AutoExecutor(n_workers, first)
         executor.plan = plan
+        executor.growing = growing and isinstance(first, ThreadExecutor)
         return executor
