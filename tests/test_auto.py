@@ -864,3 +864,58 @@ def test_a_first_call_starts_the_worker_threads_it_needs(workload, kind, threads
     assert USING_ANY.findall(proc.stderr)[0] == kind, proc.stderr
     started, in_pool, after = proc.stdout.split()
     assert (int(started), int(in_pool), int(after)) == (threads, threads, 2), proc.stdout
+
+
+def test_a_cold_start_of_processes_boots_beside_the_call(capsys, monkeypatch):
+    """Processes chosen while their pool is down: the pool is made in a
+    thread of its own (the caller goes on sending batches to threads); a
+    boot that fails leaves the call on threads, and says why."""
+    from cyjob.backends import auto
+    from cyjob.backends.processes import forkserver, shutdown_pool
+
+    shutdown_pool()
+
+    def broken(n_workers, plan):
+        raise OSError("no fork today")
+
+    monkeypatch.setattr(auto, "_process_executor", broken)
+    monkeypatch.setattr(forkserver, "start_early", lambda: None)
+    n = gil_n()
+
+    def work(x):  # (not gil itself: another test marks it cyjob.gil_bound)
+        return gil(n, x, where=True)
+
+    memo.put(work, ("processes", 2e6, 2e6))
+    results = Parallel(n_jobs=2, verbose=10)(delayed(work)(x) for x in range(40))
+    assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(40)])
+    assert {pid for _, pid, _ in results} == {os.getpid()}
+    err = capsys.readouterr().err
+    assert "no process backend (OSError: no fork today): staying on threads" in err, err
+
+
+def test_an_early_fork_server_is_the_one_the_pool_adopts():
+    """The default backend's cold start starts the fork server before it
+    imports the process backend: the pool made next adopts that server."""
+    code = """
+        from cyjob import Parallel, delayed
+        from cyjob.backends.processes import forkserver
+
+        forkserver.start_early()
+        early = forkserver._early[1]
+        from cyjob.backends.processes.pool import get_pool
+
+        assert get_pool().server is early
+        assert forkserver.take_early() is None
+        print(Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4)))
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(),
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[0, 1, 2, 3]", proc.stdout
+
+
+def test_process_batches_are_sized_before_the_backend_is_imported():
+    from cyjob.backends import auto
+    from cyjob.backends.processes import ProcessExecutor
+
+    assert auto.PROCESS_MIN_BATCH_SECONDS == ProcessExecutor.min_batch_seconds

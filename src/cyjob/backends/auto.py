@@ -19,13 +19,15 @@ A choice is then checked while the call runs and corrected once: processes
 or the caller's thread that run slower per task than the probe's threads
 did send the rest to threads; threads that turn out GIL-bound move to
 processes.  A call sent to a process pool that is still booting runs on
-threads until a worker is up.  Choices are remembered per function for a
-minute (re-measured if a task's cost moves 10x).  An explicit backend,
-``prefer``, ``require="sharedmem"`` or a marker on the function
-(``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
+threads until a worker is up (a cold pool starts beside the call: its fork
+server at once, the rest in a thread of its own).  Choices are remembered
+per function for a minute (re-measured if a task's cost moves 10x).  An
+explicit backend, ``prefer``, ``require="sharedmem"`` or a marker on the
+function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
 """
 
 import functools
+import os
 import pickle
 import sys
 import threading
@@ -88,6 +90,9 @@ PROBE_SWITCH_INTERVALS = 2.0
 # thread must be scheduled, then the caller).  Longer tasks only delay the
 # start of the other threads by this much.
 FIRST_TASK_WAIT_S = 0.002
+# ProcessExecutor.min_batch_seconds, known before the process backend is
+# imported (a cold start imports it in a thread of its own, see _ProcessBoot).
+PROCESS_MIN_BATCH_SECONDS = 0.010
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
@@ -283,6 +288,10 @@ class AutoExecutor(Router):
         if booting is not None and booting.ready():
             self.booting = None
             self.route_to(booting, True)
+            self._watch()
+        elif booting is not None and booting.unavailable():
+            self.booting = None
+            self._say(f"no process backend ({booting.unavailable()}): staying on threads")
             self._watch()
         if self.checked is not None:
             self.checked.append(batch)
@@ -520,9 +529,20 @@ class AutoExecutor(Router):
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
         if kind == PROCESSES:
-            target = _process_executor(self.n_workers, plan)
-            if target is not None:
-                target = _PicklableOrThreads(self, target)
+            if marked or _process_pool_running():
+                target = _process_executor(self.n_workers, plan)
+                if target is not None:
+                    target = _PicklableOrThreads(self, target)
+            else:
+                # A cold start: the fork server starts now (it boots in its
+                # own process, ~0.1-0.3 s); the imports of the process
+                # backend and cloudpickle, and the pool's I/O thread (35-115
+                # ms of this thread's time here), happen in a thread of their
+                # own meanwhile, while this call's batches go on on threads.
+                from cyjob.backends.processes import forkserver
+
+                forkserver.start_early()
+                target = _PicklableOrThreads(self, None, _ProcessBoot(self.n_workers, plan))
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
                 target = self.first
@@ -602,13 +622,15 @@ def _figures(batch):
 class _PicklableOrThreads(Executor):
     """The process target of a call, unless a batch cannot be pickled: then
     that batch and the rest of the call stay on the threads (which run
-    anything), rather than failing a call that threads would run."""
+    anything), rather than failing a call that threads would run.  Made
+    with ``boot`` instead of ``processes``: ready once the boot made them."""
 
-    def __init__(self, router, processes):
-        super().__init__(processes.n_workers)
+    def __init__(self, router, processes, boot=None):
+        super().__init__(router.n_workers)
         self.router = router
         self.processes = processes
-        self.min_batch_seconds = processes.min_batch_seconds
+        self.boot = boot
+        self.min_batch_seconds = PROCESS_MIN_BATCH_SECONDS
 
     def submit(self, batch):
         router = self.router
@@ -626,10 +648,53 @@ class _PicklableOrThreads(Executor):
         router.first.submit(batch)
 
     def ready(self):
+        if self.processes is None:
+            self.processes = self.boot.executor
+            if self.processes is None:
+                return False
         return self.processes.ready()
 
+    def unavailable(self):
+        """Why the boot made no process executor, once it is over (else '')."""
+        return self.boot.failed if self.boot is not None and self.processes is None else ""
+
     def call_finished(self, call):
-        self.processes.call_finished(call)  # its temp files, if any
+        if self.processes is not None:
+            self.processes.call_finished(call)  # its temp files, if any
+
+
+class _ProcessBoot:
+    """Makes the process executor of a call in a thread of its own: the
+    imports of the process backend and cloudpickle, the fork server's start
+    and the pool's I/O thread cost the caller 35-115 ms here, during which
+    it dispatched nothing (and its imports took the GIL from the threads
+    running its batches all the same).  ``executor`` is set once made;
+    ``failed`` says why there is none."""
+
+    def __init__(self, n_workers, plan):
+        self.executor = None
+        self.failed = ""
+        thread = threading.Thread(target=self._boot, args=(n_workers, plan),
+                                  name="cyjob-process-boot", daemon=True)
+        thread.start()
+
+    def _boot(self, n_workers, plan):
+        try:
+            executor = _process_executor(n_workers, plan)
+        except BaseException as exc:  # (a daemon thread: nobody to raise it to)
+            self.failed = f"{type(exc).__name__}: {exc}"
+            return
+        if executor is None:
+            self.failed = "not available"
+        self.executor = executor
+
+
+def _process_pool_running():
+    """The process backend's pool is up in this process (a choice of
+    processes costs no start-up then)."""
+    # (getattr: the module may be half imported by another thread.)
+    pool = getattr(sys.modules.get("cyjob.backends.processes.pool"), "_pool", None)
+    return pool is not None and not pool.closed and pool.pid == os.getpid()
 
 
 def _process_executor(n_workers, plan):
