@@ -3,6 +3,7 @@ and the sweep of the temporary files that killed writers leave behind."""
 
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
 import stat
@@ -34,9 +35,37 @@ def temp_name(path):
     ``.NAME.HOST.PID.RANDOM.cyjob-tmp``, where HOST names the pid space of
     the writer (see :func:`pid_space`) and NAME is the target's name, cut
     to ``TEMP_BASE_BYTES``."""
-    directory, base = os.path.split(path)
-    return os.path.join(directory, f".{_short(base)}.{pid_space()}.{os.getpid()}."
-                                   f"{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    if os.altsep is None:  # POSIX: the name is what follows the last os.sep
+        directory, sep, base = path.rpartition(os.sep)
+        directory += sep
+    else:
+        directory, base = os.path.split(path)
+        directory = os.path.join(directory, "")
+    if len(base) * 4 > TEMP_BASE_BYTES:  # (a character encodes to 4 bytes at most)
+        base = _short(base)
+    # RANDOM is a per-process counter from a random start, not a fresh
+    # random draw: a cache miss writes one small file, and getrandom plus
+    # the pid lookups cost ~3 us of its Python time.  The pid in the name
+    # keeps two processes apart (a forked child counts on from the same
+    # value), O_EXCL any clash with a dead writer's leftover.
+    tag = _writer_tag or _new_writer_tag()
+    return f"{directory}.{base}.{tag}{next(_temp_count) & 0xFFFFFFFF:08x}{TEMP_SUFFIX}"
+
+
+_temp_count = itertools.count(int.from_bytes(secrets.token_bytes(4), "little"))
+#: "HOST.PID." of this process (reset in a forked child).
+_writer_tag = ""
+
+
+def _new_writer_tag():
+    global _writer_tag
+    _writer_tag = f"{pid_space()}.{os.getpid()}."
+    return _writer_tag
+
+
+def _forget_writer_tag():
+    global _writer_tag
+    _writer_tag = ""
 
 
 def _short(base):
@@ -206,6 +235,7 @@ def _close_held_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_held_in_child)
+    os.register_at_fork(after_in_child=_forget_writer_tag)  # a new pid
 
 
 # -- sweeping what killed writers left -------------------------------------------
