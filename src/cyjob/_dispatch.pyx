@@ -505,9 +505,23 @@ cdef class Call:
 
     cdef list _take(self, Py_ssize_t size):
         cdef list flat
-        cdef Py_ssize_t i, start = self.n_taken
+        cdef Py_ssize_t i, got, start = self.n_taken
         if self.source is not None:
             flat = flat_slice(self.source, start, min(start + size, self.n_total))
+        elif self.iterator is not None and self.ahead_pos == len(self.ahead):
+            # Nothing read ahead (fixed-size batches, or the input read only
+            # as far as dispatched): the batch is read straight from the
+            # input, not copied through the buffer (its three references
+            # per task appended, sliced out, then deleted there: ~4% of a
+            # call of 100k tiny tasks run inline).
+            if self.ahead_pos:
+                del self.ahead[:]
+                self.ahead_pos = 0
+            flat = private_list(0)
+            got = flat_extend(flat, self.iterator, size, start)
+            if got < size:
+                self.iterator = None
+                self.n_total = start + got
         else:
             self._pull(size)
             flat = self.ahead[self.ahead_pos:self.ahead_pos + 3 * size]
