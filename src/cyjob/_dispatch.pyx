@@ -705,6 +705,28 @@ cdef class Call:
                 raise _TimeoutError(
                     f"no result arrived within timeout={self.timeout:g} seconds")
 
+    def wait_for(self, Batch batch, double seconds):
+        """Wait with the GIL released until ``batch`` is done or ``seconds``
+        have passed; return whether it is done.  For a policy that must know
+        a first measurement before it goes on (a short, bounded wait: no
+        signal check, no time-out error)."""
+        cdef int64_t deadline = cyj_now_ns() + <int64_t>(seconds * 1e9)
+        cdef int64_t seen
+        while not batch.done:
+            seen = cyj_load(&self.n_events)
+            if batch.done or cyj_now_ns() >= deadline:
+                break
+            with nogil:
+                if not cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS):
+                    cyj_lock(&self.monitor)
+                    cyj_store(&self.caller_waiting, 1)
+                    while cyj_load(&self.n_events) == seen:
+                        if cyj_wait_until(&self.monitor, deadline):
+                            break
+                    cyj_store(&self.caller_waiting, 0)
+                    cyj_unlock(&self.monitor)
+        return batch.done
+
     cdef int _fill(self) except -1:
         # `window` batches may be running; finished ones waiting to be handed
         # back (behind a slow batch, or an inline executor that finishes at
