@@ -512,8 +512,8 @@ class MemorizedFunc:
         try:
             if not kwargs and binder.simple and len(args) <= binder.n:
                 # (Binder.arguments' fast case, without the intermediate dict)
-                return {"input_args": {name: repr(value) for name, value in
-                                       zip(binder.names, args + binder.defaults[len(args):])}}
+                return {"input_args": dict(zip(binder.names, map(
+                    repr, args + binder.defaults[len(args):])))}
             return {"input_args": {str(k): repr(v) for k, v in
                                    binder.arguments(args, kwargs).items()}}
         except Exception:

@@ -37,7 +37,7 @@ import warnings
 
 import xxhash
 
-from cyjob.cache.locks import OFD_LOCKS, UNWRITABLE, LockFile, key_lock
+from cyjob.cache.locks import OFD_LOCKS, UNWRITABLE, ByteLock, LockFile, key_lock
 # Not the package (its dump/load import numpy): crash-safe writes only.
 from cyjob.persist.atomic import atomic_write, is_stale_temp, publish
 
@@ -97,7 +97,7 @@ def encode_entry(value, meta, duration):
     bytes object, and the out-of-band buffers that follow it."""
     kind = type(value)
     if kind in _ATOMS or (kind in (tuple, list) and len(value) <= 8
-                          and all([type(item) in _ATOMS for item in value])):
+                          and _ATOMS.issuperset(map(type, value))):
         # No array can hide in it: the C pickler alone, no table (a Pickler
         # subclass with a reducer_override costs ~1 us more per miss).
         payload = pickle.dumps(value, protocol=5)
@@ -458,7 +458,9 @@ class LocalStoreBackend(StoreBackendBase):
     def lock_at(self, path):
         """The single-flight lock of the entry at ``path``."""
         lock_file = getattr(self, "_lock_file", None)
-        if lock_file is None and OFD_LOCKS:
+        if lock_file is not None:
+            return ByteLock(lock_file, path)
+        if OFD_LOCKS:
             lock_file = self._lock_file = LockFile(self.location + os.sep + ".lock")
         return key_lock(self.location, path, lock_file)
 

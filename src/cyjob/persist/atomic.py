@@ -35,12 +35,7 @@ def temp_name(path):
     ``.NAME.HOST.PID.RANDOM.cyjob-tmp``, where HOST names the pid space of
     the writer (see :func:`pid_space`) and NAME is the target's name, cut
     to ``TEMP_BASE_BYTES``."""
-    if os.altsep is None:  # POSIX: the name is what follows the last os.sep
-        directory, sep, base = path.rpartition(os.sep)
-        directory += sep
-    else:
-        directory, base = os.path.split(path)
-        directory = os.path.join(directory, "")
+    directory, base = _split(path)
     if len(base) * 4 > TEMP_BASE_BYTES:  # (a character encodes to 4 bytes at most)
         base = _short(base)
     # RANDOM is a per-process counter from a random start, not a fresh
@@ -66,6 +61,15 @@ def _new_writer_tag():
 def _forget_writer_tag():
     global _writer_tag
     _writer_tag = ""
+
+
+def _split(path):
+    """(directory with its trailing separator, or "", name)."""
+    if os.altsep is None:  # POSIX: the name is what follows the last os.sep
+        directory, sep, base = path.rpartition(os.sep)
+        return directory + sep, base
+    directory, base = os.path.split(path)
+    return (os.path.join(directory, "") if directory else ""), base
 
 
 def _short(base):
@@ -150,22 +154,46 @@ def publish(path, data):
     follow a symlinked ``path``, keep a replaced file's permissions or free a
     large replaced file on a thread, which cost two ``stat`` calls and a file
     object, a sizeable part of writing a few hundred bytes.
+
+    The temporary name is one of a few this process reuses
+    (``.publish.HOST.PID.SLOT``, a slot per write in flight): after the
+    rename the directory's cache knows that name as absent, so the next
+    create in that directory skips a directory search (~1-2 us on ext4).
     """
-    temp = temp_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                 0o666)
     try:
+        slot = _free_slots.pop()  # atomic under the GIL: one writer per slot
+    except IndexError:
+        slot = next(_slot_count)
+    try:
+        temp = (f"{_split(path)[0]}.publish.{_writer_tag or _new_writer_tag()}{slot:08x}"
+                f"{TEMP_SUFFIX}")
         try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view):]  # may write less than asked
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+            fd = os.open(temp, _O_NEW, 0o666)
+        except FileExistsError:  # a leftover of a dead process that had this pid
+            temp = temp_name(path)
+            fd = os.open(temp, _O_NEW, 0o666)
+        try:
+            try:
+                view = memoryview(data).cast("B")
+                done = os.write(fd, view)
+                while done < len(view):  # a write may write less than asked
+                    done += os.write(fd, view[done:])
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    finally:
+        _free_slots.append(slot)
+
+
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# publish's temporary-name slots not in use (a forked child's pid makes its
+# names differ from its parent's).
+_free_slots: "list[int]" = []
+_slot_count = itertools.count()
 
 
 # -- freeing the replaced file off the caller's path ----------------------------
