@@ -128,10 +128,10 @@ class BusyLoops:
             p.wait()
 
 
-def measure(condition, runs, report, verbose):
-    results = {w: [] for w in EXPECTED}
+def measure(condition, runs, report, verbose, workloads):
+    results = {w: [] for w in workloads}
     for i in range(runs):
-        for workload in EXPECTED:
+        for workload in workloads:
             r = run_child(workload)
             results[workload].append(r)
             if verbose:
@@ -166,6 +166,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--only", choices=["quiet", "loaded"])
+    parser.add_argument("--workloads", default=",".join(EXPECTED),
+                        help="comma-separated subset of " + ", ".join(EXPECTED))
     parser.add_argument("--verbose", action="store_true", help="a line per interpreter")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,14 +178,19 @@ def main():
                                     "src"))
     from cyjob.bench import Report
 
+    workloads = args.workloads.split(",")
+    unknown = sorted(set(workloads) - set(EXPECTED))
+    if unknown:
+        parser.error(f"unknown workloads {unknown}: choose among {sorted(EXPECTED)}")
+
     report = Report(f"default backend, first call in a fresh interpreter, n_jobs={N_JOBS} "
                     f"({os.cpu_count()} CPUs), {args.runs} interpreters per workload")
     t0 = time.perf_counter()
     if args.only in (None, "quiet"):
-        measure("quiet", args.runs, report, args.verbose)
+        measure("quiet", args.runs, report, args.verbose, workloads)
     if args.only in (None, "loaded"):
         with BusyLoops():
-            measure("loaded", args.runs, report, args.verbose)
+            measure("loaded", args.runs, report, args.verbose, workloads)
     report.add("benchmark run time", time.perf_counter() - t0, unit=" s")
     report.print()
     return 1 if report.failed else 0

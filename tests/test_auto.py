@@ -14,6 +14,9 @@ import functools
 import gc
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -24,11 +27,12 @@ import cyjob
 from cyjob import Parallel, delayed, parallel_config
 from cyjob.backends.auto import memo, steady_remote_throughput
 from cyjob.bench import calibrate_gil_work, gil_work
-from helpers import descendants
+from helpers import child_env, descendants
 
 pytestmark = pytest.mark.timeout(60)
 
 USING = re.compile(r"^\[Parallel\(n_jobs=2\)\]: Using (\w+): (.*)$", re.MULTILINE)
+USING_ANY = re.compile(r"^\[Parallel\(n_jobs=2\)\]: Using (\w+): ", re.MULTILINE)
 KINDS = ("threading", "processes", "inline")
 RETURN_AS = ["list", "generator", "generator_unordered"]
 
@@ -815,3 +819,126 @@ def test_steady_remote_throughput_leaves_out_each_workers_first_batches():
     assert steady_remote_throughput(warm + steady, 2) is None  # 3 after the start only
     assert steady_remote_throughput(warm + steady + [(500, 7)], 2) == (400, 28)
     assert steady_remote_throughput(warm + steady + [(500, 7)], 1) == (480, 1 + 5 + 28)
+
+
+# --------------------------------------------------------------------------
+# a process's first call starts what it needs, when it needs it (issue 15)
+
+_FIRST_CALL = """
+    import sys, threading, time
+    import cyjob.backends.auto as auto
+    from cyjob import Parallel, delayed
+    from cyjob.backends.threads import started_pool
+
+    # The first task is always awaited: the same answer on a loaded machine.
+    auto.FIRST_TASK_WAIT_S = 30.0
+
+    def tiny(x):
+        return x + 1
+
+    def nap(x):
+        time.sleep(0.01)
+        return x + 1
+
+    task, n = (tiny, 5000) if sys.argv[1] == "tiny" else (nap, 40)
+    out = Parallel(n_jobs=2, verbose=10)(delayed(task)(x) for x in range(n))
+    assert out == [x + 1 for x in range(n)]
+    workers = [t for t in threading.enumerate() if t.name.startswith("cyjob-worker")]
+    print(len(workers), len(started_pool(2).pool.threads))
+    # The next call has every thread it asks for.
+    Parallel(n_jobs=2, backend="threading")(delayed(nap)(x) for x in range(4))
+    print(len(started_pool(2).pool.threads))
+"""
+
+
+@pytest.mark.parametrize("workload, kind, threads", [("tiny", "inline", 1),
+                                                     ("nap", "threading", 2)])
+def test_a_first_call_starts_the_worker_threads_it_needs(workload, kind, threads):
+    """A process's first call starts one worker thread for its first task:
+    tiny tasks then run inline and no other thread starts (each start waits
+    for the new thread to be scheduled: several ms on a loaded machine);
+    longer tasks get every thread of the pool."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FIRST_CALL), workload],
+                          env=child_env(), capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert USING_ANY.findall(proc.stderr)[0] == kind, proc.stderr
+    started, in_pool, after = proc.stdout.split()
+    assert (int(started), int(in_pool), int(after)) == (threads, threads, 2), proc.stdout
+
+
+def test_a_cold_start_of_processes_boots_beside_the_call(capsys, monkeypatch):
+    """Processes chosen while their pool is down: the pool is made in a
+    thread of its own (the caller goes on sending batches to threads); a
+    boot that fails leaves the call on threads, and says why."""
+    from cyjob.backends import auto
+    from cyjob.backends.processes import forkserver, shutdown_pool
+
+    shutdown_pool()
+
+    def broken(n_workers, plan):
+        raise OSError("no fork today")
+
+    monkeypatch.setattr(auto, "_process_executor", broken)
+    monkeypatch.setattr(forkserver, "start_early", lambda: None)
+    n = gil_n()
+
+    def work(x):  # (not gil itself: another test marks it cyjob.gil_bound)
+        return gil(n, x, where=True)
+
+    memo.put(work, ("processes", 2e6, 2e6))
+    results = Parallel(n_jobs=2, verbose=10)(delayed(work)(x) for x in range(40))
+    assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(40)])
+    assert {pid for _, pid, _ in results} == {os.getpid()}
+    err = capsys.readouterr().err
+    assert "no process backend (OSError: no fork today): staying on threads" in err, err
+
+
+def test_an_early_fork_server_is_the_one_the_pool_adopts():
+    """The default backend's cold start starts the fork server before it
+    imports the process backend: the pool made next adopts that server."""
+    code = """
+        from cyjob import Parallel, delayed
+        from cyjob.backends.processes import forkserver
+
+        forkserver.start_early()
+        early = forkserver._early[1]
+        from cyjob.backends.processes.pool import get_pool
+
+        assert get_pool().server is early
+        assert forkserver.take_early() is None
+        print(Parallel(n_jobs=2, backend="processes")(delayed(abs)(-x) for x in range(4)))
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(),
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[0, 1, 2, 3]", proc.stdout
+
+
+def test_process_batches_are_sized_before_the_backend_is_imported():
+    from cyjob.backends import auto
+    from cyjob.backends.processes import ProcessExecutor
+
+    assert auto.PROCESS_MIN_BATCH_SECONDS == ProcessExecutor.min_batch_seconds
+
+
+def test_the_router_routes_batches_unwatched_when_asked():
+    """``skip_watch(n)``: the next n batches are routed without a call to
+    ``watch`` (the inline check of a call of tiny tasks looks every ~64
+    batches, not at each of ~200); ``watch_batches`` starts watching every
+    batch again."""
+    from cyjob._batching import BatchSizer
+    from cyjob._dispatch import Call, InlineExecutor, Router
+
+    class Every4th(Router):
+        def begin(self, first_function):
+            self.seen = []
+            self.watch_batches(True, False)
+
+        def watch(self, batch):
+            self.seen.append(batch.start)
+            self.skip_watch(3)
+
+    router = Every4th(1, InlineExecutor())
+    call = Call(router, BatchSizer(1, 1, 1), [delayed(abs)(-x) for x in range(10)])
+    assert call.collect() == list(range(10))
+    assert router.seen == [0, 4, 8]

@@ -282,3 +282,51 @@ def test_a_long_file_name_gets_a_temporary_name_that_fits(tmp_path):
         leftover.write_bytes(b"x")
         _age(leftover, 60)
         assert atomic.sweep_temps(str(tmp_path)) == [leftover.name]
+
+
+def test_publish_reuses_its_temporary_names_and_leaves_none(tmp_path):
+    for i in range(5):
+        atomic.publish(str(tmp_path / f"e{i}"), b"v%d" % i)
+    assert sorted(os.listdir(tmp_path)) == [f"e{i}" for i in range(5)]
+    assert [(tmp_path / f"e{i}").read_bytes() for i in range(5)] == [b"v%d" % i
+                                                                     for i in range(5)]
+    # A slot goes back after the write; a failed write returns it too.
+    slots = list(atomic._free_slots)
+    with pytest.raises(FileNotFoundError):
+        atomic.publish(str(tmp_path / "no-such-dir" / "e"), b"x")
+    assert sorted(atomic._free_slots) == sorted(slots)
+
+
+def test_publish_steps_around_a_dead_writers_leftover(tmp_path, monkeypatch):
+    # A process that had this pid died between create and rename: its
+    # temporary file has the name of one of our slots.  It is not ours to
+    # remove (the sweep's rules do that); the write uses a fresh name.
+    monkeypatch.setattr(atomic, "_free_slots", [5])
+    leftover = tmp_path / f".publish.{atomic.pid_space()}.{os.getpid()}.00000005.cyjob-tmp"
+    leftover.write_bytes(b"dead writer's")
+    atomic.publish(str(tmp_path / "e"), b"mine")
+    assert (tmp_path / "e").read_bytes() == b"mine"
+    assert sorted(os.listdir(tmp_path)) == sorted(["e", leftover.name])
+    assert atomic._free_slots == [5]
+
+
+def test_publish_from_many_threads_at_once(tmp_path):
+    errors = []
+
+    def writer(k):
+        try:
+            for i in range(200):
+                atomic.publish(str(tmp_path / f"{k}-{i % 20}"), b"%d-%d" % (k, i))
+        except Exception as exc:  # pragma: no cover - the assertion shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{k}-{j}" for k in range(4)
+                                                  for j in range(20))
+    assert all((tmp_path / f"{k}-{j}").read_bytes() == b"%d-%d" % (k, 180 + j)
+               for k in range(4) for j in range(20))

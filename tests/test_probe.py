@@ -107,6 +107,27 @@ def test_contradicting_evidence_keeps_measuring_then_stays_on_threads():
     assert "unclear" in verdict.reason
 
 
+# The first task of a process's first call, run alone on the one thread
+# started for it (AutoExecutor._first_task), idle machine.
+FIRST_TASK = {
+    "tiny": [(0, 5328, 2574, 1, 1, 0, 47140)],
+    "tiny-2": [(0, 4607, 2194, 1, 0, 0, 2333)],
+    "gil": [(0, 895750, 891624, 1, 0, 0, 2013)],
+}
+
+
+def test_a_first_task_alone_decides_only_tiny_work():
+    """One task measured on the one thread a process's first call starts:
+    tiny work goes inline at once (no other thread needed); anything else
+    needs batches that ran side by side: keep measuring."""
+    for rows in (FIRST_TASK["tiny"], FIRST_TASK["tiny-2"]):
+        verdict = decide(figures(rows), n_workers=1)
+        assert verdict.kind == INLINE and verdict.remember, verdict
+    assert decide(figures(FIRST_TASK["gil"]), n_workers=1).kind is None
+    # Two workers: one tiny batch is not yet each worker's first.
+    assert decide(figures(FIRST_TASK["tiny"]), n_workers=2).kind is None
+
+
 def test_a_preempted_tiny_batch_stays_tiny():
     """A batch of 100 ``x + 1`` that lost its CPU for 4 ms to another
     program (one involuntary switch, no voluntary one) is still tiny work."""

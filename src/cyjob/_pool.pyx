@@ -236,7 +236,7 @@ cdef class ThreadPool:
             raise MemoryError("cannot allocate the cyjob work queue")
         self.queue_ready = True
 
-    def __init__(self, Py_ssize_t n_threads, str name="cyjob-worker"):
+    def __init__(self, Py_ssize_t n_threads, str name="cyjob-worker", start=None):
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         self.n_threads = n_threads
@@ -244,7 +244,18 @@ cdef class ThreadPool:
         self.name = name
         self.threads = []
         self.workers = []
-        for i in range(n_threads):
+        self.start_threads(n_threads if start is None else start)
+
+    def start_threads(self, Py_ssize_t n=-1):
+        """Start threads until ``n`` (default: ``n_threads``) have started.
+
+        A pool made with ``start=0`` starts its threads as its user finds it
+        needs them: each start waits for the new thread to run, several ms on
+        a loaded machine (the default backend's first call of tiny tasks
+        needs one thread, or none, not n_jobs)."""
+        if n < 0 or n > self.n_threads:
+            n = self.n_threads
+        while len(self.threads) < n and not self.closed:
             self._start_worker()
 
     cdef int _start_worker(self) except -1:
@@ -380,7 +391,7 @@ cdef class ThreadPool:
                 w.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def alive(self):
-        """True while every worker thread is running in this process."""
+        """True while every worker thread started is running in this process."""
         return (not self.closed and self.owner_pid == os.getpid()
                 and all(t.is_alive() for t in self.threads))
 

@@ -138,8 +138,9 @@ class Parallel:
             else:
                 # In a worker process: "multiprocessing" if its call asked for
                 # that backend (joblib's daemonic workers), else "processes".
+                # (getattr: another thread may be importing it right now.)
                 worker = _modules.get(_WORKER_MODULE)
-                if worker is not None and worker.IN_WORKER:
+                if worker is not None and getattr(worker, "IN_WORKER", False):
                     below = "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
                     if _warn_nested(plan.backend_name, below):
                         n_workers = 1  # joblib's rule, which the warning announced

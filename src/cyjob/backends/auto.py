@@ -19,13 +19,15 @@ A choice is then checked while the call runs and corrected once: processes
 or the caller's thread that run slower per task than the probe's threads
 did send the rest to threads; threads that turn out GIL-bound move to
 processes.  A call sent to a process pool that is still booting runs on
-threads until a worker is up.  Choices are remembered per function for a
-minute (re-measured if a task's cost moves 10x).  An explicit backend,
-``prefer``, ``require="sharedmem"`` or a marker on the function
-(``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
+threads until a worker is up (a cold pool starts beside the call: its fork
+server at once, the rest in a thread of its own).  Choices are remembered
+per function for a minute (re-measured if a task's cost moves 10x).  An
+explicit backend, ``prefer``, ``require="sharedmem"`` or a marker on the
+function (``cyjob.nogil(f)``, ``cyjob.gil_bound(f)``) wins over measurement.
 """
 
 import functools
+import os
 import pickle
 import sys
 import threading
@@ -34,14 +36,14 @@ import types
 import weakref
 
 from cyjob._batching import BatchSizer
-from cyjob._dispatch import Executor, Router
+from cyjob._dispatch import Executor, Router, ThreadExecutor
 from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
 from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, BatchFigures,
                                    decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.backends.threads import ThreadingBackend, get_pool, started_pool
+from cyjob.backends.threads import ThreadingBackend, get_pool, grow_pool, started_pool
 
 # What the probe's figures mean is decided in _probe.decide (a pure function,
 # tested on recorded figures).
@@ -58,6 +60,8 @@ WARMUP_BATCHES = 2
 # ...once it has run this many batches, over at least this long.
 CHECK_MIN_BATCHES = 4
 CHECK_MIN_NS = 50_000_000
+# Batches run inline without a look at the check in between, at most.
+CHECK_MAX_UNWATCHED = 64
 # A call run inline too short for that check forgets its choice if its tasks
 # ran this much slower than on threads: the next call measures again.
 LAST_LOOK_MARGIN = 1.5
@@ -81,6 +85,16 @@ INLINE_TINY_BATCH = 512
 # machine: 16-164 ms, median ~100, with batches of one task; 15-130 ms,
 # median 41-46, with these (3 intervals: no better).
 PROBE_SWITCH_INTERVALS = 2.0
+# The process's first call starts one worker thread for its first task and
+# waits this long for it to finish: a tiny task (the call then runs inline,
+# no other thread started) takes ~10-50 us there on a quiet machine, where
+# each thread start costs ~0.25 ms, and several ms on a loaded one (the new
+# thread must be scheduled, then the caller).  Longer tasks only delay the
+# start of the other threads by this much.
+FIRST_TASK_WAIT_S = 0.002
+# ProcessExecutor.min_batch_seconds, known before the process backend is
+# imported (a cold start imports it in a thread of its own, see _ProcessBoot).
+PROCESS_MIN_BATCH_SECONDS = 0.010
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...
@@ -238,7 +252,8 @@ class AutoExecutor(Router):
 
     __slots__ = ("plan", "initial_sizer", "probe_sizer", "n_judged", "choice", "function",
                  "seen", "remembered", "threads_ns", "checked", "corrected", "left",
-                 "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks")
+                 "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks",
+                 "growing", "inline_sizer")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -276,13 +291,20 @@ class AutoExecutor(Router):
             self.booting = None
             self.route_to(booting, True)
             self._watch()
+        elif booting is not None and booting.unavailable():
+            self.booting = None
+            self._say(f"no process backend ({booting.unavailable()}): staying on threads")
+            self._watch()
         if self.checked is not None:
             self.checked.append(batch)
             self._check()
             return
         if self.choice is not None:
             return  # only waiting for the pool to boot
-        self._maybe_decide()
+        if self.growing:
+            self._first_task()
+        if self.choice is None:
+            self._maybe_decide()
         if self.checked is not None:
             self.checked.append(batch)  # the first batch sent to the choice
         elif self.choice is None:
@@ -292,6 +314,7 @@ class AutoExecutor(Router):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
                   f"{per_task / 1e3:.1f} us: measuring again")
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        self.skip_watch(0)  # the probe watches every batch
         if self.target is not None and self.target is not self.first:
             self.left.append(self.target)
         if self.booting is not None:
@@ -345,6 +368,33 @@ class AutoExecutor(Router):
 
     # -- measuring --------------------------------------------------------
 
+    def _first_task(self):
+        """The process's first call (its pool's threads not started yet):
+        one thread runs the first batch (one task; the caller never runs a
+        task nobody has measured, see Call._caller_may_run); if that task
+        is tiny, the call goes inline and no other thread starts; otherwise
+        the others start and the probe goes on as in any call."""
+        if not self.seen:
+            grow_pool(self.first, 1)  # before the first batch is queued
+            return
+        self.growing = False
+        first = self.seen[0]
+        if self.call.wait_for(first, FIRST_TASK_WAIT_S) and first.results is not None:
+            verdict = decide([_figures(first)], 1)
+            if verdict.kind == INLINE:
+                self.n_judged = 1
+                self._measured_on_threads([first])
+                self._choose(INLINE, verdict.ns_per_task, verdict.reason, remember=True)
+                return
+        grow_pool(self.first)
+
+    def _measured_on_threads(self, done):
+        # End to end, gaps between batches included, as the check of the
+        # choice will measure it.
+        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
+        n_tasks = sum(b.size for b in done)
+        self.threads_ns = span / n_tasks if n_tasks else 0.0
+
     def _maybe_decide(self):
         done = [b for b in self.seen if b.done and b.results is not None]
         if not done:
@@ -360,11 +410,7 @@ class AutoExecutor(Router):
         verdict = decide(figures, self.n_workers, last_chance)
         if verdict.kind is None:
             return
-        # End to end, gaps between batches included, as the check of the
-        # choice will measure it.
-        span = max(b.finished_ns for b in done) - min(b.started_ns - b.waited_ns for b in done)
-        n_tasks = sum(b.size for b in done)
-        self.threads_ns = span / n_tasks if n_tasks else 0.0
+        self._measured_on_threads(done)
         self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
                      remember=verdict.remember)
 
@@ -374,7 +420,8 @@ class AutoExecutor(Router):
         kind = self.choice[0]
         if kind == INLINE:
             n_done, elapsed, n_tasks = self._inline_done()
-            if n_done < CHECK_MIN_BATCHES:
+            if n_done < CHECK_MIN_BATCHES or elapsed < CHECK_MIN_NS:
+                self._skip_until_checkable(n_done, elapsed)
                 return
         else:
             done = [b for b in self.checked if b.done and b.results is not None]
@@ -412,21 +459,33 @@ class AutoExecutor(Router):
 
     def _inline_done(self):
         """The batches run inline since the choice: how many, their time and
-        their tasks.  Summed as they end (the caller runs them one after
-        another) and let go: a long call of tiny tasks runs hundreds of
-        batches, and summing them all again for each would cost O(n^2)."""
-        checked = self.checked
-        n = 0
-        for batch in checked:
-            if not batch.done:
-                break
-            n += 1
-            if batch.results is not None:
-                self.inline_batches += 1
-                self.inline_ns += batch.duration_ns
-                self.inline_tasks += batch.size
-        del checked[:n]
-        return self.inline_batches, self.inline_ns, self.inline_tasks
+        their tasks, as the call's sizers observed them (the caller runs
+        them one after another, each observed as it ends).  No list of
+        batches: a long call of tiny tasks runs hundreds, most unwatched."""
+        self.checked.clear()
+        sizer = self.call.sizer
+        if sizer is not self.inline_sizer:
+            # The core moved to the sizer a remembered choice asked for
+            # (check_cost, made fresh in _choose): bank what the previous
+            # one observed.
+            old = self.inline_sizer
+            self.inline_batches += old.n_observed
+            self.inline_ns += old.work_ns
+            self.inline_tasks += old.n_tasks
+            self.inline_sizer = sizer
+        return (self.inline_batches + sizer.n_observed, self.inline_ns + sizer.work_ns,
+                self.inline_tasks + sizer.n_tasks)
+
+    def _skip_until_checkable(self, n_done, elapsed):
+        """Route the batches that cannot make the inline check conclusive
+        unwatched: a call of tiny tasks runs ~200 batches of 512 in 20 ms,
+        and a Python call per batch cost ~2% of it."""
+        if n_done <= 0 or elapsed <= 0:
+            return
+        per_batch = elapsed / n_done
+        needed = max(CHECK_MIN_BATCHES - n_done, (CHECK_MIN_NS - elapsed) / per_batch)
+        # (Bounded: the batches to come may be longer than the ones seen.)
+        self.skip_watch(min(int(needed) - 1, CHECK_MAX_UNWATCHED))
 
     def _stop_checking(self):
         self.checked = None
@@ -478,14 +537,28 @@ class AutoExecutor(Router):
                 call.use_sizer(self.probe_sizer.continued(
                     self.initial_sizer.min_batch_ns / 1e9))
             self.probe_sizer = None
+        if self.growing and kind != INLINE:
+            self.growing = False
+            grow_pool(self.first)  # threads run batches from now on
         verifying = reason == "remembered from an earlier call"
         marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
         elsewhere = False
         if kind == PROCESSES:
-            target = _process_executor(self.n_workers, plan)
-            if target is not None:
-                target = _PicklableOrThreads(self, target)
+            if marked or _process_pool_running():
+                target = _process_executor(self.n_workers, plan)
+                if target is not None:
+                    target = _PicklableOrThreads(self, target)
+            else:
+                # A cold start: the fork server starts now (it boots in its
+                # own process, ~0.1-0.3 s); the imports of the process
+                # backend and cloudpickle, and the pool's I/O thread (35-115
+                # ms of this thread's time here), happen in a thread of their
+                # own meanwhile, while this call's batches go on on threads.
+                from cyjob.backends.processes import forkserver
+
+                forkserver.start_early()
+                target = _PicklableOrThreads(self, None, _ProcessBoot(self.n_workers, plan))
             if target is None:
                 kind, reason = THREADS, reason + " (no process backend: staying on threads)"
                 target = self.first
@@ -523,8 +596,10 @@ class AutoExecutor(Router):
         if not self.corrected and not marked:
             # A choice is watched until it proves itself (or is corrected).
             self.checked = []
-            self.inline_batches = self.inline_tasks = 0
-            self.inline_ns = 0.0
+            # What the sizer observed before this choice is not inline.
+            sizer = self.inline_sizer = call.sizer
+            self.inline_batches, self.inline_tasks = -sizer.n_observed, -sizer.n_tasks
+            self.inline_ns = -sizer.work_ns
             call.measure_cpu = kind == THREADS
         if elsewhere and not marked and not target.ready():
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
@@ -565,13 +640,15 @@ def _figures(batch):
 class _PicklableOrThreads(Executor):
     """The process target of a call, unless a batch cannot be pickled: then
     that batch and the rest of the call stay on the threads (which run
-    anything), rather than failing a call that threads would run."""
+    anything), rather than failing a call that threads would run.  Made
+    with ``boot`` instead of ``processes``: ready once the boot made them."""
 
-    def __init__(self, router, processes):
-        super().__init__(processes.n_workers)
+    def __init__(self, router, processes, boot=None):
+        super().__init__(router.n_workers)
         self.router = router
         self.processes = processes
-        self.min_batch_seconds = processes.min_batch_seconds
+        self.boot = boot
+        self.min_batch_seconds = PROCESS_MIN_BATCH_SECONDS
 
     def submit(self, batch):
         router = self.router
@@ -589,10 +666,53 @@ class _PicklableOrThreads(Executor):
         router.first.submit(batch)
 
     def ready(self):
+        if self.processes is None:
+            self.processes = self.boot.executor
+            if self.processes is None:
+                return False
         return self.processes.ready()
 
+    def unavailable(self):
+        """Why the boot made no process executor, once it is over (else '')."""
+        return self.boot.failed if self.boot is not None and self.processes is None else ""
+
     def call_finished(self, call):
-        self.processes.call_finished(call)  # its temp files, if any
+        if self.processes is not None:
+            self.processes.call_finished(call)  # its temp files, if any
+
+
+class _ProcessBoot:
+    """Makes the process executor of a call in a thread of its own: the
+    imports of the process backend and cloudpickle, the fork server's start
+    and the pool's I/O thread cost the caller 35-115 ms here, during which
+    it dispatched nothing (and its imports took the GIL from the threads
+    running its batches all the same).  ``executor`` is set once made;
+    ``failed`` says why there is none."""
+
+    def __init__(self, n_workers, plan):
+        self.executor = None
+        self.failed = ""
+        thread = threading.Thread(target=self._boot, args=(n_workers, plan),
+                                  name="cyjob-process-boot", daemon=True)
+        thread.start()
+
+    def _boot(self, n_workers, plan):
+        try:
+            executor = _process_executor(n_workers, plan)
+        except BaseException as exc:  # (a daemon thread: nobody to raise it to)
+            self.failed = f"{type(exc).__name__}: {exc}"
+            return
+        if executor is None:
+            self.failed = "not available"
+        self.executor = executor
+
+
+def _process_pool_running():
+    """The process backend's pool is up in this process (a choice of
+    processes costs no start-up then)."""
+    # (getattr: the module may be half imported by another thread.)
+    pool = getattr(sys.modules.get("cyjob.backends.processes.pool"), "_pool", None)
+    return pool is not None and not pool.closed and pool.pid == os.getpid()
 
 
 def _process_executor(n_workers, plan):
@@ -614,16 +734,19 @@ class AutoBackend(Backend):
     supports_sharedmem = False
 
     def executor(self, n_workers, plan=None):
-        if n_workers > 1 and started_pool(n_workers) is None:
-            # The process's first call: its probe runs on n_workers threads
-            # (the caller never runs a task nobody has measured), and tiny
-            # tasks then need no thread at all.  Start only those: each
-            # thread start waits for the new thread to run, up to several
-            # ms on a loaded machine, as long as the tasks of such a call
-            # (issue 15).  The caller's own pool comes with the next call.
-            first = get_pool(n_workers)
+        growing = n_workers > 1 and started_pool(n_workers) is None
+        if growing:
+            # The process's first call: its probe runs on a pool of
+            # n_workers threads (the caller never runs a task nobody has
+            # measured) started as it needs them (AutoExecutor._first_task):
+            # each thread start waits for the new thread to run, up to
+            # several ms on a loaded machine, as long as a call of tiny tasks
+            # (issue 15), which needs one thread.  The caller's own pool
+            # comes with the next call.
+            first = get_pool(n_workers, lazy=True)
         else:
             first = _THREADS.executor(n_workers, plan)
         executor = AutoExecutor(n_workers, first)
         executor.plan = plan
+        executor.growing = growing and isinstance(first, ThreadExecutor)
         return executor

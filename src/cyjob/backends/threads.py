@@ -13,16 +13,20 @@ from cyjob.backends.sequential import SequentialBackend
 # Pools by (threads, caller helps), started on first use and shared by every
 # call (and every Python thread) that asks for the same.
 _pools: "dict[tuple[int, bool], ThreadExecutor]" = {}
+# Pools whose threads start as the default backend's first call finds it
+# needs them (get_pool(lazy=True), grow_pool): moved to _pools once complete.
+_growing: "dict[tuple[int, bool], ThreadExecutor]" = {}
 _pools_lock = threading.RLock()
 _pool_ids = itertools.count()
 _exiting = False
 
 
-def get_pool(n_workers, caller_helps=False):
+def get_pool(n_workers, caller_helps=False, lazy=False):
     """A shared pool running ``n_workers`` batches of a call at once: with
     ``caller_helps``, n_workers - 1 threads plus the waiting caller while its
     tasks are short, the pool of n_workers threads otherwise (see
-    ``ThreadExecutor``)."""
+    ``ThreadExecutor``).  ``lazy``: none of its threads started yet, if it
+    was not started already: its user starts them with ``grow_pool``."""
     key = (n_workers - caller_helps, caller_helps)
     pool = _pools.get(key)
     if pool is not None:
@@ -34,28 +38,52 @@ def get_pool(n_workers, caller_helps=False):
         return SequentialBackend().executor(1)
     with _pools_lock:
         pool = _pools.get(key)
-        if (pool is None or not pool.pool.alive()
-                or (pool.full is not None and not pool.full.pool.alive())):
-            full = None
-            if caller_helps:
-                full = get_pool(n_workers)  # (the lock is an RLock)
-                if not isinstance(full, ThreadExecutor):
-                    return full  # exiting
-            threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}")
-            pool = _pools[key] = ThreadExecutor(threads, caller_helps, full)
+        if (pool is not None and pool.pool.alive()
+                and (pool.full is None or pool.full.pool.alive())):
+            return pool
+        pool = _growing.get(key)
+        if pool is not None and pool.pool.alive():
+            return pool if lazy else grow_pool(pool)
+        full = None
+        if caller_helps:
+            full = get_pool(n_workers)  # (the lock is an RLock)
+            if not isinstance(full, ThreadExecutor):
+                return full  # exiting
+        threads = ThreadPool(key[0], name=f"cyjob-worker-{next(_pool_ids)}",
+                             start=0 if lazy else None)
+        pool = ThreadExecutor(threads, caller_helps, full)
+        if lazy:
+            _growing[key] = pool
+        else:
+            _growing.pop(key, None)
+            _pools[key] = pool
+    return pool
+
+
+def grow_pool(pool, n_threads=None):
+    """Start threads of a pool from ``get_pool(lazy=True)`` until
+    ``n_threads`` (default: all of them) run; return it."""
+    with _pools_lock:
+        pool.pool.start_threads(-1 if n_threads is None else n_threads)
+        key = (pool.pool.n_threads, False)
+        if len(pool.pool.threads) >= pool.pool.n_threads and _growing.get(key) is pool:
+            del _growing[key]
+            _pools[key] = pool
     return pool
 
 
 def started_pool(n_workers, caller_helps=False):
-    """The pool ``get_pool`` would return, if it is started already (else None)."""
-    return _pools.get((n_workers - caller_helps, caller_helps))
+    """The pool ``get_pool`` would return, if it is made already (else None)."""
+    key = (n_workers - caller_helps, caller_helps)
+    return _pools.get(key) or _growing.get(key)
 
 
 def shutdown_pools(wait=True, timeout=2.0, at_exit=False):
     """Stop every worker thread (at exit, or to free them in a test)."""
     with _pools_lock:
-        pools = list(_pools.values())
+        pools = list(_pools.values()) + list(_growing.values())
         _pools.clear()
+        _growing.clear()
     for pool in pools:
         pool.pool.shutdown(wait=wait, timeout=timeout, at_exit=at_exit)
 
@@ -71,6 +99,7 @@ def _forget_pools_after_fork():
     # may be held by threads that no longer exist: start afresh, lazily.
     global _pools_lock
     _pools.clear()
+    _growing.clear()
     _pools_lock = threading.RLock()
 
 

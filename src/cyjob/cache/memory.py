@@ -441,19 +441,30 @@ class MemorizedFunc:
                          args_id, self._dir))
 
     def _compute_once(self, version, args_id, args, kwargs, shelving):
-        lock = self._lock(version, args_id)
+        # The local store at the current version, the common case, by path.
+        path = self._dir + args_id if self._local and version == self._version else None
+        lock = (self.store_backend.lock_at(path) if path is not None
+                else self._lock(version, args_id))
         lock.acquire()
         stored = False
         try:
-            if lock.usable:
-                # Another thread or process may have computed it meanwhile.
+            # Another thread or process may have computed it meanwhile.  The
+            # local store asks first whether the file exists (no exception
+            # raised and caught: half the cost of a read attempt on a miss).
+            if lock.usable and (path is None or os.access(path, os.F_OK)):
                 hit, value = self._lookup(version, args_id, args, kwargs)
                 if hit:
                     return self._shelved(version, args_id) if shelving else value
-            value, stored, _ = self._compute(version, args_id, args, kwargs, self.func)
+            if self._verbose > 0:
+                self._before_call(args, kwargs)
+            start = time.time()
+            value = self.func(*args, **kwargs)
+            value, stored, _ = self._store(version, args_id, args, kwargs, value, start, path)
         finally:
             lock.release(remove=stored)
-        return self._finish(version, args_id, value, stored, shelving)
+        if shelving or (stored and self.mmap_mode is not None):
+            return self._finish(version, args_id, value, stored, shelving)
+        return value
 
     def _lock(self, version, args_id):
         store = self.store_backend
@@ -461,10 +472,12 @@ class MemorizedFunc:
             return store.lock_at(self._dir + args_id)
         return store.lock(self.func_id, version, args_id)
 
-    def _write(self, version, args_id, value, meta, duration):
+    def _write(self, version, args_id, value, meta, duration, path=None):
         store = self.store_backend
-        if version == self._version and hasattr(store, "write_at"):
-            return store.write_at(self._dir + args_id, value, meta, duration)
+        if path is None and version == self._version and hasattr(store, "write_at"):
+            path = self._dir + args_id
+        if path is not None:
+            return store.write_at(path, value, meta, duration)
         return store.write(self.func_id, version, args_id, value, meta, duration)
 
     def _finish(self, version, args_id, value, stored, shelving):
@@ -495,9 +508,14 @@ class MemorizedFunc:
                 80 * "_", ".".join([p for p in parts if p] + [name]), name, ", ".join(arg_str)))
 
     def _meta(self, args, kwargs):
+        binder = self._binder
         try:
+            if not kwargs and binder.simple and len(args) <= binder.n:
+                # (Binder.arguments' fast case, without the intermediate dict)
+                return {"input_args": dict(zip(binder.names, map(
+                    repr, args + binder.defaults[len(args):])))}
             return {"input_args": {str(k): repr(v) for k, v in
-                                   self._binder.arguments(args, kwargs).items()}}
+                                   binder.arguments(args, kwargs).items()}}
         except Exception:
             return {"input_args": {}}
 
@@ -507,14 +525,14 @@ class MemorizedFunc:
         value = func(*args, **kwargs)
         return self._store(version, args_id, args, kwargs, value, start)
 
-    def _store(self, version, args_id, args, kwargs, value, start):
+    def _store(self, version, args_id, args, kwargs, value, start, path=None):
         meta = self._meta(args, kwargs)
         duration = time.time() - start
         try:
-            stored = self._write(version, args_id, value, meta, duration)
+            stored = self._write(version, args_id, value, meta, duration, path)
         except Exception as exc:  # an unpicklable result: return it, store nothing
             warnings.warn("cyjob.Memory could not store the result of %s: %r"
-                          % (self.func_id, exc), stacklevel=5)
+                          % (self.func_id, exc), stacklevel=4)
             stored = False
         duration = time.time() - start
         if self._verbose > 0:

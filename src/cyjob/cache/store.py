@@ -37,7 +37,7 @@ import warnings
 
 import xxhash
 
-from cyjob.cache.locks import UNWRITABLE, key_lock
+from cyjob.cache.locks import OFD_LOCKS, UNWRITABLE, ByteLock, LockFile, key_lock
 # Not the package (its dump/load import numpy): crash-safe writes only.
 from cyjob.persist.atomic import atomic_write, is_stale_temp, publish
 
@@ -88,9 +88,23 @@ class _EntryPickler(pickle.Pickler):
         return _rebuild_array, (pickle.PickleBuffer(data), obj.dtype, obj.shape, order)
 
 
+# Values that hold no other object (so no numpy array).
+_ATOMS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def encode_entry(value, meta, duration):
     """``(head, buffers)``: the header, table, pickle and metadata as one
     bytes object, and the out-of-band buffers that follow it."""
+    kind = type(value)
+    if kind in _ATOMS or (kind in (tuple, list) and len(value) <= 8
+                          and _ATOMS.issuperset(map(type, value))):
+        # No array can hide in it: the C pickler alone, no table (a Pickler
+        # subclass with a reducer_override costs ~1 us more per miss).
+        payload = pickle.dumps(value, protocol=5)
+        meta_bytes = pickle.dumps(meta, protocol=5)
+        body = payload + meta_bytes
+        return _HEADER.pack(_MAGIC, _FORMAT, 0, 0, 0, len(payload), len(meta_bytes),
+                            time.time(), duration, xxhash.xxh3_64_intdigest(body)) + body, ()
     buffers = []
     out = io.BytesIO()
     _EntryPickler(out, protocol=5,
@@ -353,6 +367,11 @@ class StoreBackendBase:
 class LocalStoreBackend(StoreBackendBase):
     """Entries as files in a local folder (see the module docstring)."""
 
+    # The open lock file is a slot, out of vars(): a store pickles, compares
+    # and hashes by its settings (joblib's tests compare vars() after a
+    # pickle round trip), and descriptors mean nothing in another process.
+    __slots__ = ("_lock_file",)
+
     def __init__(self):
         self.location = None
         self.compress = None
@@ -361,10 +380,15 @@ class LocalStoreBackend(StoreBackendBase):
         self._written_since_scan = None  # bytes, None until the first scan
         self._size_at_scan = 0
         self._unwritable_warned = False
+        self._lock_file = None  # the single-flight lock file, kept open (Linux)
+
+    def __getstate__(self):
+        return self.__dict__  # (not the slot)
 
     def configure(self, location, verbose=0, backend_options=None):
         options = dict(backend_options or {})
         self.location = os.fspath(location)
+        self._lock_file = None  # (of the old location, if any)
         self.verbose = verbose
         self.compress = _compress_spec(options.get("compress", False))
         self.bytes_limit = bytes_from_limit(options.get("bytes_limit"))
@@ -433,7 +457,12 @@ class LocalStoreBackend(StoreBackendBase):
 
     def lock_at(self, path):
         """The single-flight lock of the entry at ``path``."""
-        return key_lock(self.location, path)
+        lock_file = getattr(self, "_lock_file", None)
+        if lock_file is not None:
+            return ByteLock(lock_file, path)
+        if OFD_LOCKS:
+            lock_file = self._lock_file = LockFile(self.location + os.sep + ".lock")
+        return key_lock(self.location, path, lock_file)
 
     def clear_item(self, func_id, version, args_id):
         try:

@@ -10,8 +10,18 @@ Names: "processes", and joblib's "loky" and "multiprocessing".
 * ``sharedmem.py``   large numpy arrays shared through memory-mapped files
 """
 
-from cyjob.backends.processes.backend import (
-    THREAD_LIMIT_VARS, ProcessBackend, ProcessExecutor, shutdown_pool,
-)
+
+import importlib
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
+
+
+def __getattr__(name):
+    # Imported on first use: the fork server imports this package (its
+    # forkserver module) and needs none of the parent's side, and the
+    # default backend starts that server before it imports the rest.
+    if name in __all__:
+        value = getattr(importlib.import_module("cyjob.backends.processes.backend"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,7 @@ import threading
 import time
 from collections import deque
 
-from cyjob.backends.processes import wire
+from cyjob.backends.processes import forkserver, wire
 from cyjob.backends.processes.worker import safe_str
 from cyjob.exceptions import (
     PoolShutdownError, TerminatedWorkerError, WorkerError, chain_remote_traceback,
@@ -68,10 +68,6 @@ PIPELINE_DEPTH = 2
 # Only jobs this small are pipelined: they fit in the socket's buffer, so
 # writing one never blocks on a worker that is busy.
 PIPELINE_MAX_BYTES = 64 * 1024
-
-# The directory holding the cyjob package (src/ in a checkout).
-_CYJOB_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 
 
 def _worker_sys_path(path):
@@ -193,23 +189,9 @@ class _Pool:
     # -- fork server -----------------------------------------------------------
 
     def _start_server(self):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = (f"import sys; sys.path.insert(0, {_CYJOB_ROOT!r}); "
-                "from cyjob.backends.processes.forkserver import forkserver_main; "
-                f"forkserver_main({theirs.fileno()})")
-        # The interpreter's own flags (-W, -X, -O...) carry over, as with
-        # multiprocessing's spawn.
-        flags = subprocess._args_from_interpreter_flags()
-        try:
-            self.server = subprocess.Popen([sys.executable, *flags, "-c", code],
-                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.ctrl = ours
-        self.epoll.register(ours.fileno(), select.EPOLLIN)
+        started = forkserver.take_early() or forkserver.start_server()
+        self.server, self.ctrl = started
+        self.epoll.register(self.ctrl.fileno(), select.EPOLLIN)
 
     def _ctrl_send(self, msg, fds=()):
         data = pickle.dumps(msg)
