@@ -919,3 +919,26 @@ def test_process_batches_are_sized_before_the_backend_is_imported():
     from cyjob.backends.processes import ProcessExecutor
 
     assert auto.PROCESS_MIN_BATCH_SECONDS == ProcessExecutor.min_batch_seconds
+
+
+def test_the_router_routes_batches_unwatched_when_asked():
+    """``skip_watch(n)``: the next n batches are routed without a call to
+    ``watch`` (the inline check of a call of tiny tasks looks every ~64
+    batches, not at each of ~200); ``watch_batches`` starts watching every
+    batch again."""
+    from cyjob._batching import BatchSizer
+    from cyjob._dispatch import Call, InlineExecutor, Router
+
+    class Every4th(Router):
+        def begin(self, first_function):
+            self.seen = []
+            self.watch_batches(True, False)
+
+        def watch(self, batch):
+            self.seen.append(batch.start)
+            self.skip_watch(3)
+
+    router = Every4th(1, InlineExecutor())
+    call = Call(router, BatchSizer(1, 1, 1), [delayed(abs)(-x) for x in range(10)])
+    assert call.collect() == list(range(10))
+    assert router.seen == [0, 4, 8]

@@ -41,6 +41,7 @@ cdef class Router(Executor):
     cdef readonly bint out_of_process  # the target runs batches elsewhere
     cdef readonly bint watch_before    # call watch(batch) before routing a batch
     cdef readonly bint watch_end       # call ended(call) when the call ends
+    cdef Py_ssize_t unwatched          # batches still to route without watch()
     cdef readonly Call call            # set at the first batch
     # check_cost: the expected cost of the next check_tasks tasks (0: none)
     cdef BatchSizer check_sizer

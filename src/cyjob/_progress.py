@@ -60,21 +60,24 @@ class VerboseReporter:
         self._print(msg)
 
     def __call__(self, call):
+        # (Called once per batch: what only a printed line needs is worked
+        # out after the checks that skip most batches.)
         total = call.n_total if call.n_total >= 0 else self.n_tasks
+        done = call.n_completed_tasks
+        if not call.finished:
+            if total and done >= total:
+                return  # the "finished" line follows (joblib prints only that one)
+            if done == self.last_done:
+                return  # several batches handed back, no new task finished
+            index = self.n_reports
+            self.n_reports += 1
+            if _verbosity_filter(index, self.verbose):
+                return
         width = floor(log10(total)) + 1 if total else 3
         elapsed = time.time() - self.start
-        done = call.n_completed_tasks
         if call.finished:
             self._print(f"Done {done:{width}d} out of {done:{width}d} | elapsed: "
                         f"{short_format_time(elapsed)} finished")
-            return
-        if total and done >= total:
-            return  # the "finished" line follows (joblib prints only that one)
-        if done == self.last_done:
-            return  # several batches handed back, no new task finished
-        index = self.n_reports
-        self.n_reports += 1
-        if _verbosity_filter(index, self.verbose):
             return
         self.last_done = done
         fmt_time = f"| elapsed: {short_format_time(elapsed)}"

@@ -60,6 +60,8 @@ WARMUP_BATCHES = 2
 # ...once it has run this many batches, over at least this long.
 CHECK_MIN_BATCHES = 4
 CHECK_MIN_NS = 50_000_000
+# Batches run inline without a look at the check in between, at most.
+CHECK_MAX_UNWATCHED = 64
 # A call run inline too short for that check forgets its choice if its tasks
 # ran this much slower than on threads: the next call measures again.
 LAST_LOOK_MARGIN = 1.5
@@ -251,7 +253,7 @@ class AutoExecutor(Router):
     __slots__ = ("plan", "initial_sizer", "probe_sizer", "n_judged", "choice", "function",
                  "seen", "remembered", "threads_ns", "checked", "corrected", "left",
                  "booting", "hooks", "inline_batches", "inline_ns", "inline_tasks",
-                 "growing")
+                 "growing", "inline_sizer")
 
     # -- hooks called by the core -------------------------------------------
 
@@ -312,6 +314,7 @@ class AutoExecutor(Router):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
                   f"{per_task / 1e3:.1f} us: measuring again")
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        self.skip_watch(0)  # the probe watches every batch
         if self.target is not None and self.target is not self.first:
             self.left.append(self.target)
         if self.booting is not None:
@@ -417,7 +420,8 @@ class AutoExecutor(Router):
         kind = self.choice[0]
         if kind == INLINE:
             n_done, elapsed, n_tasks = self._inline_done()
-            if n_done < CHECK_MIN_BATCHES:
+            if n_done < CHECK_MIN_BATCHES or elapsed < CHECK_MIN_NS:
+                self._skip_until_checkable(n_done, elapsed)
                 return
         else:
             done = [b for b in self.checked if b.done and b.results is not None]
@@ -455,21 +459,33 @@ class AutoExecutor(Router):
 
     def _inline_done(self):
         """The batches run inline since the choice: how many, their time and
-        their tasks.  Summed as they end (the caller runs them one after
-        another) and let go: a long call of tiny tasks runs hundreds of
-        batches, and summing them all again for each would cost O(n^2)."""
-        checked = self.checked
-        n = 0
-        for batch in checked:
-            if not batch.done:
-                break
-            n += 1
-            if batch.results is not None:
-                self.inline_batches += 1
-                self.inline_ns += batch.duration_ns
-                self.inline_tasks += batch.size
-        del checked[:n]
-        return self.inline_batches, self.inline_ns, self.inline_tasks
+        their tasks, as the call's sizers observed them (the caller runs
+        them one after another, each observed as it ends).  No list of
+        batches: a long call of tiny tasks runs hundreds, most unwatched."""
+        self.checked.clear()
+        sizer = self.call.sizer
+        if sizer is not self.inline_sizer:
+            # The core moved to the sizer a remembered choice asked for
+            # (check_cost, made fresh in _choose): bank what the previous
+            # one observed.
+            old = self.inline_sizer
+            self.inline_batches += old.n_observed
+            self.inline_ns += old.work_ns
+            self.inline_tasks += old.n_tasks
+            self.inline_sizer = sizer
+        return (self.inline_batches + sizer.n_observed, self.inline_ns + sizer.work_ns,
+                self.inline_tasks + sizer.n_tasks)
+
+    def _skip_until_checkable(self, n_done, elapsed):
+        """Route the batches that cannot make the inline check conclusive
+        unwatched: a call of tiny tasks runs ~200 batches of 512 in 20 ms,
+        and a Python call per batch cost ~2% of it."""
+        if n_done <= 0 or elapsed <= 0:
+            return
+        per_batch = elapsed / n_done
+        needed = max(CHECK_MIN_BATCHES - n_done, (CHECK_MIN_NS - elapsed) / per_batch)
+        # (Bounded: the batches to come may be longer than the ones seen.)
+        self.skip_watch(min(int(needed) - 1, CHECK_MAX_UNWATCHED))
 
     def _stop_checking(self):
         self.checked = None
@@ -580,8 +596,10 @@ class AutoExecutor(Router):
         if not self.corrected and not marked:
             # A choice is watched until it proves itself (or is corrected).
             self.checked = []
-            self.inline_batches = self.inline_tasks = 0
-            self.inline_ns = 0.0
+            # What the sizer observed before this choice is not inline.
+            sizer = self.inline_sizer = call.sizer
+            self.inline_batches, self.inline_tasks = -sizer.n_observed, -sizer.n_tasks
+            self.inline_ns = -sizer.work_ns
             call.measure_cpu = kind == THREADS
         if elsewhere and not marked and not target.ready():
             # A cold pool takes 0.1-0.3 s to boot: the threads keep running
