@@ -868,7 +868,7 @@ cdef class Call:
 
     cpdef void abort(self):
         """Stop dispatching; workers skip this call's queued batches and stop
-        running batches at their next check (every few tasks)."""
+        running batches before their next task."""
         cdef bint was_finished = self.finished
         cyj_store(&self.aborted, 1)
         self._release()
