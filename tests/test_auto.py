@@ -942,3 +942,39 @@ def test_the_router_routes_batches_unwatched_when_asked():
     call = Call(router, BatchSizer(1, 1, 1), [delayed(abs)(-x) for x in range(10)])
     assert call.collect() == list(range(10))
     assert router.seen == [0, 4, 8]
+
+
+def test_a_first_call_probes_in_long_batches_once_its_first_task_is_measured():
+    """After the first task (alone on the first thread), the probe's next
+    batches last its length at once rather than growing 1, 2, 4... tasks
+    (GIL-bound batches shorter than the switch interval tell nothing)."""
+    code = """
+        import time
+        import cyjob.backends.auto as auto
+        from cyjob import Parallel, delayed
+
+        auto.FIRST_TASK_WAIT_S = 30.0       # the first task is always awaited
+        auto.PROBE_SWITCH_INTERVALS = 20.0  # probe batches of >= 100 ms
+
+        def nap(x):
+            time.sleep(0.001)
+            return x
+
+        sizes = []
+        watch = auto.AutoExecutor.watch
+
+        def spy(self, batch):
+            sizes.append(batch.size)
+            watch(self, batch)
+
+        auto.AutoExecutor.watch = spy
+        assert Parallel(n_jobs=2)(delayed(nap)(x) for x in range(200)) == list(range(200))
+        print(*sizes[:3])
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(),
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    first, second, third = map(int, proc.stdout.split())
+    # (The second was cut before the first was measured; 100 ms of ~1-5 ms
+    # tasks is 20 or more, where growing from one task would give 2.)
+    assert (first, second) == (1, 1) and third >= 10, proc.stdout

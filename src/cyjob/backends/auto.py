@@ -387,6 +387,14 @@ class AutoExecutor(Router):
                 self._choose(INLINE, verdict.ns_per_task, verdict.reason, remember=True)
                 return
         grow_pool(self.first)
+        probe_sizer = self.probe_sizer
+        if probe_sizer is not None and self.call.sizer is probe_sizer:
+            # The next batches last the probe's length at once (sized from
+            # the first task, when it is done), not grown 1, 2, 4... tasks
+            # from it: GIL-bound batches shorter than the switch interval
+            # run one after another and tell nothing (PROBE_SWITCH_INTERVALS).
+            self.probe_sizer = probe_sizer.continued(probe_sizer.min_batch_ns / 1e9)
+            self.call.use_sizer(self.probe_sizer)
 
     def _measured_on_threads(self, done):
         # End to end, gaps between batches included, as the check of the

@@ -310,7 +310,10 @@ class ByteLock:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
                         _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, self.slot, 1, 0))
         except OSError:
-            self.lock_file._close(fd)  # closing drops the lock too
+            try:
+                self.lock_file._close(fd)  # closing drops the lock too
+            except OSError:
+                pass
             return
         self.lock_file.give(fd, self.generation)
 
