@@ -224,19 +224,22 @@ class EndOfCall:
                   for started, k in running]
         threads, wait = end_of_call_threads(self.cpus, self.base, self.ceiling, False,
                                             others, expected, self.contended())
+        if not wait and threads <= self.base:
+            return None, None
+        # Right now, no thread but this one and the call's own running
+        # batches' may be on a CPU: a program that just started wants one
+        # (an OpenMP team sharing a CPU spins at every barrier).  Read
+        # before a wait too: a wait that ends in no raise is an idle CPU lost.
+        allowed = 1 + len(running) * self.base
+        busy = runnable_now(allowed)
+        if busy is None or busy > allowed:
+            return None, None
         if wait:
             held_since_ns = now if held_since_ns is None else held_since_ns
             deadline_ns = held_since_ns + HOLD_FRACTION * expected
             if now < deadline_ns:
                 return None, time.monotonic() + (deadline_ns - now) / 1e9
         if threads <= self.base:
-            return None, None
-        # Right now, no thread but this one and the call's own running
-        # batches' may be on a CPU: a program that just started wants one
-        # (an OpenMP team sharing a CPU spins at every barrier).
-        allowed = 1 + len(running) * self.base
-        busy = runnable_now(allowed)
-        if busy is None or busy > allowed:
             return None, None
         return threads, None
 
