@@ -18,8 +18,7 @@ it is left alone: capping it from a worker would cap the caller too.
 
 :func:`capped` wraps a batch so that it runs under such a cap and restores
 the thread's previous limit afterwards (the thread pool is shared with
-``cyjob.Parallel``); :func:`raised` lifts a worker process's limit for one
-batch at the end of a call (``_endofcall.py``).  The OpenMP runtimes are found with threadpoolctl (a
+``cyjob.Parallel``).  The OpenMP runtimes are found with threadpoolctl (a
 scikit-learn dependency; without it nothing is capped), once, and again
 only when modules were imported since (a scan costs ~2 ms; a capped batch
 well under 1 us per runtime).
@@ -29,10 +28,10 @@ import ctypes
 import sys
 import threading
 
-__all__ = ["capped", "raised", "runtimes"]
+__all__ = ["capped", "runtimes"]
 
 _lock = threading.Lock()
-_found = ()           # the OpenMP runtimes' (limit, restore, current) triples
+_found = ()           # the OpenMP runtimes' (limit, restore) pairs
 _found_for = -1       # len(sys.modules) when they were found
 
 
@@ -51,7 +50,7 @@ def _openmp(path):
             return previous
         return None
 
-    return limit, set_, get
+    return limit, set_
 
 
 def _scan():
@@ -78,7 +77,7 @@ def _scan():
 
 
 def runtimes():
-    """The loaded OpenMP runtimes, as (limit, restore, current) function triples."""
+    """The loaded OpenMP runtimes, as (limit, restore) function pairs."""
     global _found, _found_for
     n_modules = len(sys.modules)
     if n_modules != _found_for:
@@ -102,7 +101,7 @@ class Capped:
 
     def __call__(self):
         n = self.n_threads
-        restore = [(back, limit(n)) for limit, back, _ in self.runtimes]
+        restore = [(back, limit(n)) for limit, back in self.runtimes]
         try:
             return self.function()
         finally:
@@ -121,21 +120,3 @@ def capped(function, n_threads, found=None):
     if not found or n_threads is None:
         return function
     return Capped(function, n_threads, found)
-
-
-def raised(n_threads, found=None):
-    """Let the parallel regions the calling thread starts use up to
-    ``n_threads`` OpenMP threads (a limit below is raised, one above is
-    kept); return ``restore()``, which puts the previous limits back."""
-    found = runtimes() if found is None else found
-    restore = []
-    for _, back, current in found:
-        previous = current()
-        if previous < n_threads:
-            back(n_threads)
-            restore.append((back, previous))
-
-    def undo():
-        for back, previous in restore:
-            back(previous)
-    return undo

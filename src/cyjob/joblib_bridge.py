@@ -18,11 +18,7 @@ routed as ``cyjob.Parallel``'s default backend routes a call
   number of batches that carry them (joblib's loky dumps them per batch);
   the caller's warning filters and scikit-learn config go along with every
   batch, and BLAS/OpenMP are capped in the workers (backends/processes/
-  context.py), at CPUs / n_jobs threads; at the end of a call, a batch that
-  starts while workers idle (nothing left to start) may use their CPUs for
-  OpenMP: CPUs / (the call's batches still running), never above the
-  user's limits, and not while other programs want the CPUs
-  (_endofcall.py: cross_val_score's fifth fold on 2 workers gets both CPUs);
+  context.py);
 * work that releases the GIL, or waits, stays on threads, where each
   batch starts OpenMP regions of at most CPUs / n_jobs threads (a per-thread
   limit, restored after the batch: _threadcaps.py), so that scikit-learn's
@@ -62,7 +58,6 @@ from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
 from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
-from cyjob._endofcall import EndOfCall, user_ceiling
 from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
 from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, MIN_OVERLAP_NS,
@@ -120,26 +115,6 @@ class _JobCall(Call):
         self.result = None
         self.exception = None
         self.measure_cpu = measure
-        # The process pool asks the call's EndOfCall how many inner threads
-        # the batch may use as it starts (its ``group``: one joblib call).
-        self.group = backend._end_of_call
-        self.held_since_ns = None
-
-    def inner_threads_at_start(self, running, waiting):
-        """``(threads or None, hold_until or None)`` for this batch, about to
-        start on a worker process (``pool._Pool._held``): ``running`` the
-        call's jobs running on processes, ``waiting`` how many wait there."""
-        backend = self.backend
-        threads = backend._threads
-        # The call's batches on threads (a probe still running) count too.
-        elsewhere = sum(1 for job in list(backend._jobs)
-                        if type(job) is Job or getattr(job, "executor", None) is threads)
-        n_threads, hold_until = self.group.at_start(
-            self.n_tasks, [(job.started_ns, job.batch.call.n_tasks) for job in running],
-            waiting, self.held_since_ns, elsewhere)
-        if hold_until is not None and self.held_since_ns is None:
-            self.held_since_ns = time.monotonic_ns()
-        return n_threads, hold_until
 
     def batch_done(self, batch, results, error, duration_ns):
         super().batch_done(batch, results, error, duration_ns)  # frees the batch's tasks
@@ -149,8 +124,6 @@ class _JobCall(Call):
             return  # skipped: joblib aborted the call and waits for nothing
         if error is None:
             self.result = results[0]
-            if self.group is not None and not batch.started_ns:  # ran on processes
-                self.group.finished(self.n_tasks, duration_ns)
             sizer = backend._sizer
             if sizer is not None:
                 sizer.observe(self.n_tasks, duration_ns)
@@ -422,7 +395,6 @@ class CyjobBackend(ParallelBackendBase):
         self._in_context = None
         self._inner_threads = None
         self._openmp = ()
-        self._end_of_call = None
 
     def effective_n_jobs(self, n_jobs):
         """Workers for ``n_jobs`` (joblib's meaning; 1 inside a cyjob worker)."""
@@ -484,25 +456,6 @@ class CyjobBackend(ParallelBackendBase):
         # (_threadcaps): n workers x n OpenMP threads would oversubscribe
         # (HistGradientBoosting: 2-3x slower on a loaded machine).
         self._openmp = openmp_runtimes() if inner < _cpus() else ()
-        # At the end of the call, batches on processes may use the CPUs its
-        # idle workers leave (_endofcall.py), never above the user's limits.
-        self._end_of_call = EndOfCall(
-            inner, user_ceiling(self.inner_max_num_threads, self._openmp),
-            self._more_to_come, self._worker_pids)
-
-    def _more_to_come(self):
-        """True while joblib may still submit batches of this call."""
-        parallel = self.parallel
-        if parallel is None or getattr(parallel, "_iterating", True):
-            return True
-        ready = getattr(parallel, "_ready_batches", None)
-        return ready is None or not ready.empty()
-
-    def _worker_pids(self):
-        processes = self._processes
-        if processes is None:
-            return []
-        return [w.pid for w in list(processes.pool.active) if w.pid is not None]
 
     def compute_batch_size(self):
         """Tasks per batch for ``batch_size="auto"``, from measured run times."""

@@ -12,10 +12,7 @@ task run there must still see:
   n-threaded BLAS do not oversubscribe the CPUs.  The pool already sets the
   ``OMP_NUM_THREADS``-style variables in each worker's environment (libraries
   loaded after it starts read them); ``threadpoolctl``, when installed (it
-  is a scikit-learn dependency), also limits the ones already loaded.  A
-  batch that starts at the end of its call, when the call's other workers
-  are idle, may be allowed more OpenMP threads (``allow_next``, from the
-  worker loop: ``cyjob/_endofcall.py``), for that batch only.
+  is a scikit-learn dependency), also limits the ones already loaded.
 
 :func:`capture` reads these in the caller; the :class:`InCallerContext` it
 makes wraps a callable and pickles with it.  This module imports nothing
@@ -28,16 +25,6 @@ import warnings
 __all__ = ["capture", "InCallerContext"]
 
 _capped_at = None  # the thread limit threadpoolctl last applied in this worker
-# OpenMP threads the next batch may use instead of its cap: set by the worker
-# loop for a batch that starts at the end of its call, when CPUs are idle.
-_next_threads = None
-
-
-def allow_next(n_threads):
-    """Let the next batch run in this worker use ``n_threads`` OpenMP
-    threads (None: its own cap)."""
-    global _next_threads
-    _next_threads = n_threads
 
 
 def capture(n_threads):
@@ -88,22 +75,6 @@ class InCallerContext:
 
     def __call__(self):
         _cap_threads(self.n_threads)
-        restore = None
-        if _next_threads is not None and _next_threads > (self.n_threads or 0):
-            # The end of the call: CPUs its other workers left idle.  Raised
-            # for this thread's OpenMP regions, as the task starts
-            # (scikit-learn sizes its loops from omp_get_max_threads once
-            # per fit), and put back after it.
-            from cyjob._threadcaps import raised
-
-            restore = raised(_next_threads)
-        try:
-            return self._run()
-        finally:
-            if restore is not None:
-                restore()
-
-    def _run(self):
         with warnings.catch_warnings():
             warnings.filters[:] = self.filters
             mutated = getattr(warnings, "_filters_mutated", None)

@@ -19,9 +19,6 @@
   it finishes, without waiting for this process to be scheduled and take the
   GIL to send it (a round trip of 0.1-5 ms on a loaded machine, per batch).
   Longer jobs never wait behind another job: an idle worker would be better.
-* As a job starts on an idle worker, its call may give it more inner
-  (OpenMP) threads than its cap, or hold it back a moment (``_held``): at
-  the end of a joblib call, the CPUs of idle workers (``_endofcall.py``).
 * One I/O thread waits on every worker socket and the fork server's socket
   with ``epoll``; it decodes results, calls ``batch.call.batch_done`` and
   keeps freed workers fed.  The fork server tells it which worker exited and
@@ -107,8 +104,7 @@ def tasks_text(batch):
 class Job:
     """A batch pickled for the workers."""
 
-    __slots__ = ("batch", "payload", "buffers", "token", "path", "started_ns",
-                 "inner_threads", "hold_until")
+    __slots__ = ("batch", "payload", "buffers", "token", "path")
 
     def __init__(self, batch, payload, buffers, token):
         self.batch = batch
@@ -118,9 +114,6 @@ class Job:
         # The caller's sys.path when it was pickled: a module found on an
         # entry added since the worker started must be importable there too.
         self.path = tuple(sys.path)
-        self.started_ns = 0        # when it went to an idle worker (monotonic)
-        self.inner_threads = None  # OpenMP threads its call let it use as it started
-        self.hold_until = None     # its call holds it back until then (monotonic s)
 
     def pipelinable(self):
         """Short and small enough to wait on a busy worker.  Never for a call
@@ -265,8 +258,6 @@ class _Pool:
     # -- jobs (lock held) --------------------------------------------------------
 
     def _give(self, w, job):
-        if not w.jobs:
-            job.started_ns = time.monotonic_ns()
         w.jobs.append(job)
         w.outbox.append(job)
         if not w.sending:
@@ -280,10 +271,7 @@ class _Pool:
         for w in self.active:
             n = len(w.jobs)
             if n == 0:
-                if self._held(job):
-                    self.queue.append(job)
-                else:
-                    self._give(w, job)
+                self._give(w, job)
                 return
             if n < PIPELINE_DEPTH and busy is None:
                 busy = w
@@ -291,42 +279,6 @@ class _Pool:
             self._give(busy, job)
         else:
             self.queue.append(job)
-
-    def _held(self, job):
-        """Ask the call of ``job``, about to start on an idle worker, how
-        many inner threads it may use, or whether to hold it back a moment.
-
-        A call may say (``inner_threads_at_start``; the joblib bridge's does):
-        at its end, a batch that starts while fewer of the call's batches
-        run than there are workers may use the idle CPUs, and one whose
-        other batches are about to end may wait for them.  It is told the
-        jobs of its group (``call.group``: one joblib call) running now, and
-        how many others wait to start."""
-        call = job.batch.call
-        at_start = getattr(call, "inner_threads_at_start", None)
-        group = getattr(call, "group", None)
-        if at_start is None or group is None:
-            return False
-        running, waiting = [], 0
-        for w in self.workers.values():
-            for i, other in enumerate(w.jobs):
-                if getattr(other.batch.call, "group", None) is group:
-                    if i == 0:
-                        running.append(other)
-                    else:
-                        waiting += 1
-        for other in self.queue:
-            if other is not job and getattr(other.batch.call, "group", None) is group:
-                waiting += 1
-        job.inner_threads, job.hold_until = at_start(running, waiting)
-        if job.hold_until is None:
-            return False
-        if threading.current_thread() is not self.thread:
-            try:
-                os.write(self.wake_w, b"x")  # the I/O thread: mind the deadline
-            except OSError:
-                pass
-        return True
 
     def _dispatch_queued(self):
         while self.queue:
@@ -364,10 +316,6 @@ class _Pool:
                         w.path = job.path
                         wire.send_msg(w.sock, wire.SET_SYS_PATH,
                                       pickle.dumps(_worker_sys_path(job.path)[1]))
-                    if job.inner_threads is not None:
-                        # For the job that follows it only.
-                        wire.send_msg(w.sock, wire.SET_INNER_THREADS,
-                                      pickle.dumps(job.inner_threads))
                     wire.send_msg(w.sock, job.token, job.payload, job.buffers)
                 except OSError:
                     pass  # it died: the I/O thread sees its EOF and reports it
@@ -493,7 +441,6 @@ class _Pool:
 
     def _next_deadline(self):
         deadlines = [w.deadline for w in list(self.workers.values()) if w.deadline is not None]
-        deadlines += [j.hold_until for j in list(self.queue) if j.hold_until is not None]
         if not deadlines:
             return -1
         return max(0.0, min(deadlines) - time.monotonic())
@@ -504,8 +451,6 @@ class _Pool:
             for w in list(self.workers.values()):
                 if w.deadline is not None and now >= w.deadline:
                     self._gone(w)
-            if any(j.hold_until is not None and now >= j.hold_until for j in self.queue):
-                self._dispatch_queued()  # a held job waited long enough
 
     def _read_ctrl(self):
         while True:

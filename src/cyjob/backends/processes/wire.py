@@ -21,10 +21,6 @@ _JOIN_MAX = 256 * 1024
 #: The token of a message that sets the worker's sys.path (the pickled list)
 #: before the jobs that follow it; jobs' tokens start at 1.
 SET_SYS_PATH = 0
-#: The token of a message giving the OpenMP threads (a pickled int) the job
-#: that follows it may use (the end of a joblib call: backends/processes/
-#: context.py); jobs' tokens count up from 1 and never reach it.
-SET_INNER_THREADS = (1 << 64) - 1
 
 
 def send_msg(sock, token, payload, buffers=()):

@@ -13,8 +13,7 @@ import pickle
 import sys
 import traceback
 
-from cyjob.backends.processes.wire import (SET_INNER_THREADS, SET_SYS_PATH, dumps, recv_msg,
-                                           send_msg)
+from cyjob.backends.processes.wire import SET_SYS_PATH, dumps, recv_msg, send_msg
 
 #: True in a process started by the fork server (nested Parallel calls check it).
 IN_WORKER = False
@@ -110,24 +109,17 @@ def worker_loop(sock):
         if token == SET_SYS_PATH:
             sys.path[:] = pickle.loads(payload)
             continue
-        if token == SET_INNER_THREADS:
-            from cyjob.backends.processes import context
-
-            context.allow_next(pickle.loads(payload))
-            continue
         flat = None
         try:
             called_as, flat = pickle.loads(payload, buffers=buffers)
         except BaseException as exc:
             del payload, buffers
-            _allowed_for_this_job_only()
             sock_payload, sock_buffers = dumps((None, _error_reply(exc, "load"), 0.0))
             send_msg(sock, token, sock_payload, sock_buffers)
             continue
         del payload, buffers
         CALLED_AS = called_as
         results, error, duration = run_tasks(flat)
-        _allowed_for_this_job_only()
         _reply(sock, token, flat, results, error, duration)
         # Drop the batch now: its memmaps must not outlive the call (their
         # files are deleted when it ends) and its arguments may be large.
@@ -135,13 +127,6 @@ def worker_loop(sock):
         # Output of print() in a task must not sit in a buffer of a worker
         # that may be killed before it exits.
         _flush()
-
-
-def _allowed_for_this_job_only():
-    """Forget the inner threads SET_INNER_THREADS allowed the job just run."""
-    context = sys.modules.get("cyjob.backends.processes.context")
-    if context is not None:
-        context.allow_next(None)
 
 
 def _flush():
