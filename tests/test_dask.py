@@ -26,8 +26,13 @@ def dask_leaves_nothing_behind(tmp_path_factory):
     environ = dict(os.environ)
     with dask.config.set({"temporary-directory": str(tmp_path_factory.mktemp("dask"))}):
         yield
-    os.environ.clear()
-    os.environ.update(environ)
+    for key in set(os.environ) | set(environ):
+        if key.startswith("PYTEST_"):
+            continue  # pytest's own, kept current by pytest
+        if key not in environ:
+            del os.environ[key]
+        elif os.environ.get(key) != environ[key]:
+            os.environ[key] = environ[key]
 
 
 @pytest.fixture(scope="module")
