@@ -1,6 +1,7 @@
 """backend="dask": batches on a real dask.distributed LocalCluster (loopback)."""
 
 import operator
+import os
 import subprocess
 import sys
 import threading
@@ -10,9 +11,28 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402  (distributed needs it)
 
 from cyjob import Parallel, TimeoutError, delayed, parallel_config  # noqa: E402
 from cyjob.backends.dask import DaskBackend  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dask_leaves_nothing_behind(tmp_path_factory):
+    """distributed writes ``OMP_NUM_THREADS=1`` (and more) into this
+    process's environment for the workers it spawns, and its scratch space
+    into /tmp/dask-scratch-space by default: later tests (the OpenMP caps of
+    test_joblib_bridge) must not inherit the one, nor /tmp the other."""
+    environ = dict(os.environ)
+    with dask.config.set({"temporary-directory": str(tmp_path_factory.mktemp("dask"))}):
+        yield
+    for key in set(os.environ) | set(environ):
+        if key.startswith("PYTEST_"):
+            continue  # pytest's own, kept current by pytest
+        if key not in environ:
+            del os.environ[key]
+        elif os.environ.get(key) != environ[key]:
+            os.environ[key] = environ[key]
 
 
 @pytest.fixture(scope="module")
