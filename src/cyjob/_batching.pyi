@@ -3,6 +3,7 @@
 DEFAULT_MAX_BATCH_SIZE: int
 DEFAULT_TARGET_SECONDS: float
 DEFAULT_MIN_BATCH_SECONDS: float
+PROCESS_MIN_BATCH_SECONDS: float
 
 class BatchSizer:
     """Decides how many tasks go into the next batch."""

@@ -40,6 +40,13 @@ cdef double SMOOTHING = 0.35
 DEFAULT_MAX_BATCH_SIZE = 10_000
 DEFAULT_TARGET_SECONDS = 0.5
 DEFAULT_MIN_BATCH_SECONDS = MIN_BATCH_NS / 1e9
+# The shortest batch sent to a worker process.  A batch's round trip (pickle,
+# socket, wake-up, results) costs ~0.2 ms: batches of at least 10 ms keep it
+# near 2% (benchmarks/bench_processes.py, 240 x 2 ms tasks: 1.55x -> 1.32x of
+# the bound with 4-task batches).  Here, so that the default backend's cold
+# start and the joblib bridge size process batches before the process
+# backend is imported.
+PROCESS_MIN_BATCH_SECONDS = 0.010
 
 
 cdef class BatchSizer:

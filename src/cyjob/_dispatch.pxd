@@ -118,6 +118,7 @@ cdef class Call:
     cdef bint _caller_may_run(self)
     cdef bint _caller_runs_one(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
+    cdef bint _park(self, int64_t seen, int64_t deadline) noexcept nogil
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
     cpdef Batch next_batch(self)

@@ -702,23 +702,10 @@ cdef class Call:
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1:
         """Block with the GIL released until a batch finishes after `seen`,
         or raise TimeoutError once the monotonic `deadline` (-1: none) passes."""
-        cdef int64_t slice_end
         cdef bint changed = False
         while True:
             with nogil:
-                changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS)
-                if not changed:
-                    slice_end = cyj_now_ns() + SIGNAL_CHECK_NS
-                    if deadline >= 0 and deadline < slice_end:
-                        slice_end = deadline
-                    cyj_lock(&self.monitor)
-                    cyj_store(&self.caller_waiting, 1)
-                    while cyj_load(&self.n_events) == seen:
-                        if cyj_wait_until(&self.monitor, slice_end):
-                            break
-                    cyj_store(&self.caller_waiting, 0)
-                    cyj_unlock(&self.monitor)
-                    changed = cyj_load(&self.n_events) != seen
+                changed = self._park(seen, deadline)
             if changed:
                 return 0
             PyErr_CheckSignals()
@@ -741,15 +728,27 @@ cdef class Call:
             if batch.done or cyj_now_ns() >= deadline:
                 break
             with nogil:
-                if not cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS):
-                    cyj_lock(&self.monitor)
-                    cyj_store(&self.caller_waiting, 1)
-                    while cyj_load(&self.n_events) == seen:
-                        if cyj_wait_until(&self.monitor, deadline):
-                            break
-                    cyj_store(&self.caller_waiting, 0)
-                    cyj_unlock(&self.monitor)
+                self._park(seen, deadline)
         return batch.done
+
+    cdef bint _park(self, int64_t seen, int64_t deadline) noexcept nogil:
+        """Spin, then sleep until a batch finishes after ``seen`` (the event
+        count moves on), for SIGNAL_CHECK_NS at most or until the monotonic
+        ``deadline`` (-1: none); return whether one did."""
+        cdef int64_t until
+        if cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS):
+            return True
+        until = cyj_now_ns() + SIGNAL_CHECK_NS
+        if deadline >= 0 and deadline < until:
+            until = deadline
+        cyj_lock(&self.monitor)
+        cyj_store(&self.caller_waiting, 1)
+        while cyj_load(&self.n_events) == seen:
+            if cyj_wait_until(&self.monitor, until):
+                break
+        cyj_store(&self.caller_waiting, 0)
+        cyj_unlock(&self.monitor)
+        return cyj_load(&self.n_events) != seen
 
     cdef int _fill(self) except -1:
         # `window` batches may be running; finished ones waiting to be handed

@@ -55,7 +55,7 @@ from functools import partial
 from joblib.parallel import ParallelBackendBase, register_parallel_backend
 from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 
-from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, BatchSizer
+from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, PROCESS_MIN_BATCH_SECONDS, BatchSizer
 from cyjob._cpus import n_workers
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
@@ -703,7 +703,7 @@ def _call_processes_class():
 class _LazyProcesses:
     """``_CallProcesses``: the processes backend is imported on first use."""
 
-    min_batch_seconds = 0.010
+    min_batch_seconds = PROCESS_MIN_BATCH_SECONDS
     _cls = None
 
     def __call__(self, *args, **kwargs):

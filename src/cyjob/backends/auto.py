@@ -35,7 +35,7 @@ import time
 import types
 import weakref
 
-from cyjob._batching import BatchSizer
+from cyjob._batching import PROCESS_MIN_BATCH_SECONDS, BatchSizer
 from cyjob._dispatch import Executor, Router, ThreadExecutor
 from cyjob._progress import verbose_stream
 from cyjob.backends import get_backend
@@ -92,9 +92,6 @@ PROBE_SWITCH_INTERVALS = 2.0
 # thread must be scheduled, then the caller).  Longer tasks only delay the
 # start of the other threads by this much.
 FIRST_TASK_WAIT_S = 0.002
-# ProcessExecutor.min_batch_seconds, known before the process backend is
-# imported (a cold start imports it in a thread of its own, see _ProcessBoot).
-PROCESS_MIN_BATCH_SECONDS = 0.010
 # Threads check the probe's verdict on this many of their latest batches.
 CHECK_WINDOW = 16
 # A remembered choice is re-measured when a task's cost moves this much...

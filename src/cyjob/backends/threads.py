@@ -65,7 +65,7 @@ def grow_pool(pool, n_threads=None):
     ``n_threads`` (default: all of them) run; return it."""
     with _pools_lock:
         pool.pool.start_threads(-1 if n_threads is None else n_threads)
-        key = (pool.pool.n_threads, False)
+        key = (pool.pool.n_threads, pool.caller_helps)  # get_pool's key for it
         if len(pool.pool.threads) >= pool.pool.n_threads and _growing.get(key) is pool:
             del _growing[key]
             _pools[key] = pool

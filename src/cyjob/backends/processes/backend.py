@@ -4,6 +4,7 @@ the caller's thread, before handing it to the pool (``pool.py``)."""
 import os
 import pickle
 
+from cyjob._batching import PROCESS_MIN_BATCH_SECONDS
 from cyjob._dispatch import Executor, InlineExecutor
 from cyjob.backends.processes import pool as _pool_module
 from cyjob.backends.processes import worker
@@ -65,10 +66,7 @@ class ProcessExecutor(Executor):
     #: The backend name the call gave ("loky", "multiprocessing"...), if any.
     called_as = None
 
-    # A batch's round trip (pickle, socket, wake-up, results) costs ~0.2 ms:
-    # batches of at least 10 ms keep it near 2% (benchmarks/bench_processes.py,
-    # 240 x 2 ms tasks: 1.55x -> 1.32x of the bound with 4-task batches).
-    min_batch_seconds = 0.010
+    min_batch_seconds = PROCESS_MIN_BATCH_SECONDS
 
     def __init__(self, n_workers, max_nbytes=1 << 20, temp_folder=None, mmap_mode="r",
                  inner_max_num_threads=None, initializer=None, initargs=()):
