@@ -375,14 +375,17 @@ def test_abandoned_generator_stops_dispatching_and_leaves_the_pool_healthy(how, 
     assert_runs_concurrently(lambda: threads(n_jobs=2, batch_size=1))
 
 
-def _first_held_rest_flagged(i, release, zero_done, later_ran, failed):
+def _first_held_rest_flagged(i, zero_started, release, zero_done, later_ran, failed):
     if i == 0:
+        zero_started.set()
         release.wait(10)
         zero_done.set()
     elif i < 5:
         later_ran.set()  # the batch went on after its call was aborted
     elif i == 5:
-        if not release.wait(0) and not zero_done.is_set():
+        # Fail only while task 0 is held: had task 5 failed first, the
+        # batch [0..4] would be dropped unstarted, testing nothing.
+        if zero_started.wait(10) and not zero_done.is_set():
             failed.set()
             raise ValueError("task 5 fails")
     return i
@@ -393,11 +396,11 @@ def test_a_running_batch_of_an_aborted_call_stops_before_its_next_task():
     # fails the call; once task 0 returns, its batch must not run task 1:
     # a batch of long tasks checked only every 64 tasks ran on for seconds
     # after the error (or a Ctrl-C), taking the CPU from the next call.
-    release, zero_done, later_ran, failed = (threading.Event() for _ in range(4))
+    events = zero_started, release, zero_done, later_ran, failed = (
+        [threading.Event() for _ in range(5)])
     with pytest.raises(ValueError, match="task 5 fails"):
         threads(n_jobs=2, batch_size=5)(
-            delayed(_first_held_rest_flagged)(i, release, zero_done, later_ran, failed)
-            for i in range(10))
+            delayed(_first_held_rest_flagged)(i, *events) for i in range(10))
     assert failed.is_set()
     release.set()
     assert zero_done.wait(10), "task 0 never finished"
