@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -388,11 +389,14 @@ def test_a_remembered_choice_expires(capsys, monkeypatch):
     machine loaded by other programs must not stick)."""
     from cyjob.backends import auto
 
-    monkeypatch.setattr(auto, "MEMO_MAX_AGE", 0.2)
     _, using = measured(capsys, lambda: tasks_of(small, [(x,) for x in range(5_000)]), "inline")
     _, using = run(capsys, tasks_of(small, [(x,) for x in range(5_000)]))
     assert using == [("inline", "remembered from an earlier call")], using
-    time.sleep(0.3)
+    # The memo's clock moves past MEMO_MAX_AGE (a short real MEMO_MAX_AGE
+    # raced: on a loaded machine it ran out between the two calls above).
+    later = time.monotonic() + auto.MEMO_MAX_AGE + 1
+    monkeypatch.setattr(auto, "time", types.SimpleNamespace(
+        monotonic=lambda: later, monotonic_ns=time.monotonic_ns))
     assert memo.get(small) is None
     _, using = run(capsys, tasks_of(small, [(x,) for x in range(5_000)]))
     assert len(using) == 1 and "remembered" not in using[0][1], using

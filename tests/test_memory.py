@@ -211,14 +211,34 @@ def test_verbose_lines(tmp_path, capsys):
     assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
 
 
-def test_expires_after_and_validation_callback(tmp_path):
+class _ClockAhead:
+    """The ``time`` module, with ``time()`` ``ahead`` seconds in the future."""
+
+    def __init__(self):
+        self.ahead = 0.0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def time(self):
+        return time.time() + self.ahead
+
+
+def test_expires_after_and_validation_callback(tmp_path, monkeypatch):
+    # The clock that stamps and checks entries jumps ahead rather than the
+    # test sleeping: with a 0.3 s expiry, a loaded machine could let the
+    # first result expire before the second call looked it up.
+    import cyjob.cache.memory
+
+    clock = _ClockAhead()
+    monkeypatch.setattr(cyjob.cache.memory, "time", clock)
     mem = Memory(tmp_path, verbose=0)
     n = []
-    f = mem.cache(lambda x: n.append(x) or x, cache_validation_callback=expires_after(seconds=0.3))
+    f = mem.cache(lambda x: n.append(x) or x, cache_validation_callback=expires_after(seconds=60))
     f(1)
     f(1)
     assert n == [1]
-    time.sleep(0.4)
+    clock.ahead = 61
     f(1)
     assert n == [1, 1]
     seen = []

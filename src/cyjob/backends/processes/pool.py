@@ -104,13 +104,15 @@ def tasks_text(batch):
 class Job:
     """A batch pickled for the workers."""
 
-    __slots__ = ("batch", "payload", "buffers", "token", "path")
+    __slots__ = ("batch", "payload", "buffers", "token", "path", "sent", "undelivered")
 
     def __init__(self, batch, payload, buffers, token):
         self.batch = batch
         self.payload = payload
         self.buffers = buffers
         self.token = token
+        self.sent = False       # written whole to its worker's socket
+        self.undelivered = 0    # workers that died before it reached them
         # The caller's sys.path when it was pickled: a module found on an
         # entry added since the worker started must be importable there too.
         self.path = tuple(sys.path)
@@ -317,6 +319,7 @@ class _Pool:
                         wire.send_msg(w.sock, wire.SET_SYS_PATH,
                                       pickle.dumps(_worker_sys_path(job.path)[1]))
                     wire.send_msg(w.sock, job.token, job.payload, job.buffers)
+                    job.sent = True
                 except OSError:
                     pass  # it died: the I/O thread sees its EOF and reports it
                 except BaseException:
@@ -489,6 +492,10 @@ class _Pool:
                 w.eof = True
                 if not w.sending:
                     self._close(w)
+                if w in self.active:
+                    # It hung up (it is dying): no new job goes to it.
+                    self.active.remove(w)
+                    self._replenish()
                 if w.exited:
                     self._gone(w)
                 else:
@@ -552,13 +559,26 @@ class _Pool:
         jobs = list(w.jobs)
         w.jobs.clear()
         w.outbox.clear()
+        # The first job it got whole was running.  One that never reached it
+        # (it died before, e.g. killed while idle, and the pool had not heard
+        # yet) goes to another worker, once: a second death before delivery
+        # means workers die as they start, and the call must hear of it.
+        running = next((j for j in jobs if j.sent), None)
+        for job in jobs:
+            if job is not running and not job.sent:
+                job.undelivered += 1
+        if running is None and jobs and jobs[0].undelivered > 1:
+            running = jobs[0]
         if not self.closed:
-            self.queue.extendleft(reversed(jobs[1:]))
+            again = [j for j in jobs if j is not running]
+            for job in again:
+                job.sent = False  # (a pipelined one: it goes to another worker)
+            self.queue.extendleft(reversed(again))
             self._replenish()
             self._dispatch_queued()
-        if not jobs or self.at_exit:
+        if running is None or self.at_exit:
             return  # (at exit: killed by shutdown, for a daemon thread; see shutdown)
-        batch = jobs[0].batch
+        batch = running.batch
         if batch.call.was_aborted:
             batch.call.batch_done(batch, None, _cancelled(), 0.0)
             return
