@@ -13,6 +13,7 @@ GROWTH = 2.0
 TAIL_SHARE = 8.0
 BALANCE = 2.0
 MIN_BATCH_NS = 2e6
+MIN_SPLIT_NS = 50e3
 SMOOTHING = 0.35
 
 
@@ -56,7 +57,7 @@ class PyBatchSizer:
             if self.last_size > 0:
                 size = min(size, GROWTH * self.last_size)
             size = min(size, self.max_size)
-            if remaining > 0:
+            if remaining > 0 and remaining * self.ns_per_task > MIN_SPLIT_NS:
                 size = min(size, math.ceil(remaining / (BALANCE * self.n_workers)))
             size = max(size, 1.0)
         if remaining > 0:

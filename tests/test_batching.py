@@ -176,3 +176,23 @@ def test_continued_sizer_keeps_what_was_measured():
     assert moved.min_batch_ns == 10e6
     assert moved.next_size(-1) == 5
     assert s.next_size(-1) == 1  # the original keeps its own minimum
+
+
+def test_work_left_under_50_us_is_not_split_between_workers():
+    # 10 tasks of 1 us: one batch (a second worker's wake-up and the GIL
+    # passing between threads would cost more than the 5 us it could save).
+    s = BatchSizer(2)
+    s.expect(1e3)
+    assert s.next_size(10) == 10
+    # 10 tasks of 10 us (100 us in all) are balanced as before.
+    s = BatchSizer(2)
+    s.expect(10e3)
+    assert s.next_size(10) == 3  # ceil(10 / (BALANCE * 2 workers))
+
+
+def test_small_call_size_is_what_fits_in_50_us():
+    s = BatchSizer(2)
+    assert s.small_call_size(1e3) == 50
+    assert s.small_call_size(60e3) == 0  # one such task is no small call
+    assert s.small_call_size(-1.0) == 0  # unknown cost
+    assert s.small_call_size(0.0) == 0

@@ -237,6 +237,59 @@ def test_ctrl_c_is_prompt_when_tasks_are_long_and_release_the_gil(tmp_path, back
     assert proc.returncode == 0, err
 
 
+_CTRL_C_AFTER_SHORT_CALLS = """
+    import hashlib, os, sys, time
+    from cyjob import Parallel, delayed
+
+    n = 20_000
+    t0 = time.perf_counter()
+    hashlib.pbkdf2_hmac("sha256", b"p", b"s", n)
+    ITERATIONS = int(n / max(time.perf_counter() - t0, 1e-6) * 8.0)
+
+    def task(folder, i, long):
+        if long:  # 8 s in C with the GIL released, deaf to signals
+            open(os.path.join(folder, str(i)), "w").close()
+            hashlib.pbkdf2_hmac("sha256", b"p", b"s", ITERATIONS)
+        return i
+
+    # Calls of tiny tasks: the function is known short...
+    for _ in range(50):
+        Parallel(n_jobs=2, backend="threading")(
+            delayed(task)(sys.argv[1], i, False) for i in range(10))
+    # ...when its tasks turn long.
+    try:
+        Parallel(n_jobs=2, backend="threading")(
+            delayed(task)(sys.argv[1], i, True) for i in range(10))
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_is_prompt_when_a_function_known_short_turns_long(tmp_path):
+    # The main thread never runs a threads call's task: a caller that ran
+    # batches of a function measured short got Ctrl-C only once its 8 s
+    # task returned.
+    proc = popen_script(_CTRL_C_AFTER_SHORT_CALLS, tmp_path, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: os.listdir(tmp_path), 40), "no long task started"
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        waited = time.monotonic() - sent
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line == "interrupted\n", (line, err)
+    assert waited < 4.0, waited  # (generous: a loaded machine)
+    assert proc.returncode == 0, err
+
+
 # --------------------------------------------------------------------------
 # a task's own exception never kills a process worker
 

@@ -10,5 +10,7 @@ cdef class BatchSizer:
     cdef readonly Py_ssize_t n_tasks      # tasks in the batches observed
     cdef readonly Py_ssize_t last_size
 
+    cpdef void expect(self, double ns_per_task)
+    cpdef Py_ssize_t small_call_size(self, double ns_per_task)
     cpdef void observe(self, Py_ssize_t size, double duration_ns)
     cpdef Py_ssize_t next_size(self, Py_ssize_t remaining)

@@ -21,7 +21,8 @@ The rule, for ``n_workers`` workers:
 * When the number of tasks left is known (a sequence, or a lazy input whose end
   has been pulled into the look-ahead buffer), cap the batch at
   ``remaining / (BALANCE * n_workers)``: guided self-scheduling, so batches
-  shrink towards the end and the workers finish together.
+  shrink towards the end and the workers finish together -- unless all that
+  is left is shorter than ``MIN_SPLIT_NS``: such a rest goes to one worker.
 """
 
 from libc.math cimport ceil
@@ -33,6 +34,11 @@ cdef double BALANCE = 2.0
 # Batches shorter than this are always allowed: the imbalance they can cause
 # is negligible, and a batch costs ~5-10 us of dispatch (200k tiny tasks).
 cdef double MIN_BATCH_NS = 2e6
+# Work left that is shorter than this is not split between workers: a second
+# worker's wake-up (~12-15 us) and the GIL passing between two threads cost
+# more than they could save (10 tiny GIL-bound tasks: ~9 us per call in one
+# batch, ~115 us split in two on two threads).
+cdef double MIN_SPLIT_NS = 50e3
 # Weight of the newest batch in the smoothed per-task cost: one outlier batch
 # moves the estimate by a third of its excess, two in a row by more than half.
 cdef double SMOOTHING = 0.35
@@ -102,12 +108,21 @@ cdef class BatchSizer:
         sizer.n_tasks = self.n_tasks
         return sizer
 
-    def expect(self, double ns_per_task):
+    cpdef void expect(self, double ns_per_task):
         """Start from a known cost per task (measured by an earlier call)
         instead of batches of one; measurements take over as they come."""
         if self.n_observed == 0 and ns_per_task > 0:
             self.ns_per_task = ns_per_task
             self.n_observed = 1
+
+    cpdef Py_ssize_t small_call_size(self, double ns_per_task):
+        """The most tasks of ``ns_per_task`` each that take less than
+        ``MIN_SPLIT_NS`` in all (0 if the cost is unknown): a call of that
+        many goes, once ``expect(ns_per_task)`` is given, to one worker in one
+        batch."""
+        if not ns_per_task > 0:
+            return 0
+        return <Py_ssize_t>(MIN_SPLIT_NS / ns_per_task)
 
     cpdef void observe(self, Py_ssize_t size, double duration_ns):
         """Record that a batch of ``size`` tasks took ``duration_ns``."""
@@ -145,7 +160,8 @@ cdef class BatchSizer:
                 size = GROWTH * self.last_size
             if size > self.max_size:
                 size = self.max_size
-            if remaining > 0 and size > ceil(remaining / (BALANCE * self.n_workers)):
+            if (remaining > 0 and remaining * self.ns_per_task > MIN_SPLIT_NS
+                    and size > ceil(remaining / (BALANCE * self.n_workers))):
                 size = ceil(remaining / (BALANCE * self.n_workers))
             if size < 1:
                 size = 1

@@ -114,6 +114,7 @@ cdef class Call:
     cdef object _first_function(self)
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
+    cdef int _size_small_call(self) except -1
     cdef Batch _claim(self)
     cdef bint _caller_may_run(self)
     cdef bint _caller_runs_one(self) except -1
