@@ -103,6 +103,18 @@ def assert_runs_in_caller_thread(make_parallel, n=20):
     assert idents == [me] * n
 
 
+def wait_for(predicate, seconds=10.0):
+    """Poll ``predicate`` until it is true (True) or ``seconds`` pass
+    (False): for what a worker finishes a moment after the call returns,
+    which a loaded machine can delay well past any fixed sleep."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def descendants():
     """The pids of this process's live descendants, sorted (read from /proc)."""
     import os
