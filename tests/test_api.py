@@ -71,10 +71,18 @@ def fail_on(x, bad=3):
     return x
 
 
-def count_then_fail(counter, x, bad=5):
+def count_then_fail(counter, x, failed, bad=5):
     counter()
     if x == bad:
+        failed.set()
         raise TaskError(x)
+    if x > bad:
+        # No task after the failing one finishes before it fails, however
+        # late a loaded machine runs it: until then no batch after it
+        # completes, so the calls cannot grow and dispatch batches of
+        # hundreds of tasks meanwhile (what ran and was pulled before the
+        # failure stays a few dozen tasks, as on a quiet machine).
+        failed.wait(10)
     return x
 
 
@@ -383,11 +391,12 @@ def test_first_error_is_reraised_with_its_type_and_worker_traceback(backend, ret
 def test_undispatched_tasks_do_not_run_after_a_failure(backend, return_as):
     counter = Counter()
     pulled = [0]
+    failed = threading.Event()
 
     def tasks():
         for i in range(1_000_000):
             pulled[0] += 1
-            yield delayed(count_then_fail)(counter, i)
+            yield delayed(count_then_fail)(counter, i, failed)
 
     with pytest.raises(TaskError):
         results_as_list(Parallel(n_jobs=2, backend=backend, return_as=return_as)(tasks()),
