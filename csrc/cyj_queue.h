@@ -20,6 +20,7 @@ typedef struct {
     int64_t head;          /* index of the oldest item */
     int64_t count;         /* items queued; also read lock-free by spinners */
     int64_t n_sleeping;    /* workers parked on the condition variable */
+    int64_t n_spinning;    /* workers spinning on count (atomic, no lock) */
     int64_t closed;
 } cyj_queue;
 
@@ -31,7 +32,7 @@ static inline int cyj_queue_init(cyj_queue *q, int64_t capacity)
     if (q->items == NULL)
         return -1;
     q->capacity = capacity;
-    q->head = q->count = q->n_sleeping = q->closed = 0;
+    q->head = q->count = q->n_sleeping = q->n_spinning = q->closed = 0;
     if (cyj_monitor_init(&q->monitor) != 0) {
         free(q->items);
         q->items = NULL;
@@ -74,7 +75,12 @@ static inline int cyj_queue_push(cyj_queue *q, void *item)
     }
     q->items[(q->head + q->count) % q->capacity] = item;
     __atomic_store_n(&q->count, q->count + 1, __ATOMIC_RELEASE);
-    wake = q->n_sleeping > 0;
+    /* A spinning worker will take it: waking a parked one as well would cost
+     * this thread a system call and put a second worker on a CPU to find
+     * nothing (on 2 CPUs, taking it from the one that runs the batch).  A
+     * spinner always looks at count under the lock once its spin ends, so
+     * the item is never left behind. */
+    wake = q->n_sleeping > 0 && cyj_load(&q->n_spinning) == 0;
     cyj_unlock(&q->monitor);
     if (wake)
         cyj_signal(&q->monitor);
@@ -86,8 +92,12 @@ static inline int cyj_queue_push(cyj_queue *q, void *item)
 static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
 {
     void *item;
-    if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed))
+    int wake_next;
+    if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed)) {
+        cyj_add(&q->n_spinning, 1);
         cyj_spin_while_equal(&q->count, 0, spin_ns);
+        cyj_add(&q->n_spinning, -1);
+    }
     cyj_lock(&q->monitor);
     while (q->count == 0 && !q->closed) {
         q->n_sleeping++;
@@ -101,7 +111,11 @@ static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
     item = q->items[q->head];
     q->head = (q->head + 1) % q->capacity;
     __atomic_store_n(&q->count, q->count - 1, __ATOMIC_RELEASE);
+    /* Items pushed while this worker spun woke nobody: pass them on. */
+    wake_next = q->count > 0 && q->n_sleeping > 0;
     cyj_unlock(&q->monitor);
+    if (wake_next)
+        cyj_signal(&q->monitor);
     return item;
 }
 

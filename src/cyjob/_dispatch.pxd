@@ -69,6 +69,12 @@ cdef class Call:
     # the caller with the GIL released.
     cdef int64_t n_events
     cdef int64_t caller_waiting
+    # GIL hand-offs with pool workers (see _park and _pool.HANDOFF_SPIN_NS):
+    # nonzero while the caller, only waiting, has let go of the GIL; and the
+    # count of the pool's workers holding the GIL (NULL: not a thread pool).
+    cdef int64_t gil_free
+    cdef int64_t *pool_in_gil
+    cdef bint only_waits      # a list call on threads whose caller runs no batch
     cdef cyj_monitor monitor
     cdef bint monitor_ready
 
@@ -120,6 +126,7 @@ cdef class Call:
     cdef bint _caller_runs_one(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef bint _park(self, int64_t seen, int64_t deadline) noexcept nogil
+    cdef bint _sleep(self, int64_t seen, int64_t deadline) noexcept nogil
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)
     cpdef Batch next_batch(self)

@@ -26,7 +26,8 @@ from cyjob._batching cimport BatchSizer
 from cyjob._pool cimport ThreadPool, Work, enter_worker, leave_worker, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_store, cyj_thread_cpu_ns,
+    cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_spin_while_nonzero, cyj_store,
+    cyj_thread_cpu_ns,
     cyj_thread_switches, cyj_unlock, cyj_wait_until,
 )
 from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
@@ -39,6 +40,9 @@ cdef extern from "Python.h":
 
 # The caller spins this long before parking while it waits for a batch.
 cdef int64_t CALLER_SPIN_NS = 20_000
+# Once a batch is done, the caller spins this long at most for the pool's
+# workers to let go of the GIL (see Call._park).
+cdef int64_t HANDOFF_BACK_SPIN_NS = 5_000
 # Longest uninterrupted park of the caller: Ctrl-C is seen within this delay.
 cdef int64_t SIGNAL_CHECK_NS = 50_000_000
 # The caller runs batches of its own call only while its tasks are known to be
@@ -455,6 +459,8 @@ cdef class Call:
         self.completed = deque()
         self.unclaimed = deque()
         self.caller_helps = executor.caller_helps
+        if type(executor) is ThreadExecutor and not self.caller_helps:
+            self.pool_in_gil = &(<ThreadExecutor>executor).pool.n_in_gil
         self.known_ns = -1.0
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
@@ -572,7 +578,7 @@ cdef class Call:
                     known = _task_ns.get(<Py_ssize_t><void *>self.task_key)
                     if known is not None and (<tuple>known)[0] is self.task_key:
                         self.known_ns = (<tuple>known)[1]
-                        if type(self.executor) is ThreadExecutor:
+                        if self.only_waits:
                             self._size_small_call()
                 self.executor.call_started(self, first_function)
         size = self.sizer.next_size(self._remaining())
@@ -593,6 +599,8 @@ cdef class Call:
         batch.tasks = flat
         batch.size = len(flat) // 3
         batch.start = self.n_taken - batch.size
+        if self.only_waits:
+            batch.ticket.caller_gil_free = &self.gil_free
         self.n_dispatched_batches += 1
         if self.ordered:
             self.pending.append(batch)
@@ -602,12 +610,14 @@ cdef class Call:
         return 1
 
     cdef int _size_small_call(self) except -1:
-        """A call of a few tasks of a function seen tiny goes to one worker
-        in one batch, not one task per batch at first, passing the GIL
-        between threads (10 tiny tasks from the main thread: ~9 us per call
-        in one batch, ~115-190 us split).  Only when the whole call is that
-        short: the function may be given much larger arguments this time,
-        and a longer call is measured afresh from batches of one."""
+        """A list call (whose caller only waits) of a few tasks of a function
+        seen tiny goes to one worker in one batch, not one task per batch at
+        first, passing the GIL between threads (10 tiny tasks from the main
+        thread: ~9 us per call in one batch, ~115-190 us split).  Only when
+        the whole call is that short: the function may be given much larger
+        arguments this time, and a longer call is measured afresh from
+        batches of one.  (A generator's input is read no further ahead for
+        it.)"""
         cdef Py_ssize_t small = self.sizer.small_call_size(self.known_ns)
         if small > 0:
             self._pull(small + 1)  # a lazy input: does it end within?
@@ -752,11 +762,27 @@ cdef class Call:
     cdef bint _park(self, int64_t seen, int64_t deadline) noexcept nogil:
         """Spin, then sleep until a batch finishes after ``seen`` (the event
         count moves on), for SIGNAL_CHECK_NS at most or until the monotonic
-        ``deadline`` (-1: none); return whether one did."""
-        cdef int64_t until
-        if cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS):
-            return True
-        until = cyj_now_ns() + SIGNAL_CHECK_NS
+        ``deadline`` (-1: none); return whether one did.
+
+        Called with the GIL released, which the workers of a list call
+        whose caller runs no batch wait to see (``gil_free``) before they
+        take it; and once a batch is done, the caller lets its worker drop
+        the GIL before taking it back.  Either thread asking for the GIL
+        while the other holds it would sleep on CPython's condition
+        variable, and be woken tens of microseconds later."""
+        cdef bint changed
+        cyj_store(&self.gil_free, 1)
+        changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS)
+        if not changed:
+            changed = self._sleep(seen, deadline)
+        cyj_store(&self.gil_free, 0)
+        if changed and self.pool_in_gil != NULL:
+            cyj_spin_while_nonzero(self.pool_in_gil, HANDOFF_BACK_SPIN_NS)
+        return changed
+
+    cdef bint _sleep(self, int64_t seen, int64_t deadline) noexcept nogil:
+        """_park's sleep, once its spin is over."""
+        cdef int64_t until = cyj_now_ns() + SIGNAL_CHECK_NS
         if deadline >= 0 and deadline < until:
             until = deadline
         cyj_lock(&self.monitor)
@@ -877,6 +903,7 @@ cdef class Call:
         """Run the whole call; return every result in one list."""
         cdef list out = []
         cdef Batch batch
+        self.only_waits = self.pool_in_gil != NULL  # (threads; the caller never helps)
         while True:
             batch = self.next_batch()
             if batch is None:

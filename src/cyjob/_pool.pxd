@@ -31,6 +31,7 @@ cdef class ThreadPool:
     cdef bint bound_said       # the bound on retired threads was reported
     cdef str name
     cdef Py_ssize_t n_started
+    cdef int64_t n_in_gil      # workers holding the GIL to run a batch
     cdef int push(self, Work work)
     cdef int _start_worker(self) except -1
     cdef Py_ssize_t _retire_stuck(self, object log) except -1

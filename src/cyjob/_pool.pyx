@@ -20,7 +20,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
-    cyj_cas, cyj_load, cyj_now_ns, cyj_store, cyj_worker_depth, cyj_queue_close, cyj_queue_destroy,
+    cyj_add, cyj_cas, cyj_load, cyj_spin_while_equal, cyj_now_ns, cyj_store, cyj_worker_depth, cyj_queue_close, cyj_queue_destroy,
     cyj_queue_init, cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
 )
 
@@ -30,6 +30,13 @@ from cyjob.exceptions import PoolShutdownError
 # variable; a parked wake-up costs ~15 us, and calls of a few tiny tasks
 # arrive closer together than that (benchmarks/bench_overhead.py, small calls).
 cdef int64_t WORKER_SPIN_NS = 50_000
+# A worker that pops a batch whose caller only waits for it spins this long at
+# most for that caller to let go of the GIL before it takes it: a thread that
+# asks for the GIL while another holds it sleeps on CPython's condition
+# variable, and waking it costs tens of microseconds here (one such wake each
+# way made a small call 90-100 us instead of ~10: bench_overhead's "calls x
+# 10 tiny tasks" from the main thread, which never runs a task itself).
+cdef int64_t HANDOFF_SPIN_NS = 20_000
 # A worker still running work that its caller abandoned (a call that timed
 # out, failed or was closed early) this long after it started that work is
 # retired: the pool stops counting it and starts a fresh thread in its place,
@@ -167,11 +174,15 @@ def _worker_main(ThreadPool pool, Worker me):
     cdef void *stale[STALE_BATCH]
     cdef Py_ssize_t n_stale = 0, i
     cdef Work work
+    cdef bint in_gil = False
     enter_worker()
     try:
         while True:
             ticket = NULL
             with nogil:
+                if in_gil:
+                    cyj_add(&pool.n_in_gil, -1)  # (let go of it just now)
+                    in_gil = False
                 while True:
                     if n_stale > 0:
                         item = cyj_queue_try_pop(&pool.queue)  # flush before parking
@@ -186,6 +197,10 @@ def _worker_main(ThreadPool pool, Worker me):
                         # counts that wait (_dispatch._execute_claimed).
                         ticket.taken_ns = cyj_now_ns()
                         cyj_thread_switches(&ticket.voluntary, &ticket.involuntary)
+                        if ticket.caller_gil_free != NULL:
+                            # (The batch, and the call it points to, live
+                            # while the queue's reference to it does.)
+                            cyj_spin_while_equal(ticket.caller_gil_free, 0, HANDOFF_SPIN_NS)
                         break
                     stale[n_stale] = (<cyj_ticket *>item).owner
                     n_stale += 1
@@ -201,6 +216,8 @@ def _worker_main(ThreadPool pool, Worker me):
                 if item == NULL and pool.closed:
                     break
                 continue
+            cyj_add(&pool.n_in_gil, 1)  # (see Call._park)
+            in_gil = True
             work = <Work>ticket.owner
             Py_DECREF(work)  # the queue's reference; `work` holds its own
             if pool.closed:
@@ -221,6 +238,8 @@ def _worker_main(ThreadPool pool, Worker me):
             if me.retired:
                 break  # replaced while it ran abandoned work: leave
     finally:
+        if in_gil:
+            cyj_add(&pool.n_in_gil, -1)
         leave_worker()
         if me.retired:
             _n_retired_running -= 1

@@ -20,6 +20,7 @@ cdef extern from "cyj_sync.h" nogil:
     void cyj_store(int64_t *p, int64_t v)
     int64_t cyj_add(int64_t *p, int64_t v)
     int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns)
+    int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns)
     int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
     ctypedef struct cyj_ticket:
         int64_t claimed
@@ -27,6 +28,7 @@ cdef extern from "cyj_sync.h" nogil:
         int64_t taken_ns
         int64_t voluntary
         int64_t involuntary
+        const int64_t *caller_gil_free
 
 cdef extern from "cyj_queue.h" nogil:
     ctypedef struct cyj_queue:
