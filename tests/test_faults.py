@@ -213,28 +213,36 @@ _CTRL_C = """
 """
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("backend", ["threading", "auto"])
-def test_ctrl_c_is_prompt_when_tasks_are_long_and_release_the_gil(tmp_path, backend):
-    proc = popen_script(_CTRL_C, tmp_path, backend, stdout=subprocess.PIPE,
+def interrupt_once_a_task_runs(code, tmp_path, *args):
+    """Run ``code`` (whose long tasks each create a file in tmp_path), send
+    it SIGINT once one runs; return its first line, the seconds until that
+    line, its stderr and its exit code."""
+    proc = popen_script(code, tmp_path, *args, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: os.listdir(tmp_path), 40), "no task started"
+        assert wait_for(lambda: os.listdir(tmp_path), 40), "no long task started"
         time.sleep(0.3)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline() if ready else ""
         waited = time.monotonic() - sent
-        out, err = proc.communicate(timeout=40)
+        _, err = proc.communicate(timeout=40)
     finally:
         proc.kill()
         proc.wait()
+    return line, waited, err, proc.returncode
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["threading", "auto"])
+def test_ctrl_c_is_prompt_when_tasks_are_long_and_release_the_gil(tmp_path, backend):
+    line, waited, err, returncode = interrupt_once_a_task_runs(_CTRL_C, tmp_path, backend)
     assert line == "interrupted\n", (line, err)
     # Each task runs 8 s with the GIL released: the interrupt must not wait
     # for one that the caller would have run (a generous bound: loaded machine).
     assert waited < 4.0, waited
-    assert proc.returncode == 0, err
+    assert returncode == 0, err
 
 
 _CTRL_C_AFTER_SHORT_CALLS = """
@@ -271,23 +279,11 @@ def test_ctrl_c_is_prompt_when_a_function_known_short_turns_long(tmp_path):
     # The main thread never runs a threads call's task: a caller that ran
     # batches of a function measured short got Ctrl-C only once its 8 s
     # task returned.
-    proc = popen_script(_CTRL_C_AFTER_SHORT_CALLS, tmp_path, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE)
-    try:
-        assert wait_for(lambda: os.listdir(tmp_path), 40), "no long task started"
-        time.sleep(0.3)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline() if ready else ""
-        waited = time.monotonic() - sent
-        out, err = proc.communicate(timeout=40)
-    finally:
-        proc.kill()
-        proc.wait()
+    line, waited, err, returncode = interrupt_once_a_task_runs(
+        _CTRL_C_AFTER_SHORT_CALLS, tmp_path)
     assert line == "interrupted\n", (line, err)
     assert waited < 4.0, waited  # (generous: a loaded machine)
-    assert proc.returncode == 0, err
+    assert returncode == 0, err
 
 
 # --------------------------------------------------------------------------
