@@ -618,7 +618,12 @@ cdef class Call:
         arguments this time, and a longer call is measured afresh from
         batches of one.  (A generator's input is read no further ahead for
         it.)"""
-        cdef Py_ssize_t small = self.sizer.small_call_size(self.known_ns)
+        cdef Py_ssize_t small
+        if self.sizer.fixed_size > 0:
+            # The batch size is given (expect() changes nothing): a lazy
+            # input is read no further than the batches dispatched.
+            return 0
+        small = self.sizer.small_call_size(self.known_ns)
         if small > 0:
             self._pull(small + 1)  # a lazy input: does it end within?
             if 0 < self.n_total <= small:
