@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -138,13 +137,11 @@ static inline void cyj_cpu_relax(void)
 }
 
 /* Spin (without the GIL, without a lock) until *p != seen or spin_ns elapse.
- * Every 64 checks the spinner yields its CPU: the thread it waits for may be
- * runnable on that very CPU (the scheduler tends to wake a thread where its
- * waker runs, and a caller with its workers then share one CPU for long
- * stretches), where a plain spin would only keep it from running: small
- * calls on threads cost ~90-110 us instead of ~8 in such stretches.  On a
- * CPU of its own, the yield returns at once (yielding only after the first
- * 3 us of a spin measured no better).
+ * (No sched_yield() in the loop: it helps when the awaited thread is runnable
+ * on this very CPU, which the scheduler's wake-affine placement makes common
+ * on a quiet machine, but on a loaded one it hands the CPU to another
+ * program for a whole time slice: 10 tiny tasks from the main thread took
+ * ~4 ms per call beside two busy loops, against ~14 us without it.)
  * Returns 1 if the value changed.  A wake-up through a condition variable costs
  * ~12-15 us here against ~0.5 us for a spin hand-off, so a bounded spin before
  * parking pays for short gaps between batches (benchmarks/bench_overhead.py). */
@@ -163,7 +160,6 @@ static inline int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t s
         }
         if (cyj_now_ns() >= deadline)
             return cyj_load(p) != seen;
-        sched_yield();
     }
 }
 
@@ -180,7 +176,6 @@ static inline int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns)
         }
         if (cyj_now_ns() >= deadline)
             return cyj_load(p) == 0;
-        sched_yield();
     }
 }
 
