@@ -140,8 +140,8 @@ static inline void cyj_cpu_relax(void)
  * (No sched_yield() in the loop: it helps when the awaited thread is runnable
  * on this very CPU, which the scheduler's wake-affine placement makes common
  * on a quiet machine, but on a loaded one it hands the CPU to another
- * program for a whole time slice: 10 tiny tasks from the main thread took
- * ~4 ms per call beside two busy loops, against ~14 us without it.)
+ * program for a whole time slice: 10 tiny tasks from a caller that only
+ * waits took ~4 ms per call beside two busy loops, against ~14 us without.)
  * Returns 1 if the value changed.  A wake-up through a condition variable costs
  * ~12-15 us here against ~0.5 us for a spin hand-off, so a bounded spin before
  * parking pays for short gaps between batches (benchmarks/bench_overhead.py). */

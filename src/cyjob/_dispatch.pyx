@@ -52,11 +52,11 @@ cdef int64_t SIGNAL_CHECK_NS = 50_000_000
 # estimate; a first batch is never run by the caller), and the slowest batch.
 cdef double CALLER_TASK_MAX_NS = 2e6
 cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
-# Time per task of recent thread calls, by their first task's code: a call of
-# tasks seen before starts with batches sized for them, and if they were
-# short its caller may run batches from the first one (many small calls in a
-# loop, the caller-helps saving), without waiting for a worker to measure
-# one.  Keyed by the key's address, each entry holding
+# Time per task of recent list calls on threads, by their first task's code:
+# a call of tasks seen short before lets its caller run batches from the
+# first one (many small calls in a loop, the caller-helps saving) without
+# waiting for a worker to measure one, or, if its caller only waits, go to one
+# worker in one batch when it is small (Call._size_small_call).  Keyed by the key's address, each entry holding
 # `(key, ns)`: hashing a code object hashes its bytecode, names and
 # constants (~700 instructions, twice a call), and the key held there keeps
 # its address from being reused by another object.
@@ -346,9 +346,10 @@ cdef class ThreadExecutor(Executor):
     and counts as one more worker (``n_workers == pool.n_threads + 1``): tiny
     tasks save a GIL hand-off (~15-50 us) per batch that the caller runs
     itself.  Tasks longer or not yet measured go to ``full``, a pool of
-    n_workers threads, and the caller only waits.  (The threads backend
-    never lets the main thread help: Ctrl-C must reach it whatever the tasks
-    do.)"""
+    n_workers threads, and the caller only waits: Ctrl-C reaches it at once.
+    (A task of a function measured short that turns long and releases the
+    GIL, run by the caller, delays Ctrl-C: see the README's "Where Ctrl-C
+    waits".)"""
 
     def __init__(self, ThreadPool pool, bint caller_helps=False, ThreadExecutor full=None):
         if caller_helps and full is None:
@@ -573,7 +574,7 @@ cdef class Call:
             self.started = True
             first_function = self._first_function()
             if first_function is not None:
-                if self.caller_helps or type(self.executor) is ThreadExecutor:
+                if self.caller_helps or self.only_waits:
                     self.task_key = _task_key(first_function)
                     known = _task_ns.get(<Py_ssize_t><void *>self.task_key)
                     if known is not None and (<tuple>known)[0] is self.task_key:
@@ -612,8 +613,8 @@ cdef class Call:
     cdef int _size_small_call(self) except -1:
         """A list call (whose caller only waits) of a few tasks of a function
         seen tiny goes to one worker in one batch, not one task per batch at
-        first, passing the GIL between threads (10 tiny tasks from the main
-        thread: ~9 us per call in one batch, ~115-190 us split).  Only when
+        first, passing the GIL between threads (10 tiny tasks from a caller
+        that only waits: ~9 us per call in one batch, ~115-190 us split).  Only when
         the whole call is that short: the function may be given much larger
         arguments this time, and a longer call is measured afresh from
         batches of one.  (A generator's input is read no further ahead for

@@ -20,8 +20,9 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
-    cyj_add, cyj_cas, cyj_load, cyj_spin_while_equal, cyj_now_ns, cyj_store, cyj_worker_depth, cyj_queue_close, cyj_queue_destroy,
-    cyj_queue_init, cyj_queue_pop, cyj_queue_push, cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
+    cyj_add, cyj_cas, cyj_load, cyj_now_ns, cyj_spin_while_equal, cyj_store, cyj_worker_depth,
+    cyj_queue_close, cyj_queue_destroy, cyj_queue_init, cyj_queue_pop, cyj_queue_push,
+    cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
 )
 
 from cyjob.exceptions import PoolShutdownError
@@ -35,7 +36,7 @@ cdef int64_t WORKER_SPIN_NS = 50_000
 # asks for the GIL while another holds it sleeps on CPython's condition
 # variable, and waking it costs tens of microseconds here (one such wake each
 # way made a small call 90-100 us instead of ~10: bench_overhead's "calls x
-# 10 tiny tasks" from the main thread, which never runs a task itself).
+# 10 tiny tasks" with a caller that only waits).
 cdef int64_t HANDOFF_SPIN_NS = 20_000
 # A worker still running work that its caller abandoned (a call that timed
 # out, failed or was closed early) this long after it started that work is
