@@ -23,7 +23,7 @@ import pytest
 
 import cyjob
 from cyjob import Parallel, delayed
-from helpers import child_env
+from helpers import child_env, wait_for
 
 
 
@@ -35,15 +35,6 @@ def run_script(code, *args, timeout=60):
 def popen_script(code, *args, **kwargs):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
                             env=child_env(), text=True, **kwargs)
-
-
-def wait_for(predicate, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --------------------------------------------------------------------------
