@@ -136,7 +136,8 @@ def measure(condition, runs, report, verbose, workloads):
             results[workload].append(r)
             if verbose:
                 print(f"{condition} {i:2d} {workload:6s} {'->'.join(r['kinds']):24s} "
-                      f"{r['call_s'] / r['seq_s']:.2f}x  {r['reason']}", flush=True)
+                      f"{r['call_s'] / r['seq_s']:.2f}x ({r['call_s'] * 1e3:.1f} / "
+                      f"{r['seq_s'] * 1e3:.1f} ms)  {r['reason']}", flush=True)
     for workload, rs in results.items():
         expected = EXPECTED[workload]
         wrong = [r for r in rs if not r["kinds"] or r["kinds"][0] != expected]
