@@ -64,8 +64,11 @@ static inline int cyj_queue__grow(cyj_queue *q)
     return 0;
 }
 
-/* Returns 0, or -1 when out of memory or closed (the item was not queued). */
-static inline int cyj_queue_push(cyj_queue *q, void *item)
+/* Returns 1 if a parked worker had to be woken, 0 if not, or -1 when out of
+ * memory or closed (the item was not queued).  With wake_now 0 the pusher
+ * wakes it later (cyj_queue_wake), once it has let go of what that worker
+ * will need first: the GIL. */
+static inline int cyj_queue_push(cyj_queue *q, void *item, int wake_now)
 {
     int wake;
     cyj_lock(&q->monitor);
@@ -82,20 +85,30 @@ static inline int cyj_queue_push(cyj_queue *q, void *item)
      * the item is never left behind. */
     wake = q->n_sleeping > 0 && cyj_load(&q->n_spinning) == 0;
     cyj_unlock(&q->monitor);
-    if (wake)
+    if (wake && wake_now)
         cyj_signal(&q->monitor);
-    return 0;
+    return wake;
+}
+
+/* Wake one parked worker, for a push that put its wake-up off. */
+static inline void cyj_queue_wake(cyj_queue *q)
+{
+    cyj_lock(&q->monitor);
+    cyj_signal(&q->monitor);
+    cyj_unlock(&q->monitor);
 }
 
 /* Blocks until an item is available; returns NULL once the queue is closed.
- * Spins up to spin_ns on the lock-free count before parking. */
-static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
+ * Spins up to spin_ns on the lock-free count before parking, less if the
+ * thread expected to push, as published in *pusher (NULL: unknown), waits
+ * for this CPU. */
+static inline void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns, const int64_t *pusher)
 {
     void *item;
     int wake_next;
     if (cyj_load(&q->count) == 0 && !cyj_load(&q->closed)) {
         cyj_add(&q->n_spinning, 1);
-        cyj_spin_while_equal(&q->count, 0, spin_ns);
+        cyj_spin_while_equal(&q->count, 0, spin_ns, pusher);
         cyj_add(&q->n_spinning, -1);
     }
     cyj_lock(&q->monitor);

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -136,45 +137,105 @@ static inline void cyj_cpu_relax(void)
 #endif
 }
 
-/* Spin (without the GIL, without a lock) until *p != seen or spin_ns elapse.
- * (No sched_yield() in the loop: it helps when the awaited thread is runnable
- * on this very CPU, which the scheduler's wake-affine placement makes common
- * on a quiet machine, but on a loaded one it hands the CPU to another
- * program for a whole time slice: 10 tiny tasks from a caller that only
- * waits took ~4 ms per call beside two busy loops, against ~14 us without.)
- * Returns 1 if the value changed.  A wake-up through a condition variable costs
- * ~12-15 us here against ~0.5 us for a spin hand-off, so a bounded spin before
- * parking pays for short gaps between batches (benchmarks/bench_overhead.py). */
-static inline int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns)
+/* Where the threads that wait for one another last ran.  A spin waits for
+ * another thread to do something; it is futile, and worse, while that thread
+ * waits for this very CPU: the scheduler often wakes a thread on its waker's
+ * CPU, and then lets the spinner run out its spin (a caller and its worker
+ * on one CPU made calls of 10 tiny tasks ~100 us instead of ~12).  So each
+ * side publishes its CPU, and a spinner parks as soon as the thread it waits
+ * for is on its own CPU.  Yielding instead was tried: on a loaded machine a
+ * yield hands the CPU to another program for a whole time slice (~4 ms per
+ * call beside two busy loops). */
+typedef struct {
+    int64_t caller;   /* the thread that dispatches and collects batches */
+    int64_t runner;   /* the worker that last took a batch */
+} cyj_whereabouts;
+
+#define CYJ_CPU_UNKNOWN (-1)
+/* Woken from a park and not running yet: it may be queued behind the
+ * spinner on the spinner's CPU, or just slow to come up elsewhere, so it
+ * gets a short grace to publish where it runs. */
+#define CYJ_CPU_WAKING (-2)
+#define CYJ_WAKING_GRACE_NS 4000
+
+static inline int64_t cyj_this_cpu(void)
 {
-    int64_t deadline;
+#ifdef __linux__
+    return (int64_t)sched_getcpu();  /* a read of the rseq area: ~1 ns */
+#else
+    return CYJ_CPU_UNKNOWN;
+#endif
+}
+
+static inline void cyj_publish_cpu(int64_t *where)
+{
+    if (where != NULL)
+        __atomic_store_n(where, cyj_this_cpu(), __ATOMIC_RELAXED);
+}
+
+static inline void cyj_mark_waking(int64_t *where)
+{
+    if (where != NULL)
+        __atomic_store_n(where, CYJ_CPU_WAKING, __ATOMIC_RELAXED);
+}
+
+/* Whether the awaited thread, as published in *awaited (NULL: unknown),
+ * cannot run until this spinner lets go of its CPU. */
+static inline int cyj_awaited_here(const int64_t *awaited, int64_t spun_ns)
+{
+    int64_t cpu;
+    if (awaited == NULL)
+        return 0;
+    cpu = __atomic_load_n(awaited, __ATOMIC_RELAXED);
+    if (cpu == CYJ_CPU_WAKING)
+        return spun_ns >= CYJ_WAKING_GRACE_NS;
+    return cpu >= 0 && cpu == cyj_this_cpu();
+}
+
+/* Spin (without the GIL, without a lock) until *p != seen, spin_ns elapse,
+ * or the thread that will change it turns out to wait for this CPU (see
+ * cyj_whereabouts).  Returns 1 if the value changed.  A wake-up through a
+ * condition variable costs ~12-15 us here against ~0.5 us for a spin
+ * hand-off, so a bounded spin before parking pays for short gaps between
+ * batches (benchmarks/bench_overhead.py). */
+static inline int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns,
+                                       const int64_t *awaited)
+{
+    int64_t start, now;
     int i;
-    if (spin_ns <= 0)
+    if (spin_ns <= 0 || cyj_awaited_here(awaited, 0))
         return cyj_load(p) != seen;
-    deadline = cyj_now_ns() + spin_ns;
+    start = cyj_now_ns();
     for (;;) {
         for (i = 0; i < 64; i++) {
             if (cyj_load(p) != seen)
                 return 1;
             cyj_cpu_relax();
         }
-        if (cyj_now_ns() >= deadline)
+        now = cyj_now_ns();
+        if (now - start >= spin_ns || cyj_awaited_here(awaited, now - start))
             return cyj_load(p) != seen;
     }
 }
 
-/* Spin until *p == 0 or spin_ns elapse; 1 if it is zero. */
-static inline int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns)
+/* Spin until *p == 0, spin_ns elapse or the awaited thread waits for this
+ * CPU; 1 if it is zero. */
+static inline int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns,
+                                         const int64_t *awaited)
 {
-    int64_t deadline = cyj_now_ns() + spin_ns;
+    int64_t start, now;
     int i;
+    if (cyj_awaited_here(awaited, 0))
+        return cyj_load(p) == 0;
+    start = cyj_now_ns();
     for (;;) {
         for (i = 0; i < 64; i++) {
             if (cyj_load(p) == 0)
                 return 1;
             cyj_cpu_relax();
         }
-        if (cyj_now_ns() >= deadline)
+        now = cyj_now_ns();
+        if (now - start >= spin_ns || cyj_awaited_here(awaited, now - start))
             return cyj_load(p) == 0;
     }
 }

@@ -1,5 +1,5 @@
 from libc.stdint cimport int64_t
-from cyjob._sync cimport cyj_monitor
+from cyjob._sync cimport cyj_monitor, cyj_queue, cyj_whereabouts
 from cyjob._batching cimport BatchSizer
 from cyjob._pool cimport ThreadPool, Work
 
@@ -74,6 +74,13 @@ cdef class Call:
     # count of the pool's workers holding the GIL (NULL: not a thread pool).
     cdef int64_t gil_free
     cdef int64_t *pool_in_gil
+    # The thread pool's whereabouts of its callers and workers (NULL: not a
+    # thread pool): the caller publishes where it runs, and spins only
+    # while the worker it waits for runs on another CPU.
+    cdef cyj_whereabouts *where
+    # Its last batch was queued with the wake-up of a parked worker put off
+    # until the caller lets go of the GIL (see _park); NULL when none is owed.
+    cdef cyj_queue *wake_owed
     cdef bint only_waits      # a list call on threads whose caller runs no batch
     cdef cyj_monitor monitor
     cdef bint monitor_ready
@@ -126,6 +133,7 @@ cdef class Call:
     cdef bint _caller_runs_one(self) except -1
     cdef int _wait(self, int64_t seen, int64_t deadline) except -1
     cdef bint _park(self, int64_t seen, int64_t deadline) noexcept nogil
+    cdef void _pay_wake(self) noexcept nogil
     cdef bint _sleep(self, int64_t seen, int64_t deadline) noexcept nogil
     cdef void _notify(self) noexcept nogil
     cpdef batch_done(self, Batch batch, list results, object error, double duration_ns)

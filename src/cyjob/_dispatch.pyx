@@ -25,8 +25,8 @@ from libc.stdint cimport int64_t
 from cyjob._batching cimport BatchSizer
 from cyjob._pool cimport ThreadPool, Work, enter_worker, leave_worker, retire_stuck_workers
 from cyjob._sync cimport (
-    cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_signal, cyj_spin_while_equal, cyj_spin_while_nonzero, cyj_store,
+    cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_mark_waking, cyj_monitor_destroy, cyj_monitor_init,
+    cyj_now_ns, cyj_publish_cpu, cyj_queue_wake, cyj_signal, cyj_spin_while_equal, cyj_spin_while_nonzero, cyj_store,
     cyj_thread_cpu_ns,
     cyj_thread_switches, cyj_unlock, cyj_wait_until,
 )
@@ -347,9 +347,9 @@ cdef class ThreadExecutor(Executor):
     tasks save a GIL hand-off (~15-50 us) per batch that the caller runs
     itself.  Tasks longer or not yet measured go to ``full``, a pool of
     n_workers threads, and the caller only waits: Ctrl-C reaches it at once.
-    (A task of a function measured short that turns long and releases the
-    GIL, run by the caller, delays Ctrl-C: see the README's "Where Ctrl-C
-    waits".)"""
+    (The main thread never helps: a task of a function measured short that
+    turned long and released the GIL would delay Ctrl-C until it returned;
+    see ThreadingBackend.executor.)"""
 
     def __init__(self, ThreadPool pool, bint caller_helps=False, ThreadExecutor full=None):
         if caller_helps and full is None:
@@ -392,8 +392,17 @@ cdef class ThreadExecutor(Executor):
 
     cdef int _push(self, Batch batch) except -1:
         cdef int rc
-        batch.call.n_queued += 1
-        rc = self.pool.push(batch)
+        cdef Call call = batch.call
+        call.n_queued += 1
+        # The last batch of a call whose caller only waits: the caller's next
+        # step is to let go of the GIL and wait, so a parked worker is woken
+        # then, not now to wait for the GIL (on the caller's CPU, the one a
+        # woken thread is often put on, each such wake-up costs two context
+        # switches).
+        rc = self.pool.push(batch, call.only_waits and 0 <= call.n_total <= call.n_taken)
+        if rc == 3:
+            call.wake_owed = &self.pool.queue
+            rc = 0
         if rc != 0:
             batch.call.n_queued -= 1
             if rc == 2:
@@ -460,8 +469,10 @@ cdef class Call:
         self.completed = deque()
         self.unclaimed = deque()
         self.caller_helps = executor.caller_helps
-        if type(executor) is ThreadExecutor and not self.caller_helps:
-            self.pool_in_gil = &(<ThreadExecutor>executor).pool.n_in_gil
+        if type(executor) is ThreadExecutor:
+            self.where = &(<ThreadExecutor>executor).pool.where
+            if not self.caller_helps:
+                self.pool_in_gil = &(<ThreadExecutor>executor).pool.n_in_gil
         self.known_ns = -1.0
         if type(tasks) is list or type(tasks) is tuple:
             check_tasks(tasks)  # a malformed task fails before any task runs
@@ -727,6 +738,8 @@ cdef class Call:
     cdef void _notify(self) noexcept nogil:
         cyj_add(&self.n_events, 1)
         if cyj_load(&self.caller_waiting):
+            if self.where != NULL:
+                cyj_mark_waking(&self.where.caller)
             cyj_lock(&self.monitor)
             cyj_signal(&self.monitor)
             cyj_unlock(&self.monitor)
@@ -777,14 +790,29 @@ cdef class Call:
         while the other holds it would sleep on CPython's condition
         variable, and be woken tens of microseconds later."""
         cdef bint changed
+        cdef int64_t *caller_cpu = NULL
+        cdef const int64_t *runner_cpu = NULL
+        if self.where != NULL:
+            caller_cpu = &self.where.caller
+            runner_cpu = &self.where.runner
+        cyj_publish_cpu(caller_cpu)
         cyj_store(&self.gil_free, 1)
-        changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS)
+        self._pay_wake()
+        changed = cyj_spin_while_equal(&self.n_events, seen, CALLER_SPIN_NS, runner_cpu)
         if not changed:
             changed = self._sleep(seen, deadline)
+            cyj_publish_cpu(caller_cpu)  # woken: maybe on another CPU
         cyj_store(&self.gil_free, 0)
         if changed and self.pool_in_gil != NULL:
-            cyj_spin_while_nonzero(self.pool_in_gil, HANDOFF_BACK_SPIN_NS)
+            cyj_spin_while_nonzero(self.pool_in_gil, HANDOFF_BACK_SPIN_NS, runner_cpu)
         return changed
+
+    cdef void _pay_wake(self) noexcept nogil:
+        """Wake the worker that a deferred push owes (see ThreadExecutor._push)."""
+        if self.wake_owed != NULL:
+            cyj_mark_waking(&self.where.runner)
+            cyj_queue_wake(self.wake_owed)
+            self.wake_owed = NULL
 
     cdef bint _sleep(self, int64_t seen, int64_t deadline) noexcept nogil:
         """_park's sleep, once its spin is over."""
@@ -888,6 +916,7 @@ cdef class Call:
         that all of it is freed now by reference counting, not by a later
         pass of the cyclic GC."""
         self.finished = True
+        self._pay_wake()  # (a call that failed before it waited)
         self.iterator = None
         self.source = None
         self.ahead = None

@@ -1,5 +1,5 @@
 from libc.stdint cimport int64_t
-from cyjob._sync cimport cyj_queue, cyj_ticket
+from cyjob._sync cimport cyj_queue, cyj_ticket, cyj_whereabouts
 
 
 cdef class Work:
@@ -32,7 +32,8 @@ cdef class ThreadPool:
     cdef str name
     cdef Py_ssize_t n_started
     cdef int64_t n_in_gil      # workers holding the GIL to run a batch
-    cdef int push(self, Work work)
+    cdef cyj_whereabouts where # the CPUs of the callers and workers that spin
+    cdef int push(self, Work work, bint defer_wake=*)
     cdef int _start_worker(self) except -1
     cdef Py_ssize_t _retire_stuck(self, object log) except -1
     cdef int watch_abandoned(self) except -1

@@ -20,7 +20,8 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
 
 from cyjob._sync cimport (
-    cyj_add, cyj_cas, cyj_load, cyj_now_ns, cyj_spin_while_equal, cyj_store, cyj_worker_depth,
+    CYJ_CPU_UNKNOWN, cyj_add, cyj_cas, cyj_load, cyj_mark_waking, cyj_now_ns, cyj_publish_cpu,
+    cyj_spin_while_equal, cyj_store, cyj_worker_depth,
     cyj_queue_close, cyj_queue_destroy, cyj_queue_init, cyj_queue_pop, cyj_queue_push,
     cyj_queue_try_pop, cyj_thread_switches, cyj_ticket,
 )
@@ -188,11 +189,12 @@ def _worker_main(ThreadPool pool, Worker me):
                     if n_stale > 0:
                         item = cyj_queue_try_pop(&pool.queue)  # flush before parking
                     else:
-                        item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS)
+                        item = cyj_queue_pop(&pool.queue, WORKER_SPIN_NS, &pool.where.caller)
                     if item == NULL:
                         break
                     if cyj_cas(&(<cyj_ticket *>item).claimed, 0, 1):
                         ticket = <cyj_ticket *>item
+                        cyj_publish_cpu(&pool.where.runner)
                         # Before waiting for the GIL (a clock read and one
                         # system call, ~0.3 us per batch): a measured batch
                         # counts that wait (_dispatch._execute_claimed).
@@ -201,7 +203,8 @@ def _worker_main(ThreadPool pool, Worker me):
                         if ticket.caller_gil_free != NULL:
                             # (The batch, and the call it points to, live
                             # while the queue's reference to it does.)
-                            cyj_spin_while_equal(ticket.caller_gil_free, 0, HANDOFF_SPIN_NS)
+                            cyj_spin_while_equal(ticket.caller_gil_free, 0, HANDOFF_SPIN_NS,
+                                                 &pool.where.caller)
                         break
                     stale[n_stale] = (<cyj_ticket *>item).owner
                     n_stale += 1
@@ -255,6 +258,7 @@ cdef class ThreadPool:
         if cyj_queue_init(&self.queue, 64) != 0:
             raise MemoryError("cannot allocate the cyjob work queue")
         self.queue_ready = True
+        self.where.caller = self.where.runner = CYJ_CPU_UNKNOWN
 
     def __init__(self, Py_ssize_t n_threads, str name="cyjob-worker", start=None):
         if n_threads < 1:
@@ -336,9 +340,12 @@ cdef class ThreadPool:
             _watched.remove(self)
         return n
 
-    cdef int push(self, Work work):
+    cdef int push(self, Work work, bint defer_wake=False):
         """Queue ``work`` for a worker: 0 if queued, 1 if the pool is closed,
-        2 if the queue cannot grow (out of memory)."""
+        2 if the queue cannot grow (out of memory), 3 if queued and, with
+        ``defer_wake``, a parked worker is still to be woken
+        (``cyj_queue_wake``): the caller does that once it has let go of the
+        GIL, which that worker would otherwise wake up only to wait for."""
         cdef int rc
         # Workers stuck on work that nobody waits for must not hold this up.
         retire_stuck_workers(None)
@@ -346,8 +353,14 @@ cdef class ThreadPool:
         # Pushing keeps the GIL: releasing it would wake threads waiting for
         # it only to make them sleep again.  Safe, as no thread ever waits for
         # the GIL while holding the queue's mutex.
-        rc = cyj_queue_push(&self.queue, <void *>&work.ticket)
+        cyj_publish_cpu(&self.where.caller)
+        rc = cyj_queue_push(&self.queue, <void *>&work.ticket, not defer_wake)
         if rc == 0:
+            return 0
+        if rc == 1:
+            if defer_wake:
+                return 3
+            cyj_mark_waking(&self.where.runner)  # where it will run is not known yet
             return 0
         Py_DECREF(work)
         return 1 if self.closed else 2

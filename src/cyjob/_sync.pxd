@@ -19,8 +19,15 @@ cdef extern from "cyj_sync.h" nogil:
     int64_t cyj_load(const int64_t *p)
     void cyj_store(int64_t *p, int64_t v)
     int64_t cyj_add(int64_t *p, int64_t v)
-    int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns)
-    int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns)
+    int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns,
+                             const int64_t *awaited)
+    int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns, const int64_t *awaited)
+    ctypedef struct cyj_whereabouts:
+        int64_t caller
+        int64_t runner
+    int64_t CYJ_CPU_UNKNOWN
+    void cyj_publish_cpu(int64_t *where)
+    void cyj_mark_waking(int64_t *where)
     int cyj_cas(int64_t *p, int64_t expected, int64_t desired)
     ctypedef struct cyj_ticket:
         int64_t claimed
@@ -36,7 +43,8 @@ cdef extern from "cyj_queue.h" nogil:
         int64_t closed
     int cyj_queue_init(cyj_queue *q, int64_t capacity)
     void cyj_queue_destroy(cyj_queue *q)
-    int cyj_queue_push(cyj_queue *q, void *item)
-    void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns)
+    int cyj_queue_push(cyj_queue *q, void *item, int wake_now)
+    void cyj_queue_wake(cyj_queue *q)
+    void *cyj_queue_pop(cyj_queue *q, int64_t spin_ns, const int64_t *pusher)
     void *cyj_queue_try_pop(cyj_queue *q)
     void cyj_queue_close(cyj_queue *q)

@@ -118,8 +118,13 @@ class ThreadingBackend(Backend):
         # A caller that returns a list has nothing else to do while it waits,
         # so it works as one of the n_jobs workers while its tasks are short.
         # A generator's caller is busy with the results, and a caller running
-        # a task could not notice a time-out: those get n_jobs threads.
-        # (Keeping the main thread out too, for Ctrl-C, was tried: see the
-        # README's "Where Ctrl-C waits".)
-        helps = plan is None or (plan.return_as == "list" and plan.timeout is None)
+        # a task could not notice a time-out: those get n_jobs threads.  So
+        # does the main thread, the one signal handlers run in: stuck in a
+        # task that waits in C without the GIL, it would get Ctrl-C only when
+        # that task returns.  (It loses little: a call of a few tiny tasks
+        # goes to one worker in one batch, see MIN_SPLIT_NS in _batching, and
+        # the hand-offs with that worker avoid sleeping on each other's CPU,
+        # see cyj_whereabouts in csrc/cyj_sync.h.)
+        helps = (plan is None or (plan.return_as == "list" and plan.timeout is None)) \
+            and threading.current_thread() is not threading.main_thread()
         return get_pool(n_workers, helps and n_workers > 1)
