@@ -9,7 +9,8 @@ the same ``delayed`` generator, after the call; both after one warm-up run
 of the function, or of the whole sequential loop for tiny tasks).
 
 * quiet: the machine as it is;
-* loaded: the same with one busy-looping process per CPU started beside it.
+* loaded: the same with one busy-looping process per CPU started beside it
+  (each pinned to its CPU, see ``BusyLoops``).
 
 Targets: 0 wrong choices when quiet, at most 2 in 50 when loaded, and no call
 slower than 1.3x sequential (checked in both halves).  The interpreters run
@@ -34,6 +35,13 @@ TARGET_RATIO = 1.3
 CHILD_TIMEOUT_S = 120
 
 USING = re.compile(r"Using (\w+): (.*)")
+PINNED_BUSY_LOOP = """
+import os, sys
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+while True:
+    pass
+"""
 
 
 # --------------------------------------------------------------------------
@@ -113,11 +121,21 @@ def run_child(workload):
 
 
 class BusyLoops:
-    """One busy-looping process per CPU, for the "loaded" half."""
+    """One busy-looping process per CPU, for the "loaded" half.
+
+    Each is pinned to its CPU: left free, the load balancer at times put
+    both on one CPU and left the other free, and then a call timed while it
+    shared a CPU with a busy loop and a sequential run timed on the free one
+    (or the reverse) differed 2x for the same work (100k tiny tasks inline:
+    43.6 ms against 21.8 ms in one interpreter, 21.7 against 19.7 in the
+    next).  Pinned, every CPU is contended all the time, as "one per CPU"
+    means."""
 
     def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(os.cpu_count() or 1)]
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else range(os.cpu_count() or 1)
+        self.procs = [subprocess.Popen([sys.executable, "-c", PINNED_BUSY_LOOP, str(cpu)])
+                      for cpu in cpus]
         time.sleep(0.2)
         return self
 
@@ -136,7 +154,8 @@ def measure(condition, runs, report, verbose, workloads):
             results[workload].append(r)
             if verbose:
                 print(f"{condition} {i:2d} {workload:6s} {'->'.join(r['kinds']):24s} "
-                      f"{r['call_s'] / r['seq_s']:.2f}x  {r['reason']}", flush=True)
+                      f"{r['call_s'] / r['seq_s']:.2f}x ({r['call_s'] * 1e3:.1f} / "
+                      f"{r['seq_s'] * 1e3:.1f} ms)  {r['reason']}", flush=True)
     for workload, rs in results.items():
         expected = EXPECTED[workload]
         wrong = [r for r in rs if not r["kinds"] or r["kinds"][0] != expected]

@@ -855,7 +855,11 @@ _FIRST_CALL = """
     assert out == [x + 1 for x in range(n)]
     workers = [t for t in threading.enumerate() if t.name.startswith("cyjob-worker")]
     print(len(workers), len(started_pool(2).pool.threads))
-    # The next call has every thread it asks for.
+    # The next call of the same function, its place remembered, starts no
+    # thread it does not need.
+    Parallel(n_jobs=2)(delayed(task)(x) for x in range(n))
+    print(len(started_pool(2).pool.threads))
+    # A threads call has every thread it asks for.
     Parallel(n_jobs=2, backend="threading")(delayed(nap)(x) for x in range(4))
     print(len(started_pool(2).pool.threads))
 """
@@ -866,14 +870,16 @@ _FIRST_CALL = """
 def test_a_first_call_starts_the_worker_threads_it_needs(workload, kind, threads):
     """A process's first call starts one worker thread for its first task:
     tiny tasks then run inline and no other thread starts (each start waits
-    for the new thread to be scheduled: several ms on a loaded machine);
-    longer tasks get every thread of the pool."""
+    for the new thread to be scheduled: several ms on a loaded machine), nor
+    does the next call of them; longer tasks get every thread of the pool."""
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FIRST_CALL), workload],
                           env=child_env(), capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stderr
     assert USING_ANY.findall(proc.stderr)[0] == kind, proc.stderr
-    started, in_pool, after = proc.stdout.split()
-    assert (int(started), int(in_pool), int(after)) == (threads, threads, 2), proc.stdout
+    started, in_pool, next_call, after = proc.stdout.split()
+    assert (int(started), int(in_pool), int(next_call), int(after)) == (threads, threads,
+                                                                         threads, 2), \
+        proc.stdout
 
 
 def test_a_cold_start_of_processes_boots_beside_the_call(capsys, monkeypatch):

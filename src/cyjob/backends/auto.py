@@ -43,7 +43,7 @@ from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, Bat
                                    decide)
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
-from cyjob.backends.threads import ThreadingBackend, get_pool, grow_pool, started_pool
+from cyjob.backends.threads import ThreadingBackend, get_pool, grow_pool, pool_complete
 
 # What the probe's figures mean is decided in _probe.decide (a pure function,
 # tested on recorded figures).
@@ -739,15 +739,16 @@ class AutoBackend(Backend):
     supports_sharedmem = False
 
     def executor(self, n_workers, plan=None):
-        growing = n_workers > 1 and started_pool(n_workers) is None
+        growing = n_workers > 1 and not pool_complete(n_workers)
         if growing:
-            # The process's first call: its probe runs on a pool of
+            # Until a call needs every thread, calls probe on a pool of
             # n_workers threads (the caller never runs a task nobody has
-            # measured) started as it needs them (AutoExecutor._first_task):
-            # each thread start waits for the new thread to run, up to
-            # several ms on a loaded machine, as long as a call of tiny tasks
-            # (issue 15), which needs one thread.  The caller's own pool
-            # comes with the next call.
+            # measured) started as they need them (AutoExecutor._first_task,
+            # _choose): each thread start waits for the new thread to run,
+            # up to several ms on a loaded machine, as long as a call of tiny
+            # tasks (issue 15), which needs one thread for its first call and
+            # none for the next, remembered inline.  The caller's own pool
+            # comes with the first call that runs on threads.
             first = get_pool(n_workers, lazy=True)
         else:
             first = _THREADS.executor(n_workers, plan)

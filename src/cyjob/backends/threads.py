@@ -72,6 +72,12 @@ def grow_pool(pool, n_threads=None):
     return pool
 
 
+def pool_complete(n_workers):
+    """Whether the pool of ``n_workers`` threads (no caller helping) has
+    started all its threads."""
+    return (n_workers, False) in _pools
+
+
 def started_pool(n_workers, caller_helps=False):
     """The pool ``get_pool`` would return, if it is made already (else None)."""
     key = (n_workers - caller_helps, caller_helps)
