@@ -277,6 +277,54 @@ def test_ctrl_c_is_prompt_when_a_function_known_short_turns_long(tmp_path):
     assert returncode == 0, err
 
 
+_CTRL_C_DISCARDED = """
+    import os, signal, sys, time, weakref
+    from cyjob import Parallel, delayed
+
+    class Freed:
+        pass
+
+    def interrupt_inside(ref):
+        # The handler runs here, in a weakref callback of the main thread:
+        # CPython reports the KeyboardInterrupt as unraisable and goes on.
+        os.kill(os.getpid(), signal.SIGINT)
+        total = 0
+        for i in range(100_000):
+            total += i
+
+    refs = []
+
+    def tasks():
+        for i in range(40):
+            if i == 5:
+                freed = Freed()
+                refs.append(weakref.ref(freed, interrupt_inside))
+                del freed
+            yield delayed(time.sleep)(0.1)
+
+    t0 = time.monotonic()
+    try:
+        Parallel(n_jobs=2, backend=sys.argv[1])(tasks())
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print(f"{time.monotonic() - t0:.2f}", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["threading", "processes"])
+def test_a_ctrl_c_that_cpython_discards_still_reaches_the_caller(backend):
+    # A Ctrl-C landing in a weakref callback of the main thread (an object
+    # freed while the caller dispatches) is discarded by CPython: the call
+    # used to run on to its end (40 x 0.1 s tasks on two workers: 2 s).
+    out = run_script(_CTRL_C_DISCARDED, backend, timeout=60)
+    lines = out.stdout.split()
+    assert "KeyboardInterrupt" in out.stderr, out.stderr  # it was discarded...
+    assert lines[0] == "interrupted", (out.stdout, out.stderr)  # ...yet it reached the call
+    assert float(lines[1]) < 1.5, out.stdout
+
+
 # --------------------------------------------------------------------------
 # a task's own exception never kills a process worker
 

@@ -82,6 +82,7 @@ cdef class Call:
     # until the caller lets go of the GIL (see _park); NULL when none is owed.
     cdef cyj_queue *wake_owed
     cdef bint only_waits      # a list call on threads whose caller runs no batch
+    cdef int64_t lost_seen    # Ctrl-C lost in the main thread so far (-1: not the main thread)
     cdef cyj_monitor monitor
     cdef bint monitor_ready
 
