@@ -909,6 +909,41 @@ def test_a_cold_start_of_processes_boots_beside_the_call(capsys, monkeypatch):
     assert "no process backend (OSError: no fork today): staying on threads" in err, err
 
 
+def _gil_and_switch_interval(n, x):
+    return gil(n, x), os.getpid(), sys.getswitchinterval()
+
+
+def test_a_cold_start_of_processes_switches_the_gil_often_until_the_pool_is_up():
+    """While a cold process pool boots beside threads running GIL-bound
+    batches, the interpreter switches threads every 0.5 ms (the boot waits
+    for the GIL at each step, a whole switch interval each time otherwise);
+    the interval found is restored once the pool is up."""
+    from cyjob.backends import auto
+    from cyjob.backends.processes import shutdown_pool
+
+    shutdown_pool()
+    n = gil_n()
+
+    def work(x):
+        return _gil_and_switch_interval(n, x)
+
+    memo.put(work, ("processes", 2e6, 2e6))
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.003)
+    try:
+        results = Parallel(n_jobs=2)(delayed(work)(x) for x in range(200))
+        after = sys.getswitchinterval()
+    finally:
+        sys.setswitchinterval(before)
+    assert [r[0] for r in results] == sequential(gil, [(n, x) for x in range(200)])
+    here = [interval for _, pid, interval in results if pid == os.getpid()]
+    assert here, "no batch ran on threads while the pool booted"
+    # (Batches already given to threads when the pool came up run there after.)
+    assert auto.BOOT_SWITCH_INTERVAL_S in here and set(here) <= {auto.BOOT_SWITCH_INTERVAL_S,
+                                                                0.003}, here
+    assert abs(after - 0.003) < 1e-7, after
+
+
 def test_an_early_fork_server_is_the_one_the_pool_adopts():
     """The default backend's cold start starts the fork server before it
     imports the process backend: the pool made next adopts that server."""

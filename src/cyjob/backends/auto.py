@@ -286,10 +286,12 @@ class AutoExecutor(Router):
         booting = self.booting
         if booting is not None and booting.ready():
             self.booting = None
+            booting.boot_over()
             self.route_to(booting, True)
             self._watch()
         elif booting is not None and booting.unavailable():
             self.booting = None
+            booting.boot_over()
             self._say(f"no process backend ({booting.unavailable()}): staying on threads")
             self._watch()
         if self.checked is not None:
@@ -325,6 +327,7 @@ class AutoExecutor(Router):
 
     def ended(self, call):
         if self.booting is not None:
+            self.booting.boot_over()
             self.left.append(self.booting)
             self.booting = None
         for executor in self.left:
@@ -502,6 +505,7 @@ class AutoExecutor(Router):
         previous = self.target
         if self.booting is not None:
             previous, self.booting = self.booting, None
+            previous.boot_over()
         self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
         if previous is not None and previous is not self.first \
                 and previous is not self.target:
@@ -681,9 +685,47 @@ class _PicklableOrThreads(Executor):
         """Why the boot made no process executor, once it is over (else '')."""
         return self.boot.failed if self.boot is not None and self.processes is None else ""
 
+    def boot_over(self):
+        if self.boot is not None:
+            self.boot.over()
+
     def call_finished(self, call):
+        self.boot_over()
         if self.processes is not None:
             self.processes.call_finished(call)  # its temp files, if any
+
+
+# While a cold process pool boots, the call's threads go on running its
+# GIL-bound batches, and each time the boot (its imports, its file reads, the
+# pool's I/O thread taking the workers' first messages) waits for the GIL, it
+# waits out a switch interval (5 ms by default): a boot of ~0.1 s took 0.3 s
+# and more, and in 2 of 8 fresh interpreters (bench_routing's gil workload)
+# it outlasted the whole call, which then ran on threads only (1.03x and 1.13x
+# sequential, against 0.68-0.76x when the pool came up at ~0.15 s).  Until the
+# pool is up, the interpreter switches threads this often (restored after).
+BOOT_SWITCH_INTERVAL_S = 0.0005
+_switches_lock = threading.Lock()
+_switches_users = 0
+_switches_saved = None
+
+
+def _boot_switches(booting):
+    """Count one more (``booting``) or one fewer boot that wants quick GIL
+    switches; the first sets them, the last restores the interval it found
+    (unless someone changed it meanwhile)."""
+    global _switches_users, _switches_saved
+    with _switches_lock:
+        if booting:
+            _switches_users += 1
+            if _switches_users == 1:
+                _switches_saved = sys.getswitchinterval()
+                if _switches_saved > BOOT_SWITCH_INTERVAL_S:
+                    sys.setswitchinterval(BOOT_SWITCH_INTERVAL_S)
+        else:
+            _switches_users -= 1
+            if (_switches_users == 0 and _switches_saved is not None
+                    and abs(sys.getswitchinterval() - BOOT_SWITCH_INTERVAL_S) < 1e-7):
+                sys.setswitchinterval(_switches_saved)
 
 
 class _ProcessBoot:
@@ -692,14 +734,27 @@ class _ProcessBoot:
     and the pool's I/O thread cost the caller 35-115 ms here, during which
     it dispatched nothing (and its imports took the GIL from the threads
     running its batches all the same).  ``executor`` is set once made;
-    ``failed`` says why there is none."""
+    ``failed`` says why there is none.  Quick GIL switches last until
+    ``over()`` (see BOOT_SWITCH_INTERVAL_S)."""
 
     def __init__(self, n_workers, plan):
         self.executor = None
         self.failed = ""
+        self.switching = True
+        _boot_switches(True)
         thread = threading.Thread(target=self._boot, args=(n_workers, plan),
                                   name="cyjob-process-boot", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self.over()
+            raise
+
+    def over(self):
+        """The pool is up, or the call no longer waits for it."""
+        if self.switching:
+            self.switching = False
+            _boot_switches(False)
 
     def _boot(self, n_workers, plan):
         try:
