@@ -192,52 +192,44 @@ static inline int cyj_awaited_here(const int64_t *awaited, int64_t spun_ns)
     return cpu >= 0 && cpu == cyj_this_cpu();
 }
 
-/* Spin (without the GIL, without a lock) until *p != seen, spin_ns elapse,
- * or the thread that will change it turns out to wait for this CPU (see
- * cyj_whereabouts).  Returns 1 if the value changed.  A wake-up through a
- * condition variable costs ~12-15 us here against ~0.5 us for a spin
- * hand-off, so a bounded spin before parking pays for short gaps between
- * batches (benchmarks/bench_overhead.py). */
-static inline int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns,
-                                       const int64_t *awaited)
+/* Spin (without the GIL, without a lock) until (*p == value) == until_equal,
+ * spin_ns elapse, or the thread that will change *p turns out to wait for
+ * this CPU (see cyj_whereabouts).  Returns 1 once the condition holds.  A
+ * wake-up through a condition variable costs ~12-15 us here against ~0.5 us
+ * for a spin hand-off, so a bounded spin before parking pays for short gaps
+ * between batches (benchmarks/bench_overhead.py). */
+static inline int cyj__spin(const int64_t *p, int64_t value, int until_equal, int64_t spin_ns,
+                            const int64_t *awaited)
 {
     int64_t start, now;
     int i;
     if (spin_ns <= 0 || cyj_awaited_here(awaited, 0))
-        return cyj_load(p) != seen;
+        return (cyj_load(p) == value) == until_equal;
     start = cyj_now_ns();
     for (;;) {
         for (i = 0; i < 64; i++) {
-            if (cyj_load(p) != seen)
+            if ((cyj_load(p) == value) == until_equal)
                 return 1;
             cyj_cpu_relax();
         }
         now = cyj_now_ns();
         if (now - start >= spin_ns || cyj_awaited_here(awaited, now - start))
-            return cyj_load(p) != seen;
+            return (cyj_load(p) == value) == until_equal;
     }
 }
 
-/* Spin until *p == 0, spin_ns elapse or the awaited thread waits for this
- * CPU; 1 if it is zero. */
+/* Spin until *p != seen (see cyj__spin); 1 if it changed. */
+static inline int cyj_spin_while_equal(const int64_t *p, int64_t seen, int64_t spin_ns,
+                                       const int64_t *awaited)
+{
+    return cyj__spin(p, seen, 0, spin_ns, awaited);
+}
+
+/* Spin until *p == 0 (see cyj__spin); 1 if it is zero. */
 static inline int cyj_spin_while_nonzero(const int64_t *p, int64_t spin_ns,
                                          const int64_t *awaited)
 {
-    int64_t start, now;
-    int i;
-    if (cyj_awaited_here(awaited, 0))
-        return cyj_load(p) == 0;
-    start = cyj_now_ns();
-    for (;;) {
-        for (i = 0; i < 64; i++) {
-            if (cyj_load(p) == 0)
-                return 1;
-            cyj_cpu_relax();
-        }
-        now = cyj_now_ns();
-        if (now - start >= spin_ns || cyj_awaited_here(awaited, now - start))
-            return cyj_load(p) == 0;
-    }
+    return cyj__spin(p, 0, 1, spin_ns, awaited);
 }
 
 #endif /* CYJ_SYNC_H */

@@ -490,3 +490,19 @@ def test_sigint_interrupts_a_running_call(params):
             proc.kill()
             proc.communicate()
 
+
+def test_the_main_thread_never_runs_a_task_of_a_threads_call():
+    # Ctrl-C is handled only in the main thread: stuck in a task that waits
+    # in C without the GIL, it would see Ctrl-C only when that task returns.
+    # Tiny tasks of a function seen before included (they go to a worker in
+    # one batch).  Another thread's list call, whose caller may help, runs
+    # all its tasks.
+    for _ in range(5):
+        names = threads(n_jobs=2)(delayed(_thread_name)(i) for i in range(10))
+        assert threading.main_thread().name not in names
+    helped = []
+    caller = threading.Thread(target=lambda: helped.extend(
+        threads(n_jobs=2)(delayed(_thread_name)(i) for i in range(1000))), name="not-main")
+    caller.start()
+    caller.join(30)
+    assert len(helped) == 1000

@@ -28,9 +28,9 @@ from cyjob._batching cimport BatchSizer
 from cyjob._pool cimport ThreadPool, Work, enter_worker, leave_worker, retire_stuck_workers
 from cyjob._sync cimport (
     cyj_add, cyj_cas, cyj_load, cyj_lock, cyj_mark_waking, cyj_monitor_destroy, cyj_monitor_init,
-    cyj_now_ns, cyj_publish_cpu, cyj_queue_wake, cyj_signal, cyj_spin_while_equal, cyj_spin_while_nonzero, cyj_store,
-    cyj_thread_cpu_ns,
-    cyj_thread_switches, cyj_unlock, cyj_wait_until,
+    cyj_now_ns, cyj_publish_cpu, cyj_queue_wake, cyj_signal, cyj_spin_while_equal,
+    cyj_spin_while_nonzero, cyj_store, cyj_thread_cpu_ns, cyj_thread_switches, cyj_unlock,
+    cyj_wait_until,
 )
 from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
 
@@ -58,7 +58,8 @@ cdef double CALLER_SLOWEST_TASK_MAX_NS = 50e6
 # a call of tasks seen short before lets its caller run batches from the
 # first one (many small calls in a loop, the caller-helps saving) without
 # waiting for a worker to measure one, or, if its caller only waits, go to one
-# worker in one batch when it is small (Call._size_small_call).  Keyed by the key's address, each entry holding
+# worker in one batch when it is small (Call._size_small_call).  Keyed by the
+# key's address, each entry holding
 # `(key, ns)`: hashing a code object hashes its bytecode, names and
 # constants (~700 instructions, twice a call), and the key held there keeps
 # its address from being reused by another object.
