@@ -17,6 +17,13 @@ slower than 1.3x sequential (checked in both halves).  The interpreters run
 one at a time: this measures, it must not compete with itself.  Exits 1 on a
 miss.
 
+A control, with no target, shows what the host alone does to that ratio:
+beside each tiny-task interpreter runs one more in which the call's place is
+taken by the sequential list comprehension itself, timed against the same
+run after it.  Its slowest ratio is the noise floor a 20-40 ms call meets
+here (this shared machine at times runs the same code 1.5-2x slower for
+tens of ms); the call's own cost is what its ratios add to the control's.
+
     python benchmarks/bench_routing.py [--runs 50] [--only quiet|loaded]
 """
 
@@ -32,6 +39,9 @@ N_JOBS = 2
 EXPECTED = {"numpy": "threading", "gil": "processes", "tiny": "inline", "sleep": "threading"}
 TARGET_WRONG = {"quiet": 0, "loaded": 2}
 TARGET_RATIO = 1.3
+# The workload whose calls are short enough (20-40 ms) for the host's noise to
+# show: it gets the control interpreters (see the module's docstring).
+CONTROLLED = "tiny"
 CHILD_TIMEOUT_S = 120
 
 USING = re.compile(r"Using (\w+): (.*)")
@@ -48,7 +58,8 @@ while True:
 # the child: one fresh interpreter, one call
 
 
-def child(workload):
+def child(workload, control=False):
+    """One call (or, as the control, the list comprehension in its place)."""
     import io
 
     import numpy as np
@@ -91,7 +102,11 @@ def child(workload):
     err, sys.stderr = sys.stderr, io.StringIO()
     try:
         t0 = time.perf_counter()
-        out = Parallel(n_jobs=N_JOBS, verbose=10)(delayed(task)(x) for x in range(n_tasks))
+        if control:
+            out = [f(*args, **kwargs) for f, args, kwargs in
+                   (delayed(task)(x) for x in range(n_tasks))]
+        else:
+            out = Parallel(n_jobs=N_JOBS, verbose=10)(delayed(task)(x) for x in range(n_tasks))
         call_s = time.perf_counter() - t0
         log = sys.stderr.getvalue()
     finally:
@@ -109,11 +124,12 @@ def child(workload):
 # the parent: interpreters one after another
 
 
-def run_child(workload):
+def run_child(workload, control=False):
     env = dict(os.environ)
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "--child", workload], env=env,
+    proc = subprocess.run([sys.executable, __file__, "--child", workload]
+                          + (["--control"] if control else []), env=env,
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"{workload} child failed:\n{proc.stderr}")
@@ -148,6 +164,7 @@ class BusyLoops:
 
 def measure(condition, runs, report, verbose, workloads):
     results = {w: [] for w in workloads}
+    controls = []
     for i in range(runs):
         for workload in workloads:
             r = run_child(workload)
@@ -156,6 +173,13 @@ def measure(condition, runs, report, verbose, workloads):
                 print(f"{condition} {i:2d} {workload:6s} {'->'.join(r['kinds']):24s} "
                       f"{r['call_s'] / r['seq_s']:.2f}x ({r['call_s'] * 1e3:.1f} / "
                       f"{r['seq_s'] * 1e3:.1f} ms)  {r['reason']}", flush=True)
+            if workload == CONTROLLED:
+                c = run_child(workload, control=True)
+                controls.append(c)
+                if verbose:
+                    print(f"{condition} {i:2d} {workload:6s} {'(control)':24s} "
+                          f"{c['call_s'] / c['seq_s']:.2f}x ({c['call_s'] * 1e3:.1f} / "
+                          f"{c['seq_s'] * 1e3:.1f} ms)", flush=True)
     for workload, rs in results.items():
         expected = EXPECTED[workload]
         wrong = [r for r in rs if not r["kinds"] or r["kinds"][0] != expected]
@@ -179,6 +203,13 @@ def measure(condition, runs, report, verbose, workloads):
                    ratios[len(ratios) // 2])
         report.add(f"{condition}, {workload}: slowest call / sequential", ratios[-1],
                    TARGET_RATIO)
+        if workload == CONTROLLED and controls:
+            if not all(c["correct"] for c in controls):
+                report.add(f"{condition}, {workload} control: results differ", 1.0, 0.0, unit="")
+            noise = sorted(c["call_s"] / c["seq_s"] for c in controls)
+            report.add(f"{condition}, {workload}, control (the list comprehension in the "
+                       f"call's place): median / sequential", noise[len(noise) // 2])
+            report.add(f"{condition}, {workload}, control: slowest / sequential", noise[-1])
 
 
 def main():
@@ -189,9 +220,10 @@ def main():
                         help="comma-separated subset of " + ", ".join(EXPECTED))
     parser.add_argument("--verbose", action="store_true", help="a line per interpreter")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--control", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.control)
         return 0
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "src"))

@@ -334,6 +334,114 @@ def test_tiny_tasks_run_inline_trigger_almost_no_gc_collection(remembered):
     assert sum(collections) <= 20, collections
 
 
+class _Ledger:
+    """What a generator of tasks produced and what the tasks consumed, in
+    order, and the most tasks ever read and not yet run."""
+
+    def __init__(self):
+        self.produced = self.consumed = self.lead = 0
+
+    def tasks(self, n, fail_at=-1, malformed_at=-1):
+        for i in range(n):
+            if i == fail_at:
+                raise LookupError(f"the input failed at {i}")
+            self.produced += 1
+            self.lead = max(self.lead, self.produced - self.consumed)
+            yield "not a task" if i == malformed_at else delayed(self.take)(i)
+
+    def take(self, i, bad=-1):
+        self.consumed += 1
+        if i == bad:
+            raise TaskFailed(i)
+        return i
+
+
+def _remembered_tiny(function):
+    """The default backend remembers ``function`` as tiny, run inline (a
+    settled choice): the call routes no batch through the policy."""
+    memo.put(function, ("inline", 500.0, 3000.0, True))
+
+
+def _skip_unless_inline(function):
+    if memo.get(function) is None or memo.get(function)[0] != "inline":
+        pytest.skip("the choice was measured again and went elsewhere (machine too busy)")
+
+
+def test_tiny_tasks_inline_read_the_input_as_they_run():
+    """A call of tiny tasks run inline reads each task from a generator just
+    before it runs it, as a list comprehension does: no batch of tasks is
+    kept alive, read and not run yet (512 per batch before; a call of them
+    ran ~6% slower than the list comprehension, and now ~6% faster)."""
+    ledger = _Ledger()
+    _remembered_tiny(ledger.take)
+    n = 5_000
+    out = Parallel(n_jobs=2)(ledger.tasks(n))
+    assert out == list(range(n))
+    _skip_unless_inline(ledger.take)
+    # (The first batches check the remembered cost, with a few tasks read
+    # ahead; from then on each task is run as soon as it is read.)
+    ledger.lead = 0
+    more = Parallel(n_jobs=2)(ledger.tasks(n))
+    assert more == list(range(n))
+    assert ledger.consumed == ledger.produced == 2 * n
+    _skip_unless_inline(ledger.take)
+    assert ledger.lead <= 16, ledger.lead
+
+
+def test_a_batch_size_given_still_reads_each_batch_whole():
+    """With ``batch_size`` given, a batch run inline reads all its tasks
+    before it runs any, as joblib does (its own tests check the order)."""
+    ledger = _Ledger()
+    _remembered_tiny(ledger.take)
+    out = Parallel(n_jobs=2, batch_size=64)(ledger.tasks(1_000))
+    assert out == list(range(1_000))
+    _skip_unless_inline(ledger.take)
+    assert ledger.lead >= 64, ledger.lead
+
+
+@pytest.mark.parametrize("n", [0, 1, 511, 512, 513, 1_024, 1_025, 3_000])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_tiny_tasks_inline_return_every_result_whatever_the_count(n, lazy):
+    """Inputs ending before, at and after a batch's end (512 tasks)."""
+    _remembered_tiny(inc)
+    tasks = (delayed(inc)(x) for x in range(n))
+    out = Parallel(n_jobs=2)(tasks if lazy else list(tasks))
+    assert out == [x + 1 for x in range(n)]
+
+
+def test_an_input_failing_midway_stops_a_call_of_tiny_tasks():
+    """A generator that raises after 3,000 tasks: the call raises its
+    error, and every task it gave was run (none read and dropped)."""
+    ledger = _Ledger()
+    _remembered_tiny(ledger.take)
+    with pytest.raises(LookupError, match="the input failed at 3000"):
+        Parallel(n_jobs=2)(ledger.tasks(5_000, fail_at=3_000))
+    assert ledger.produced == 3_000
+    _skip_unless_inline(ledger.take)
+    assert ledger.consumed == 3_000
+
+
+def test_a_malformed_task_midway_is_named_in_a_call_of_tiny_tasks():
+    ledger = _Ledger()
+    _remembered_tiny(ledger.take)
+    with pytest.raises(TypeError, match="task 2000 is not a"):
+        Parallel(n_jobs=2)(ledger.tasks(5_000, malformed_at=2_000))
+    # Nothing after the malformed task was read.
+    assert ledger.produced == 2_001
+
+
+def test_a_failing_tiny_task_stops_the_reading_of_the_input():
+    """The first task error ends the call: no task after it is read."""
+    ledger = _Ledger()
+    _remembered_tiny(ledger.take)
+    tasks = ledger.tasks(5_000)
+    with pytest.raises(TaskFailed):
+        Parallel(n_jobs=2)(delayed(ledger.take)(t[1][0], bad=2_500) for t in tasks)
+    _skip_unless_inline(ledger.take)
+    assert ledger.consumed == 2_501
+    assert ledger.produced == 2_501
+
+
 # --------------------------------------------------------------------------
 # the memo
 

@@ -39,6 +39,7 @@ cdef class Router(Executor):
     cdef readonly Executor first       # runs batches until a target is chosen
     cdef readonly Executor target      # None until chosen
     cdef readonly bint out_of_process  # the target runs batches elsewhere
+    cdef readonly bint target_reads    # an inline target reads a lazy input as it runs
     cdef readonly bint watch_before    # call watch(batch) before routing a batch
     cdef readonly bint watch_end       # call ended(call) when the call ends
     cdef Py_ssize_t unwatched          # batches still to route without watch()
@@ -102,6 +103,10 @@ cdef class Call:
     cdef object iterator
     cdef list ahead
     cdef Py_ssize_t ahead_pos
+    # A batch that reads as it runs: its first task (read when it was cut),
+    # and what the input raised meanwhile (raised once the batch is done).
+    cdef object first_read
+    cdef object input_error
     cdef readonly Py_ssize_t n_total       # -1 while unknown
     cdef readonly Py_ssize_t n_taken
 
@@ -128,6 +133,9 @@ cdef class Call:
     cdef object _first_function(self)
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
+    cdef bint _reads_as_it_runs(self)
+    cdef int _dispatch_read(self, Py_ssize_t size) except -1
+    cdef tuple _run_read(self, Batch batch)
     cdef int _size_small_call(self) except -1
     cdef Batch _claim(self)
     cdef bint _caller_may_run(self)

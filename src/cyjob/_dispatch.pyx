@@ -32,7 +32,7 @@ from cyjob._sync cimport (
     cyj_spin_while_nonzero, cyj_store, cyj_thread_cpu_ns, cyj_thread_switches, cyj_unlock,
     cyj_wait_until,
 )
-from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat
+from cyjob._tasks cimport flat_extend, flat_slice, private_list, run_flat, run_read
 
 from cyjob._tasks import check_tasks
 from cyjob.exceptions import TimeoutError as _TimeoutError
@@ -67,6 +67,8 @@ cdef dict _task_ns = {}
 # Entries (3 per task) of a lazy input's read-ahead buffer already handed out
 # in batches, past which the buffer lets go of them (see Call._take).
 cdef Py_ssize_t AHEAD_TRIM = 3 * 128
+# The end of an input read by a batch that runs as it reads (next()'s default).
+cdef object _END = object()
 cdef Py_ssize_t TASK_NS_MAX_ENTRIES = 256
 
 
@@ -126,7 +128,10 @@ cdef void _execute_claimed(Batch batch, bint from_queue=False):
         else:
             cyj_thread_switches(&vol0, &invol0)
         cpu0 = cyj_thread_cpu_ns()
-    results, error = run_flat(batch.tasks, &call.aborted)
+    if batch.tasks is None:
+        results, error = call._run_read(batch)
+    else:
+        results, error = run_flat(batch.tasks, &call.aborted)
     if measure:
         batch.cpu_ns = cyj_thread_cpu_ns() - cpu0
         cyj_thread_switches(&vol1, &invol1)
@@ -143,7 +148,8 @@ cdef void _execute_claimed(Batch batch, bint from_queue=False):
 cdef class Batch(Work):
     """Consecutive tasks of one call, run together by one worker.
 
-    ``tasks`` is flat: ``[f0, args0, kwargs0, f1, args1, kwargs1, ...]``.
+    ``tasks`` is flat: ``[f0, args0, kwargs0, f1, args1, kwargs1, ...]``;
+    None for a batch that the caller runs as it reads it (Call._reads_as_it_runs).
     """
 
     cdef int run_in_worker(self) except -1:
@@ -280,11 +286,14 @@ cdef class Router(Executor):
         self.check_tasks = 0
         self.check_sizer = self.check_then = None
 
-    def route_to(self, Executor target, bint out_of_process=False):
+    def route_to(self, Executor target, bint out_of_process=False, bint reads=False):
         """Send the coming batches to ``target`` (None: back to ``first``);
-        ``out_of_process``: it runs them elsewhere (the caller must not)."""
+        ``out_of_process``: it runs them elsewhere (the caller must not);
+        ``reads``: an inline target may read each batch's tasks from a lazy
+        input as it runs them (the batch sizes are this router's choice)."""
         self.target = target
         self.out_of_process = out_of_process and target is not None
+        self.target_reads = reads and type(target) is InlineExecutor
 
     def watch_batches(self, bint before=False, bint end=False):
         """Call ``watch(batch)`` before routing each batch, ``ended(call)``
@@ -646,6 +655,8 @@ cdef class Call:
             # never holds back a fast one put in its batch by a sizer that
             # saw only the fastest finish.
             size = 1
+        if self._reads_as_it_runs():
+            return self._dispatch_read(size)
         flat = self._take(size)
         if not flat:
             return 0
@@ -663,6 +674,81 @@ cdef class Call:
             self.unclaimed.append(batch)
         self.executor.submit(batch)
         return 1
+
+    cdef bint _reads_as_it_runs(self):
+        """The next batch is run in this thread as soon as it is submitted
+        (an inline executor, or a router sending it to one without a look
+        first), and it may read its tasks as it runs them (run_read) instead
+        of into a flat batch first: always from a list or tuple, from an
+        iterator only if nothing waits read ahead and the router chose the
+        batch sizes (a batch_size given by the user reads each batch whole
+        before running it, as joblib does: the input's side effects show)."""
+        cdef Router router
+        cdef bint sizes_chosen = False
+        if type(self.executor) is InlineExecutor:
+            pass
+        elif isinstance(self.executor, Router):
+            router = <Router>self.executor
+            if type(router.target) is not InlineExecutor or (
+                    router.watch_before and router.unwatched <= 0):
+                return False
+            sizes_chosen = router.target_reads
+        else:
+            return False
+        if self.iterator is None:
+            return self.source is not None
+        return sizes_chosen and self.ahead_pos == len(self.ahead)
+
+    cdef int _dispatch_read(self, Py_ssize_t size) except -1:
+        """Dispatch a batch of at most ``size`` tasks that reads them as it
+        runs (see _reads_as_it_runs); return 0 when the input is exhausted."""
+        cdef Batch batch
+        if self.source is not None:
+            size = min(size, self.n_total - self.n_taken)
+            if size <= 0:
+                return 0
+        else:
+            # Its first task is read now, as _take would: an input that
+            # ends makes no empty batch, and one that raises fails here.
+            first = next(self.iterator, _END)
+            if first is _END:
+                self.iterator = None
+                self.n_total = self.n_taken
+                if self.ahead_pos:
+                    del self.ahead[:]
+                    self.ahead_pos = 0
+                return 0
+            self.first_read = first
+        batch = Batch.__new__(Batch)
+        batch.call = self
+        batch.size = size
+        batch.start = self.n_taken
+        self.n_dispatched_batches += 1
+        if self.ordered:
+            self.pending.append(batch)
+        if self.caller_helps:
+            self.unclaimed.append(batch)
+        self.executor.submit(batch)
+        if self.input_error is not None:
+            error, self.input_error = self.input_error, None
+            raise error
+        return 1
+
+    cdef tuple _run_read(self, Batch batch):
+        """Run a batch from _dispatch_read; return ``(results, error)`` as
+        run_flat does, with the input's position updated first."""
+        first, self.first_read = self.first_read, None
+        results, error, input_error, n_read, exhausted = run_read(
+            self.iterator, self.source, batch.start, batch.size, first, &self.aborted)
+        batch.size = n_read
+        self.n_taken = batch.start + n_read
+        if exhausted:
+            self.iterator = None
+            self.n_total = self.n_taken
+        if input_error is not None:
+            # Raised by _dispatch_read once the batch is done: as from _take.
+            self.input_error = input_error
+        return results, error
 
     cdef int _size_small_call(self) except -1:
         """A list call (whose caller only waits) of a few tasks of a function

@@ -281,6 +281,69 @@ cdef tuple run_flat(list flat, int64_t *abort_flag):
     return results, None
 
 
+cdef object _END = object()
+
+
+cdef tuple run_read(object iterator, object source, Py_ssize_t start, Py_ssize_t n,
+                    object first, int64_t *abort_flag):
+    """Read up to ``n`` tasks and run each as soon as it is read, in the
+    caller's thread (a batch run inline): from ``source[start:]`` (a list or
+    tuple), else from ``iterator`` after ``first`` (read already).
+
+    Return ``(results, error, input_error, n_read, exhausted)``: the results
+    of the tasks run (None if a task failed, with ``error``), the exception
+    the input raised or the malformed task's TypeError (``input_error``; the
+    tasks read before it ran), how many tasks were read, and whether the
+    iterator ended.
+
+    A flat batch (run_flat) keeps a batch's tasks alive until it has read
+    them all; here each task's tuples die before the next is read, as in a
+    list comprehension, and their memory is reused at once (100k tiny tasks:
+    ~16 ms against ~18.6 for the list comprehension and ~19.5 read into flat
+    batches of 512 first).
+    """
+    cdef Py_ssize_t i
+    cdef list results = private_list(n)
+    cdef object task = first, kwargs
+    cdef int64_t last_yield = cyj_now_ns(), now
+    for i in range(n):
+        if abort_flag != NULL and cyj_load(abort_flag):
+            return None, None, None, i, False
+        if (i % YIELD_CHECK_EVERY) == YIELD_CHECK_EVERY - 1:
+            now = cyj_now_ns()
+            if now - last_yield >= _switch_interval_ns:
+                with nogil:
+                    pass
+                last_yield = now
+                try:
+                    PyErr_CheckSignals()
+                except BaseException as exc:
+                    return None, exc, None, i, False
+        try:
+            if source is not None:
+                task = source[start + i]
+            elif i > 0:
+                task = next(iterator, _END)
+                if task is _END:
+                    del results[i:]
+                    return results, None, None, i, True
+            if not _is_clean_task(task):
+                task = _coerce_task(task, start + i)
+        except BaseException as exc:
+            del results[i:]
+            return results, None, exc, i, False
+        kwargs = (<tuple>task)[2]
+        try:
+            if PyDict_GET_SIZE(kwargs) == 0:
+                results[i] = PyObject_Call((<tuple>task)[0], (<tuple>task)[1], NULL)
+            else:
+                results[i] = PyObject_Call((<tuple>task)[0], (<tuple>task)[1],
+                                           <PyObject *>kwargs)
+        except BaseException as exc:
+            return None, exc, None, i + 1, False
+    return results, None, None, n, False
+
+
 def run_tasks(list flat):
     """Run a flat batch; return ``(results, error, duration_ns)``.
 

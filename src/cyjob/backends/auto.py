@@ -552,7 +552,7 @@ class AutoExecutor(Router):
         verifying = reason == "remembered from an earlier call"
         marked = not verifying and reason.startswith("marked")
         then = None  # sizer once a remembered choice is verified
-        elsewhere = False
+        elsewhere = reads = False
         if kind == PROCESSES:
             if marked or _process_pool_running():
                 target = _process_executor(self.n_workers, plan)
@@ -581,6 +581,9 @@ class AutoExecutor(Router):
         elif kind == INLINE:
             target = _INLINE
             largest = plan.one_thread_batch_size if plan is not None else 0
+            # Batch sizes of our own (no batch_size given): each batch reads
+            # its tasks as it runs them, as a list comprehension would.
+            reads = largest > 0
             if largest:
                 if ns_per_task >= TINY_TASK_NS:
                     # Not tiny: batches that grow as measured, so that the
@@ -593,7 +596,7 @@ class AutoExecutor(Router):
         else:
             target = self.first
             call.sizer.expect(ns_per_task)
-        self.route_to(target, elsewhere)
+        self.route_to(target, elsewhere, reads)
         self.choice = (kind, ns_per_task, reason)
         if remember:
             memo.put(self.function, (kind, ns_per_task, self.threads_ns, self.corrected))
