@@ -161,6 +161,22 @@ def test_fixed_batches_read_no_input_ahead_of_pre_dispatch():
     assert log[:4] == ["produced 0", "produced 1", "consumed 0", "consumed 1"]
 
 
+@pytest.mark.parametrize("params", [{"n_jobs": 1}, {"n_jobs": 2, "backend": "sequential"}])
+def test_one_thread_runs_each_task_as_it_reads_it(params):
+    """In one thread with automatic batch sizes, each task is read just
+    before it runs, as joblib's sequential loop does (cyjob read a batch's
+    tasks ahead, then ran them: up to hundreds read and not run yet)."""
+    log = []
+
+    def produce():
+        for i in range(3000):
+            log.append("produced")
+            yield delayed(log.append)("consumed")
+
+    Parallel(**params)(produce())
+    assert log == ["produced", "consumed"] * 3000
+
+
 # --------------------------------------------------------------------------
 # generator_unordered on processes
 

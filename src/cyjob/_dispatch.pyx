@@ -579,7 +579,9 @@ cdef class Call:
         # batches are never cut smaller: a lazy input is then read no
         # further than the batches dispatched (pre_dispatch counts tasks read,
         # as in joblib).
-        if self.sizer.fixed_size <= 0:
+        # (Not for an inline executor: one thread has no end to balance, and
+        # its batches read their tasks as they run them, see _reads_as_it_runs.)
+        if self.sizer.fixed_size <= 0 and type(self.executor) is not InlineExecutor:
             self._pull(self.sizer.n_workers * (self.sizer.last_size if self.sizer.last_size > 0 else 1))
         if self.n_total < 0:
             return -1
@@ -680,13 +682,14 @@ cdef class Call:
         (an inline executor, or a router sending it to one without a look
         first), and it may read its tasks as it runs them (run_read) instead
         of into a flat batch first: always from a list or tuple, from an
-        iterator only if nothing waits read ahead and the router chose the
-        batch sizes (a batch_size given by the user reads each batch whole
-        before running it, as joblib does: the input's side effects show)."""
+        iterator only if nothing waits read ahead and the batch sizes are
+        cyjob's (the router's, or the automatic sizes of an inline call): a
+        batch_size given by the user reads each batch whole before running
+        it, as joblib does (the input's side effects show)."""
         cdef Router router
         cdef bint sizes_chosen = False
         if type(self.executor) is InlineExecutor:
-            pass
+            sizes_chosen = self.sizer.fixed_size <= 0
         elif isinstance(self.executor, Router):
             router = <Router>self.executor
             if type(router.target) is not InlineExecutor or (
