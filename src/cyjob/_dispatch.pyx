@@ -729,8 +729,9 @@ cdef class Call:
         self.n_dispatched_batches += 1
         if self.ordered:
             self.pending.append(batch)
-        if self.caller_helps:
-            self.unclaimed.append(batch)
+        # (Not in `unclaimed`: it is this thread's to run, now; a worker
+        # that looks there for more of this call's batches must not run
+        # it, reading this thread's input.)
         self.executor.submit(batch)
         if self.input_error is not None:
             error, self.input_error = self.input_error, None
@@ -1055,6 +1056,7 @@ cdef class Call:
         self.iterator = None
         self.source = None
         self.ahead = None
+        self.first_read = self.input_error = None
         self.unclaimed.clear()
         if self.task_key is not None and self.sizer.n_observed > 0:
             if len(_task_ns) >= TASK_NS_MAX_ENTRIES:
