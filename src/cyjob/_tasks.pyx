@@ -298,9 +298,9 @@ cdef tuple run_read(object iterator, object source, Py_ssize_t start, Py_ssize_t
 
     A flat batch (run_flat) keeps a batch's tasks alive until it has read
     them all; here each task's tuples die before the next is read, as in a
-    list comprehension, and their memory is reused at once (100k tiny tasks:
-    ~16 ms against ~18.6 for the list comprehension and ~19.5 read into flat
-    batches of 512 first).
+    list comprehension, and their memory is reused at once (100k tiny tasks
+    from a generator, run inline: 0.94x the list comprehension's time; 1.06x
+    read into flat batches of 512 first).
     """
     cdef Py_ssize_t i
     cdef list results = private_list(n)
