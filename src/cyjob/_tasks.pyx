@@ -239,17 +239,42 @@ cdef Py_ssize_t flat_extend(list flat, object iterator, Py_ssize_t n,
 cdef int64_t _switch_interval_ns = <int64_t>(sys.getswitchinterval() * 1e9)
 
 
-cdef tuple run_flat(list flat, int64_t *abort_flag):
-    """Run a flat batch in order with the GIL held; return (results, error).
+cdef inline object _call(object func, object args, object kwargs):
+    """``func(*args, **kwargs)``, an empty ``kwargs`` not passed on."""
+    if PyDict_GET_SIZE(kwargs) == 0:
+        return PyObject_Call(func, args, NULL)
+    return PyObject_Call(func, args, <PyObject *>kwargs)
+
+
+cdef object _between_tasks(int64_t *last_yield):
+    """Called every YIELD_CHECK_EVERY tasks of a batch: once per switch
+    interval, give the GIL up, and take a Ctrl-C received meanwhile; return
+    its exception (else None).
 
     Calling C-implemented functions from compiled code never passes through
-    the eval loop, so nothing would ever offer the GIL to other threads: give
-    it up once per switch interval, as the interpreter does.
+    the eval loop, so nothing would ever offer the GIL to other threads, nor
+    raise a Ctrl-C in the caller's thread until such a batch ends: both are
+    done here, between tasks (the signal check is a no-op in other threads).
     """
+    cdef int64_t now = cyj_now_ns()
+    if now - last_yield[0] < _switch_interval_ns:
+        return None
+    with nogil:
+        pass
+    last_yield[0] = now
+    try:
+        PyErr_CheckSignals()
+    except BaseException as exc:
+        return exc
+    return None
+
+
+cdef tuple run_flat(list flat, int64_t *abort_flag):
+    """Run a flat batch in order with the GIL held; return (results, error)."""
     cdef Py_ssize_t i, n = len(flat) // 3
     cdef list results = private_list(n)
-    cdef object kwargs
-    cdef int64_t last_yield = cyj_now_ns(), now
+    cdef object error
+    cdef int64_t last_yield = cyj_now_ns()
     for i in range(n):
         # An aborted call's batch stops before its next task (an atomic load,
         # ~1 ns against a task's >= 50 ns): a batch of long tasks checked only
@@ -258,24 +283,11 @@ cdef tuple run_flat(list flat, int64_t *abort_flag):
         if abort_flag != NULL and cyj_load(abort_flag):
             return None, None
         if (i % YIELD_CHECK_EVERY) == YIELD_CHECK_EVERY - 1:
-            now = cyj_now_ns()
-            if now - last_yield >= _switch_interval_ns:
-                with nogil:
-                    pass
-                last_yield = now
-                # Ctrl-C while the caller's thread runs a batch of functions
-                # that never enter the eval loop (C functions): raised here,
-                # between tasks (a no-op in other threads).
-                try:
-                    PyErr_CheckSignals()
-                except BaseException as exc:
-                    return None, exc
-        kwargs = flat[3 * i + 2]
+            error = _between_tasks(&last_yield)
+            if error is not None:
+                return None, error
         try:
-            if PyDict_GET_SIZE(kwargs) == 0:
-                results[i] = PyObject_Call(flat[3 * i], flat[3 * i + 1], NULL)
-            else:
-                results[i] = PyObject_Call(flat[3 * i], flat[3 * i + 1], <PyObject *>kwargs)
+            results[i] = _call(flat[3 * i], flat[3 * i + 1], flat[3 * i + 2])
         except BaseException as exc:
             return None, exc
     return results, None
@@ -304,21 +316,15 @@ cdef tuple run_read(object iterator, object source, Py_ssize_t start, Py_ssize_t
     """
     cdef Py_ssize_t i
     cdef list results = private_list(n)
-    cdef object task = first, kwargs
-    cdef int64_t last_yield = cyj_now_ns(), now
+    cdef object task = first, error
+    cdef int64_t last_yield = cyj_now_ns()
     for i in range(n):
         if abort_flag != NULL and cyj_load(abort_flag):
             return None, None, None, i, False
         if (i % YIELD_CHECK_EVERY) == YIELD_CHECK_EVERY - 1:
-            now = cyj_now_ns()
-            if now - last_yield >= _switch_interval_ns:
-                with nogil:
-                    pass
-                last_yield = now
-                try:
-                    PyErr_CheckSignals()
-                except BaseException as exc:
-                    return None, exc, None, i, False
+            error = _between_tasks(&last_yield)
+            if error is not None:
+                return None, error, None, i, False
         try:
             if source is not None:
                 task = source[start + i]
@@ -332,13 +338,8 @@ cdef tuple run_read(object iterator, object source, Py_ssize_t start, Py_ssize_t
         except BaseException as exc:
             del results[i:]
             return results, None, exc, i, False
-        kwargs = (<tuple>task)[2]
         try:
-            if PyDict_GET_SIZE(kwargs) == 0:
-                results[i] = PyObject_Call((<tuple>task)[0], (<tuple>task)[1], NULL)
-            else:
-                results[i] = PyObject_Call((<tuple>task)[0], (<tuple>task)[1],
-                                           <PyObject *>kwargs)
+            results[i] = _call((<tuple>task)[0], (<tuple>task)[1], (<tuple>task)[2])
         except BaseException as exc:
             return None, exc, None, i + 1, False
     return results, None, None, n, False
