@@ -134,7 +134,7 @@ cdef class Call:
     cdef int _dispatch(self) except -1
     cdef int _fill(self) except -1
     cdef bint _reads_as_it_runs(self)
-    cdef int _dispatch_read(self, Py_ssize_t size) except -1
+    cdef Py_ssize_t _start_read(self, Py_ssize_t size) except -1
     cdef tuple _run_read(self, Batch batch)
     cdef int _size_small_call(self) except -1
     cdef Batch _claim(self)

@@ -632,7 +632,7 @@ cdef class Call:
 
     cdef int _dispatch(self) except -1:
         """Send one more batch; return 0 when the input is exhausted."""
-        cdef Py_ssize_t size
+        cdef Py_ssize_t size, start
         cdef list flat
         cdef Batch batch
         if not self.started:
@@ -658,23 +658,36 @@ cdef class Call:
             # saw only the fastest finish.
             size = 1
         if self._reads_as_it_runs():
-            return self._dispatch_read(size)
-        flat = self._take(size)
-        if not flat:
-            return 0
+            flat = None  # its tasks are read as it runs (_run_read)
+            size = self._start_read(size)
+            if size <= 0:
+                return 0
+            start = self.n_taken
+        else:
+            flat = self._take(size)
+            if not flat:
+                return 0
+            size = len(flat) // 3
+            start = self.n_taken - size
         batch = Batch.__new__(Batch)
         batch.call = self
         batch.tasks = flat
-        batch.size = len(flat) // 3
-        batch.start = self.n_taken - batch.size
+        batch.size = size
+        batch.start = start
         if self.only_waits:
             batch.ticket.caller_gil_free = &self.gil_free
         self.n_dispatched_batches += 1
         if self.ordered:
             self.pending.append(batch)
-        if self.caller_helps:
+        if self.caller_helps and flat is not None:
+            # (Not one that reads as it runs: it is this thread's to run, now;
+            # a worker that looks here for more of this call's batches must
+            # not run it, reading this thread's input.)
             self.unclaimed.append(batch)
         self.executor.submit(batch)
+        if self.input_error is not None:
+            error, self.input_error = self.input_error, None
+            raise error
         return 1
 
     cdef bint _reads_as_it_runs(self):
@@ -702,45 +715,28 @@ cdef class Call:
             return self.source is not None
         return sizes_chosen and self.ahead_pos == len(self.ahead)
 
-    cdef int _dispatch_read(self, Py_ssize_t size) except -1:
-        """Dispatch a batch of at most ``size`` tasks that reads them as it
-        runs (see _reads_as_it_runs); return 0 when the input is exhausted."""
-        cdef Batch batch
+    cdef Py_ssize_t _start_read(self, Py_ssize_t size) except -1:
+        """The size of the next batch that reads as it runs (see
+        _reads_as_it_runs), at most ``size``; 0 when the input is exhausted."""
         if self.source is not None:
-            size = min(size, self.n_total - self.n_taken)
-            if size <= 0:
-                return 0
-        else:
-            # Its first task is read now, as _take would: an input that
-            # ends makes no empty batch, and one that raises fails here.
-            first = next(self.iterator, _END)
-            if first is _END:
-                self.iterator = None
-                self.n_total = self.n_taken
-                if self.ahead_pos:
-                    del self.ahead[:]
-                    self.ahead_pos = 0
-                return 0
-            self.first_read = first
-        batch = Batch.__new__(Batch)
-        batch.call = self
-        batch.size = size
-        batch.start = self.n_taken
-        self.n_dispatched_batches += 1
-        if self.ordered:
-            self.pending.append(batch)
-        # (Not in `unclaimed`: it is this thread's to run, now; a worker
-        # that looks there for more of this call's batches must not run
-        # it, reading this thread's input.)
-        self.executor.submit(batch)
-        if self.input_error is not None:
-            error, self.input_error = self.input_error, None
-            raise error
-        return 1
+            return min(size, self.n_total - self.n_taken)
+        # Its first task is read now, as _take would: an input that ends
+        # makes no empty batch, and one that raises fails here.
+        first = next(self.iterator, _END)
+        if first is _END:
+            self.iterator = None
+            self.n_total = self.n_taken
+            if self.ahead_pos:
+                del self.ahead[:]
+                self.ahead_pos = 0
+            return 0
+        self.first_read = first
+        return size
 
     cdef tuple _run_read(self, Batch batch):
-        """Run a batch from _dispatch_read; return ``(results, error)`` as
-        run_flat does, with the input's position updated first."""
+        """Run a batch that reads as it runs (tasks None); return
+        ``(results, error)`` as run_flat does, with the input's position
+        updated first."""
         first, self.first_read = self.first_read, None
         results, error, input_error, n_read, exhausted = run_read(
             self.iterator, self.source, batch.start, batch.size, first, &self.aborted)
@@ -750,7 +746,7 @@ cdef class Call:
             self.iterator = None
             self.n_total = self.n_taken
         if input_error is not None:
-            # Raised by _dispatch_read once the batch is done: as from _take.
+            # Raised by _dispatch once the batch is done: as from _take.
             self.input_error = input_error
         return results, error
 

@@ -287,13 +287,11 @@ class AutoExecutor(Router):
     def watch(self, batch):
         booting = self.booting
         if booting is not None and booting.ready():
-            self.booting = None
-            booting.boot_over()
+            self._stop_booting()
             self.route_to(booting, True)
             self._watch()
         elif booting is not None and booting.unavailable():
-            self.booting = None
-            booting.boot_over()
+            self._stop_booting()
             self._say(f"no process backend ({booting.unavailable()}): staying on threads")
             self._watch()
         if self.checked is not None:
@@ -318,9 +316,9 @@ class AutoExecutor(Router):
         self.skip_watch(0)  # the probe watches every batch
         if self.target is not None and self.target is not self.first:
             self.left.append(self.target)
-        if self.booting is not None:
-            self.left.append(self.booting)
-            self.booting = None
+        booting = self._stop_booting()
+        if booting is not None:
+            self.left.append(booting)
         self.route_to(None)
         self.choice = None
         self.checked = None
@@ -328,10 +326,9 @@ class AutoExecutor(Router):
         self._probe()
 
     def ended(self, call):
-        if self.booting is not None:
-            self.booting.boot_over()
-            self.left.append(self.booting)
-            self.booting = None
+        booting = self._stop_booting()
+        if booting is not None:
+            self.left.append(booting)
         for executor in self.left:
             executor.call_finished(call)
         self.left = []
@@ -339,6 +336,15 @@ class AutoExecutor(Router):
             self._last_look()
         # Batches hold the call, which holds this.
         self.seen = self.checked = None
+
+    def _stop_booting(self):
+        """The call no longer waits for its process pool to boot (the pool
+        is up, or failed, or the call goes elsewhere): the boot's quick GIL
+        switches end now.  Return the executor it waited for (or None)."""
+        booting, self.booting = self.booting, None
+        if booting is not None:
+            booting.boot_over()
+        return booting
 
     def _watch(self):
         """Ask the core for the hooks this policy needs now: ``watch`` while
@@ -506,8 +512,7 @@ class AutoExecutor(Router):
         self.corrected = True
         previous = self.target
         if self.booting is not None:
-            previous, self.booting = self.booting, None
-            previous.boot_over()
+            previous = self._stop_booting()
         self._choose(kind, ns_per_task, "correcting: " + reason, remember=True)
         if previous is not None and previous is not self.first \
                 and previous is not self.target:
