@@ -28,7 +28,7 @@ import cyjob
 from cyjob import Parallel, delayed, parallel_config
 from cyjob.backends.auto import memo, steady_remote_throughput
 from cyjob.bench import calibrate_gil_work, gil_work
-from helpers import child_env, descendants
+from helpers import child_env, descendants, threads_started_since
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -790,20 +790,14 @@ def test_calls_sent_to_processes_leave_nothing_behind(capsys):
     # still add one (a pool reaching its size is no leak).
     a_round()
     children = descendants()
-    threads_before = set(threading.enumerate())
-
-    def left_behind():
-        """Threads the rounds started that still run (threads may also have
-        left meanwhile: retired workers of earlier tests whose abandoned
-        tasks returned, which is no leak)."""
-        return sorted(t.name for t in threading.enumerate() if t not in threads_before)
-
+    threads = set(threading.enumerate())
     for _ in range(2):
         a_round()
     deadline = time.monotonic() + 10
-    while (descendants(), left_behind()) != (children, []) and time.monotonic() < deadline:
+    while ((descendants(), threads_started_since(threads)) != (children, [])
+           and time.monotonic() < deadline):
         time.sleep(0.05)
-    assert (descendants(), left_behind()) == (children, [])
+    assert (descendants(), threads_started_since(threads)) == (children, [])
 
 
 # --------------------------------------------------------------------------
