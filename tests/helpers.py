@@ -115,6 +115,15 @@ def wait_for(predicate, seconds=10.0):
     return True
 
 
+def threads_started_since(before):
+    """The names of the threads running now that ``before`` (a set of
+    ``threading.enumerate()``) did not hold, sorted.  A leak check compares
+    these, not counts: a worker retired earlier in the suite (still running
+    a task of a call that ended) leaves whenever that task returns, so a
+    test's thread count can drop while it runs without anything leaking."""
+    return sorted(t.name for t in threading.enumerate() if t not in before)
+
+
 def descendants():
     """The pids of this process's live descendants, sorted (read from /proc)."""
     import os

@@ -24,6 +24,7 @@ from helpers import (
     assert_runs_concurrently,
     assert_runs_in_caller_thread,
     ident,
+    threads_started_since,
 )
 
 # The thread pool, named explicitly (the default backend measures and picks).
@@ -317,11 +318,11 @@ def test_context_manager_reuses_the_parallel_across_calls(backend):
     with Parallel(n_jobs=2, backend=backend) as parallel:
         assert isinstance(parallel, Parallel)
         assert parallel(delayed(add)(i, b=1) for i in range(100)) == list(range(1, 101))
-        n_threads = threading.active_count()
+        threads = set(threading.enumerate())
         for k in range(20):
             assert parallel(delayed(add)(i, b=k) for i in range(50)) == [i + k for i in range(50)]
             assert list(parallel(delayed(ident)(i) for i in range(5))) == list(range(5))
-        assert threading.active_count() == n_threads  # no new threads per call
+        assert threads_started_since(threads) == []  # no new threads per call
     # Still usable after the block, as joblib's is.
     assert parallel([delayed(square)(4)]) == [16]
 

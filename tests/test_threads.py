@@ -19,7 +19,15 @@ import pytest
 
 import cyjob
 from cyjob import Parallel, delayed
-from helpers import Counter, LazyInput, add, assert_runs_concurrently, ident, wait_at
+from helpers import (
+    Counter,
+    LazyInput,
+    add,
+    assert_runs_concurrently,
+    ident,
+    threads_started_since,
+    wait_at,
+)
 
 # The thread pool, named explicitly (the default backend measures and picks).
 threads = functools.partial(Parallel, backend="threading")
@@ -155,13 +163,13 @@ def test_nested_parallel_three_levels():
 
 def test_nested_parallel_starts_no_new_threads():
     threads(n_jobs=2)(delayed(ident)(i) for i in range(10))  # the pool exists
-    n_threads = threading.active_count()
+    before = set(threading.enumerate())
     names = [n for names in threads(n_jobs=2)(delayed(_middle_names)(i) for i in range(4))
              for n in names]
     assert len(names) == 4 * 3 * 5
     me = threading.current_thread().name
     assert all(n == me or n.startswith("cyjob-worker") for n in names), set(names)
-    assert threading.active_count() == n_threads
+    assert threads_started_since(before) == []
 
 
 _busy_lock = threading.Lock()
