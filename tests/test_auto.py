@@ -547,6 +547,23 @@ def test_tiny_then_heavy_work_is_measured_again(capsys, return_as):
     assert memo.get(nap_for)[0] == "threading"
 
 
+def test_a_correction_whose_tasks_changed_is_measured_as_a_fresh_choice(capsys):
+    """A remembered correction whose tasks then cost 1000x more (5 ms of
+    sleep against 5 us) is measured again; what that measurement picks is a
+    choice like any other (checked as it runs, kept MEMO_MAX_AGE), not one
+    more correction."""
+    memo.put(nap_for, ("inline", 5e3, 5e3, True))  # as _correct puts one
+    capsys.readouterr()
+    list(Parallel(n_jobs=2, verbose=10)(delayed(nap_for)(0.005, x) for x in range(40)))
+    err = capsys.readouterr().err
+    assert "measuring again" in err, err
+    remembered = memo.get(nap_for)
+    if remembered is not None and remembered[0] != "threading" and not _two_cpus_free():
+        pytest.skip(f"machine too busy to measure sleeping tasks again: {err}")
+    assert remembered is not None and remembered[0] == "threading", (remembered, err)
+    assert not remembered[3], remembered
+
+
 def test_gil_bound_then_tiny_work_is_measured_again(capsys):
     """A function remembered as GIL-bound (processes) whose tasks become
     1000x cheaper is measured again and runs inline."""
@@ -823,6 +840,29 @@ def test_processes_slower_than_threads_move_back_within_the_call(capsys):
     assert memo.get(gil)[0] == "threading"
     _, using = run(capsys, tasks_of(gil, args))
     assert using[0] == ("threading", "remembered from an earlier call")
+
+
+def test_a_correction_is_measured_again_sooner_than_a_choice(capsys, monkeypatch):
+    """A correction is remembered for CORRECTION_MAX_AGE seconds, a choice
+    for MEMO_MAX_AGE: made on evidence that a change of load can reverse, a
+    correction must not hold for a minute once that load is gone."""
+    from cyjob.backends import auto
+
+    n = gil_n()
+    args = [(n, x) for x in range(200)]
+    memo.put(gil, ("processes", 2e6, 1e3))  # corrected to threads by the call
+    memo.put(nap, ("threading", 2e6, 1e6))  # a choice, as the probe puts it
+    _, using = run(capsys, tasks_of(gil, args))
+    assert using[1][1].startswith("correcting: processes ran"), using
+    assert memo.get(gil)[0] == "threading"
+    assert auto.CORRECTION_MAX_AGE + 1 < auto.MEMO_MAX_AGE
+    later = time.monotonic() + auto.CORRECTION_MAX_AGE + 1
+    monkeypatch.setattr(auto, "time", types.SimpleNamespace(
+        monotonic=lambda: later, monotonic_ns=time.monotonic_ns))
+    assert memo.get(gil) is None
+    assert memo.get(nap)[0] == "threading"
+    _, using = run(capsys, tasks_of(gil, args))
+    assert using and "remembered" not in using[0][1], using
 
 
 def test_inline_slower_than_threads_moves_to_threads_within_the_call(capsys):

@@ -104,6 +104,13 @@ MEMO_CHECK_TASKS = 8
 # ...and in any case after this many seconds: a choice made while other
 # programs held the CPUs must not stick for the life of the process.
 MEMO_MAX_AGE = 60.0
+# A correction is not checked again while it is remembered (no flapping
+# between two places call after call), so it is kept for less: it was made
+# on evidence a change of load can reverse (processes slower than threads
+# while other programs held the CPUs), and must not hold for a minute once
+# that load is gone.  Measuring afresh every this many seconds costs a
+# correct correction one probe and a few batches in the wrong place.
+CORRECTION_MAX_AGE = 10.0
 
 _MARKER = "__cyjob_backend__"
 
@@ -169,7 +176,8 @@ class _Memo:
     """Choices per function, ``(kind, ns_per_task, threads_ns_per_task,
     settled)`` (the third: wall time per task the probe got on threads; the
     last: a correction, or a choice a call has proven, which later calls do
-    not watch again), each kept for MEMO_MAX_AGE seconds: weakly keyed where
+    not watch again), each kept for MEMO_MAX_AGE seconds (a correction, put
+    with ``settled`` true, for CORRECTION_MAX_AGE): weakly keyed where
     possible, so a closure's memory is not kept alive by cyjob."""
 
     def __init__(self, max_strong=1024):
@@ -190,7 +198,8 @@ class _Memo:
 
     def put(self, function, choice):
         function = _memo_key(function)
-        choice = (*choice, time.monotonic() + MEMO_MAX_AGE)
+        corrected = len(choice) > 3 and choice[3]
+        choice = (*choice, time.monotonic() + (CORRECTION_MAX_AGE if corrected else MEMO_MAX_AGE))
         with self.lock:
             try:
                 self.weak[function] = choice
@@ -313,6 +322,7 @@ class AutoExecutor(Router):
         self._say(f"task cost moved from {self.remembered[1] / 1e3:.1f} to "
                   f"{per_task / 1e3:.1f} us: measuring again")
         memo.forget(self.function)  # a call that ends before choosing must not reuse it
+        self.corrected = False  # what the probe finds now is no correction
         self.skip_watch(0)  # the probe watches every batch
         if self.target is not None and self.target is not self.first:
             self.left.append(self.target)
