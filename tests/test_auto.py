@@ -493,6 +493,40 @@ def test_bound_methods_are_remembered_by_their_function(capsys):
     assert results == [x + sum(range(200)) + 1 for x in range(5_000)]
 
 
+def test_a_call_that_ends_before_its_probe_decides_leaves_its_verdict(capsys):
+    """A call too short for its probe to decide while it ran (10 tasks of
+    ~2 ms: the batches that show the GIL held finish after the last one is
+    routed) judges them when it ends, and the next call starts on what they
+    showed instead of probing on threads again."""
+    def tasks():
+        return tasks_of(gil, [(gil_n(), x) for x in range(10)])
+
+    undecided = 0
+    for _ in range(20):  # (about 1 in 10 such calls decides while it runs)
+        memo.clear()
+        capsys.readouterr()
+        Parallel(n_jobs=2, verbose=10)(tasks())
+        err = capsys.readouterr().err
+        if USING.search(err):
+            continue
+        undecided += 1
+        remembered = memo.get(gil)
+        if remembered is None:
+            continue  # (its batches may not have overlapped enough to tell either)
+        if remembered[0] != "processes" and not _two_cpus_free():
+            pytest.skip(f"machine too busy to measure: {remembered}")
+        assert remembered[0] == "processes", (remembered, err)
+        assert "the next calls start on processes: tasks hold the GIL" in err, err
+        _, using = run(capsys, tasks())
+        assert settled(using)[0] == ("processes", "remembered from an earlier call"), using
+        return
+    if not undecided:
+        pytest.skip("each of 20 calls decided while it ran")
+    if not _two_cpus_free():
+        pytest.skip(f"machine too busy: none of {undecided} undecided calls left a verdict")
+    pytest.fail(f"none of the {undecided} calls that ended undecided left a verdict")
+
+
 def test_a_remembered_choice_expires(capsys, monkeypatch):
     """A choice is measured again after MEMO_MAX_AGE seconds (one made on a
     machine loaded by other programs must not stick)."""
