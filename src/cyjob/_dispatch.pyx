@@ -720,15 +720,17 @@ cdef class Call:
         _reads_as_it_runs), at most ``size``; 0 when the input is exhausted."""
         if self.source is not None:
             return min(size, self.n_total - self.n_taken)
+        # Read straight from the input, as _take reads when nothing waits
+        # read ahead: the buffer lets go of the tasks it handed out.
+        if self.ahead_pos:
+            del self.ahead[:]
+            self.ahead_pos = 0
         # Its first task is read now, as _take would: an input that ends
         # makes no empty batch, and one that raises fails here.
         first = next(self.iterator, _END)
         if first is _END:
             self.iterator = None
             self.n_total = self.n_taken
-            if self.ahead_pos:
-                del self.ahead[:]
-                self.ahead_pos = 0
             return 0
         self.first_read = first
         return size

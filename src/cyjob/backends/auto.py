@@ -356,13 +356,9 @@ class AutoExecutor(Router):
         next call: a verdict is remembered, not acted on.  (20 tasks of 2 ms
         of GIL-bound Python ended undecided in 16 of 40 calls here, and each
         such call left the next to probe on threads again.)"""
-        done = [b for b in self.seen if b.done and b.results is not None]
-        if len(done) <= self.n_judged:
-            return  # judged as they are already
-        verdict = decide([_figures(b) for b in done], self.n_workers)
-        if verdict.kind is None or not verdict.remember:
+        verdict = self._judge(at_end=True)
+        if verdict is None or verdict.kind is None or not verdict.remember:
             return
-        self._measured_on_threads(done)
         memo.put(self.function, (verdict.kind, verdict.ns_per_task, self.threads_ns, False))
         self._say(f"the next calls start on {verdict.kind}: {verdict.reason}")
 
@@ -441,23 +437,32 @@ class AutoExecutor(Router):
         self.threads_ns = span / n_tasks if n_tasks else 0.0
 
     def _maybe_decide(self):
+        verdict = self._judge()
+        if verdict is None or verdict.kind is None:
+            return
+        self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
+                     remember=verdict.remember)
+
+    def _judge(self, at_end=False):
+        """``decide()`` on the probe's finished batches, with the wall time
+        per task they got on threads measured once it decides; None when no
+        batch finished since the last judgment.  The last chance to decide
+        comes PROBE_MAX_NS after the first batch started, never at the end
+        of a call (nothing is left to route then)."""
         done = [b for b in self.seen if b.done and b.results is not None]
         if not done:
-            return
-        first = min(b.started_ns for b in done)
-        last_chance = time.monotonic_ns() - first >= PROBE_MAX_NS
+            return None
+        last_chance = (not at_end and
+                       time.monotonic_ns() - min(b.started_ns for b in done) >= PROBE_MAX_NS)
         if len(done) == self.n_judged and not last_chance:
             # Nothing new to judge: decide() takes the GIL from the tasks
             # being measured (~1 ms at 40 batches), once per batch routed.
-            return
+            return None
         self.n_judged = len(done)
-        figures = [_figures(b) for b in done]
-        verdict = decide(figures, self.n_workers, last_chance)
-        if verdict.kind is None:
-            return
-        self._measured_on_threads(done)
-        self._choose(verdict.kind, verdict.ns_per_task, verdict.reason,
-                     remember=verdict.remember)
+        verdict = decide([_figures(b) for b in done], self.n_workers, last_chance)
+        if verdict.kind is not None:
+            self._measured_on_threads(done)
+        return verdict
 
     def _check(self):
         """Compare the chosen place with what threads gave (or, on threads,
