@@ -477,6 +477,23 @@ def test_huge_pre_dispatch_means_all(pre_dispatch, backend):
     assert parallel(delayed(abs)(-i) for i in range(50)) == list(range(50))
 
 
+# A batch size beyond any input means "the whole input in one batch" (joblib
+# takes up to sys.maxsize): never a hang, an empty result or an OverflowError.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name, size", [
+    ("batch_size", 2**62), ("batch_size", 2**63 - 1), ("batch_size", 10**30),
+    ("max_batch_size", 2**63 - 1), ("max_batch_size", 10**30),
+])
+@pytest.mark.parametrize("lazy", [False, True], ids=["list", "generator"])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_huge_batch_size_takes_the_whole_input(name, size, lazy, n_jobs):
+    tasks = (delayed(abs)(-i) for i in range(50))
+    if not lazy:
+        tasks = list(tasks)
+    parallel = Parallel(n_jobs=n_jobs, backend="threading", **{name: size})
+    assert parallel(tasks) == list(range(50))
+
+
 # --------------------------------------------------------------------------
 # beyond joblib: /dev/shm folders of killed callers
 
