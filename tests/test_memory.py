@@ -152,6 +152,18 @@ def test_bad_arguments_are_refused(tmp_path):
         mem.cache(lambda x: x)(1, 2)
 
 
+@pytest.mark.parametrize("limit", ["-1G", "-0.5K", "infG", "-infM"])
+def test_bad_bytes_limit_strings_are_refused_up_front(tmp_path, limit):
+    # A negative or infinite size is refused when the Memory is made (a
+    # ValueError naming the parameter), as -1 is: not an OverflowError, nor a
+    # warning at every write that the result could not be stored.
+    with pytest.raises(ValueError, match="bytes_limit|size"):
+        Memory(tmp_path, verbose=0, bytes_limit=limit)
+    mem = Memory(tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="bytes_limit|size"):
+        mem.reduce_size(bytes_limit=limit)
+
+
 def test_call_and_shelve_pickles_to_another_process(tmp_path):
     mem = Memory(tmp_path, verbose=0)
     f = mem.cache(Box.stat)
