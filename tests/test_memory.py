@@ -633,6 +633,31 @@ def test_reduce_size(tmp_path):
     mem.reduce_size()  # no limits: nothing to do
 
 
+@pytest.mark.parametrize("limits, error", [
+    (dict(items_limit=-1), ValueError),
+    (dict(items_limit=1.5), TypeError),
+    (dict(items_limit="3"), TypeError),
+    (dict(items_limit=True), TypeError),
+    (dict(age_limit=5), TypeError),
+    (dict(bytes_limit=-1), ValueError),
+])
+def test_reduce_size_refuses_bad_limits_before_removing_anything(tmp_path, limits, error):
+    import datetime
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    for i in range(3):
+        f(i)
+    name = next(iter(limits))
+    with pytest.raises(error, match=name):
+        mem.reduce_size(**limits)
+    assert [f.check_call_in_cache(i) for i in range(3)] == [True] * 3
+    with pytest.raises(error, match=name):
+        Memory(None).reduce_size(**limits)
+    mem.reduce_size(items_limit=np.int64(2), age_limit=datetime.timedelta(days=1))
+    assert sum(f.check_call_in_cache(i) for i in range(3)) == 2
+
+
 def _entries_for(f, *args):
     f.check_call_in_cache(*args)
     return f._dir + f._args_id(args, {})

@@ -801,6 +801,7 @@ class Memory:
         """
         if bytes_limit is None:
             bytes_limit = self.bytes_limit
+        _check_reduce_limits(bytes_limit, items_limit, age_limit)
         if self.store_backend is None:
             return
         if bytes_limit is None and items_limit is None and age_limit is None:
@@ -825,6 +826,25 @@ class Memory:
         state = self.__dict__.copy()
         state["timestamp"] = None
         return state
+
+
+def _check_reduce_limits(bytes_limit, items_limit, age_limit):
+    """reduce_size's limits, checked before any entry goes: a bad value
+    must not delete entries (items_limit=-1 would drop them all) nor fail
+    half-way with an internal error."""
+    import datetime
+
+    bytes_from_limit(bytes_limit)
+    if items_limit is not None:
+        if isinstance(items_limit, bool) or not hasattr(items_limit, "__index__"):
+            raise TypeError("items_limit must be an int or None, got %r" % (items_limit,))
+        if items_limit < 0:
+            raise ValueError("items_limit must be >= 0, got %r" % (items_limit,))
+    if age_limit is not None and not isinstance(age_limit, datetime.timedelta):
+        raise TypeError("age_limit must be a datetime.timedelta or None, got %r"
+                        % (age_limit,))
+    if age_limit is not None and age_limit.total_seconds() < 0:
+        raise ValueError("age_limit has to be a positive timedelta, got %r" % (age_limit,))
 
 
 def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, hours=0,
