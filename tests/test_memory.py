@@ -109,6 +109,31 @@ def test_same_results_and_computations_as_joblib(tmp_path):
     assert ours == theirs
 
 
+class Counted:
+    def __init__(self, k, calls):
+        self.k = k
+        self.calls = calls
+
+    def scale(self, x, verbose=0):
+        self.calls.append(x)
+        return 10 * x
+
+
+@pytest.mark.parametrize("memory_cls", [Memory, joblib.Memory])
+def test_bound_method_with_ignore_self(tmp_path, memory_cls):
+    # joblib's pattern for methods, memory.cache(self.method, ignore=['self']):
+    # the instance is left out of the key, so two instances share entries.
+    mem = memory_cls(str(tmp_path), verbose=0)
+    calls = []
+    first = mem.cache(Counted(1, calls).scale, ignore=["self", "verbose"])
+    second = mem.cache(Counted(2, calls).scale, ignore=["verbose", "self"])
+    assert first(3) == 30 and first(3, verbose=1) == 30 and second(3) == 30
+    assert calls == [3]
+    assert second.check_call_in_cache(3)
+    with pytest.raises(ValueError, match="Ignore list"):
+        mem.cache(Counted(1, calls).scale, ignore=["this"])(3)
+
+
 def test_location_none_calls_through():
     for mem in (Memory(None), Memory()):
         n = []

@@ -99,13 +99,24 @@ class _Binder:
         target = func
         if isinstance(func, functools.partial):
             self.prefix += (func.args, sorted(func.keywords.items()))
+        bound_name = None  # a bound method's first parameter ('self', 'cls')
         if inspect.ismethod(func):
-            self.prefix += (func.__self__,)  # by value, as joblib
+            try:
+                bound_name = next(iter(inspect.signature(func.__func__).parameters), None)
+            except (TypeError, ValueError):
+                pass
+            if bound_name is None or bound_name not in self.ignore:
+                self.prefix += (func.__self__,)  # by value, as joblib
         try:
             self.sig = inspect.signature(target)
         except (TypeError, ValueError):
             self.sig = None
+        # The bound instance can be ignored as joblib allows it (the pattern
+        # ``memory.cache(self.method, ignore=['self'])``): its name is not in
+        # the bound method's signature.
         names = [] if self.sig is None else list(self.sig.parameters)
+        if bound_name is not None:
+            names.append(bound_name)
         for name in self.ignore:
             if self.sig is not None and name not in names:
                 raise ValueError("Ignore list: argument '%s' is not defined for function %s"
