@@ -175,6 +175,12 @@ def test_bad_arguments_are_refused(tmp_path):
         mem.cache(lambda x: x, ignore=["y"])
     with pytest.raises(TypeError):
         mem.cache(lambda x: x)(1, 2)
+    with pytest.raises(TypeError, match="verbose"):
+        mem.cache(abs, verbose="2")
+    with pytest.raises(TypeError, match="verbose"):
+        mem.cache(verbose=1.5)
+    with pytest.raises(TypeError, match="verbose"):
+        Memory(None).cache(abs, verbose="2")
 
 
 @pytest.mark.parametrize("limit", ["-1G", "-0.5K", "infG", "-infM"])

@@ -766,6 +766,10 @@ class Memory:
         if cache_validation_callback is not None and not callable(cache_validation_callback):
             raise ValueError("cache_validation_callback needs to be callable. "
                              f"Got {cache_validation_callback}.")
+        # Checked here as Memory() checks its own: else the first call fails
+        # comparing it with an int, deep in the cached call.
+        if verbose is not None and not isinstance(verbose, int):
+            raise TypeError("verbose must be an int or None, got %r" % (verbose,))
         if func is None:
             return functools.partial(self.cache, ignore=ignore, mmap_mode=mmap_mode,
                                      verbose=verbose,
