@@ -134,6 +134,35 @@ def test_bound_method_with_ignore_self(tmp_path, memory_cls):
         mem.cache(Counted(1, calls).scale, ignore=["this"])(3)
 
 
+class Multiplier:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return self.k * x
+
+
+def test_state_of_callable_objects_and_partial_methods_is_in_the_key(tmp_path):
+    # The object a call runs on is an argument: Multiplier(3) must not be
+    # served Multiplier(2)'s entry (their function id names only the class;
+    # joblib 1.6 serves it).
+    mem = Memory(tmp_path, verbose=0)
+    assert mem.cache(Multiplier(2))(3) == 6
+    assert mem.cache(Multiplier(3))(3) == 9
+    assert mem.cache(functools.partial(Multiplier(4), 3))() == 12
+    assert mem.cache(functools.partial(Multiplier(5), 3))() == 15
+    assert mem.cache(functools.partial(Box(6).scale, 3))() == 18
+    assert mem.cache(functools.partial(Box(7).scale, 3))() == 21
+
+
+def test_callable_object_hits_its_own_entries(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Multiplier(2))
+    assert f(3) == 6 and f.check_call_in_cache(3)
+    assert mem.cache(Multiplier(2)).check_call_in_cache(3)  # equal state: a hit
+    assert not mem.cache(Multiplier(3)).check_call_in_cache(3)
+
+
 def test_location_none_calls_through():
     for mem in (Memory(None), Memory()):
         n = []

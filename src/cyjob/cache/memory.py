@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import types
 import warnings
 from pprint import pformat
 
@@ -86,6 +87,17 @@ def _func_id(func):
     return os.path.join(*parts, name.replace("/", "_"))
 
 
+def _is_callable_object(obj):
+    """An instance of a Python class with a ``__call__`` method, other than
+    a decorator's wrapper (``__wrapped__``: the function it wraps is what
+    the function's id and version name, and it often pickles only by that
+    function's name, which the wrapper has taken)."""
+    return (not isinstance(obj, (type, types.FunctionType, types.MethodType,
+                                 types.BuiltinFunctionType, functools.partial))
+            and isinstance(getattr(type(obj), "__call__", None), types.FunctionType)
+            and not hasattr(obj, "__wrapped__"))
+
+
 class _Binder:
     """Turns a call's (args, kwargs) into the object whose hash keys it:
     the parameter values in signature order, defaults applied, ignored
@@ -97,16 +109,23 @@ class _Binder:
         self.ignore = frozenset(ignore)
         self.prefix = ()
         target = func
+        inner = func  # what the call runs: a partial's function
         if isinstance(func, functools.partial):
             self.prefix += (func.args, sorted(func.keywords.items()))
+            inner = func.func
         bound_name = None  # a bound method's first parameter ('self', 'cls')
-        if inspect.ismethod(func):
+        if inspect.ismethod(inner):
             try:
-                bound_name = next(iter(inspect.signature(func.__func__).parameters), None)
+                bound_name = next(iter(inspect.signature(inner.__func__).parameters), None)
             except (TypeError, ValueError):
                 pass
             if bound_name is None or bound_name not in self.ignore:
-                self.prefix += (func.__self__,)  # by value, as joblib
+                self.prefix += (inner.__self__,)  # by value, as joblib
+        elif _is_callable_object(inner):
+            # Its __call__ is a method bound to it: its state is an argument
+            # (the function's id only names its class, Mul(2) and Mul(3)
+            # must not share entries).
+            self.prefix += (inner,)
         try:
             self.sig = inspect.signature(target)
         except (TypeError, ValueError):
