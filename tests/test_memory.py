@@ -210,6 +210,9 @@ def test_bad_arguments_are_refused(tmp_path):
         mem.cache(verbose=1.5)
     with pytest.raises(TypeError, match="verbose"):
         Memory(None).cache(abs, verbose="2")
+    for options in ([("compress", 3)], "compress", 3):
+        with pytest.raises(TypeError, match="backend_options"):
+            Memory(tmp_path, backend_options=options)
 
 
 @pytest.mark.parametrize("limit", ["-1G", "-0.5K", "infG", "-infM"])

@@ -17,6 +17,7 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Mapping
 from pprint import pformat
 
 import xxhash
@@ -749,6 +750,10 @@ class Memory:
         self.compress = compress
         self.bytes_limit = bytes_limit
         bytes_from_limit(bytes_limit)
+        if backend_options is not None and not isinstance(backend_options, Mapping):
+            # dict() would take a list of pairs, or fail naming no parameter.
+            raise TypeError("backend_options must be a dict or None, got %r"
+                            % (backend_options,))
         self.backend_options = dict(backend_options or {})
         if compress and mmap_mode is not None:
             warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
