@@ -210,6 +210,12 @@ def test_bad_arguments_are_refused(tmp_path):
         mem.cache(verbose=1.5)
     with pytest.raises(TypeError, match="verbose"):
         Memory(None).cache(abs, verbose="2")
+    for memory in (mem, Memory(None)):
+        with pytest.raises(TypeError, match="callable"):
+            memory.cache(5)
+        with pytest.raises(TypeError, match="callable"):
+            memory.cache(ignore=[])("not a function")
+    assert not os.path.exists(tmp_path / "cyjob" / "builtins")
     for options in ([("compress", 3)], "compress", 3):
         with pytest.raises(TypeError, match="backend_options"):
             Memory(tmp_path, backend_options=options)

@@ -794,6 +794,9 @@ class Memory:
         # comparing it with an int, deep in the cached call.
         if verbose is not None and not isinstance(verbose, int):
             raise TypeError("verbose must be an int or None, got %r" % (verbose,))
+        if func is not None and not callable(func):
+            # Else accepted, and the first call fails after making its folder.
+            raise TypeError("func must be callable, got %r" % (func,))
         if func is None:
             return functools.partial(self.cache, ignore=ignore, mmap_mode=mmap_mode,
                                      verbose=verbose,
