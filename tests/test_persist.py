@@ -303,6 +303,17 @@ def test_bad_filenames(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+
+def test_an_empty_filename_is_refused_before_writing(tmp_path, monkeypatch):
+    # "" names no file: refused up front, as open("") would, not after the
+    # whole value was written to a temporary file that os.replace then fails on.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="empty") as info:
+        dump(Unpicklable(), "")
+    assert info.value.filename == ""
+    assert not os.listdir(tmp_path)
+
+
 def test_neither_cyjob_nor_joblib(tmp_path):
     (tmp_path / "text.txt").write_text("hello world")
     with pytest.raises(ValueError, match="neither a cyjob nor a joblib file"):

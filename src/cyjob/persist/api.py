@@ -1,5 +1,6 @@
 """``cyjob.dump`` and ``cyjob.load``: joblib's API over cyjob's file format."""
 
+import errno
 import io
 import os
 import pickle
@@ -140,6 +141,10 @@ def dump(value, filename, compress=0, protocol=None):
     if not is_path:
         _write(filename, value, method, level)
         return None
+    if not filename:
+        # (its directory would be the current one: the temporary file would be
+        # written whole before the rename onto "" failed)
+        raise FileNotFoundError(errno.ENOENT, "dump: filename is empty", filename)
     if os.path.isdir(filename):
         raise IsADirectoryError(f"dump: filename {filename!r} is a directory")
     directory = os.path.dirname(os.path.abspath(filename))
