@@ -314,6 +314,20 @@ def test_an_empty_filename_is_refused_before_writing(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
+
+def test_text_mode_files_are_refused_naming_binary_mode(tmp_path):
+    path = tmp_path / "x.pkl"
+    with open(path, "w") as text:
+        with pytest.raises(TypeError, match="binary mode"):
+            dump(Unpicklable(), text)  # refused before the value is pickled
+    with pytest.raises(TypeError, match="binary mode"):
+        dump({"a": 1}, io.StringIO())
+    dump({"a": 1}, path)
+    with open(path, encoding="latin-1") as text:
+        with pytest.raises(TypeError, match="binary mode"):
+            load(text)
+
+
 def test_neither_cyjob_nor_joblib(tmp_path):
     (tmp_path / "text.txt").write_text("hello world")
     with pytest.raises(ValueError, match="neither a cyjob nor a joblib file"):

@@ -138,6 +138,9 @@ def dump(value, filename, compress=0, protocol=None):
     if not is_path and not hasattr(filename, "write"):
         raise ValueError("Second argument should be a filename or a file-like object, "
                          f"{filename} (type {type(filename)}) was given.")
+    if isinstance(filename, io.TextIOBase):
+        raise TypeError(f"dump: {filename!r} is a text-mode file: open it in binary mode "
+                        "('wb')")
     if not is_path:
         _write(filename, value, method, level)
         return None
@@ -362,6 +365,10 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
         filename = os.fspath(filename)
     if isinstance(filename, bytes):
         filename = os.fsdecode(filename)
+    if isinstance(filename, io.TextIOBase):
+        # (it would fail in the middle, on str where bytes are read)
+        raise TypeError(f"load: {filename!r} is a text-mode file: open it in binary mode "
+                        "('rb')")
     if hasattr(filename, "read"):
         name = _describe(filename, "")
         policy = None if trusted else Policy(allowed, name)
