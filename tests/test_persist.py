@@ -228,6 +228,28 @@ def test_mmap_of_a_compressed_file_warns_and_loads(tmp_path):
     assert not isinstance(loaded, np.memmap)
 
 
+
+@pytest.mark.parametrize("writer", ["cyjob", "joblib", "wrapped"])
+def test_mmap_of_a_compressed_file_warns_at_the_caller(tmp_path, writer):
+    # The warning points at the line that called load (as warnings should:
+    # filters by module and "once per location" rely on it), whatever the
+    # depth at which cyjob finds the file compressed.
+    path = tmp_path / "x.pkl"
+    if writer == "joblib":
+        joblib = pytest.importorskip("joblib")
+        joblib.dump(np.arange(10.0), path, compress=3)
+    elif writer == "wrapped":
+        import gzip
+
+        with gzip.open(path, "wb") as f:
+            dump(np.arange(10.0), f)
+    else:
+        dump(np.arange(10.0), path, compress=3)
+    with pytest.warns(UserWarning, match="is not compatible with compressed") as record:
+        load(path, mmap_mode="r")
+    assert [w.filename for w in record] == [__file__]
+
+
 def test_mmap_of_a_big_offset_and_many_arrays(tmp_path):
     import mmap
 

@@ -4,6 +4,7 @@ import errno
 import io
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -298,7 +299,22 @@ def _read(file, name, filename, mmap_mode, native, policy):
 def _warn_compressed(mmap_mode, filename):
     if mmap_mode is not None and filename:
         warnings.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file '
-                      f'{filename}. "{mmap_mode}" flag will be ignored.', stacklevel=5)
+                      f'{filename}. "{mmap_mode}" flag will be ignored.',
+                      stacklevel=_stacklevel_outside_persist())
+
+
+def _stacklevel_outside_persist():
+    """The ``stacklevel`` that makes a warning issued by this function's
+    caller point at the first frame outside ``cyjob.persist`` (load's
+    caller): the depth at which a file is found compressed varies with its
+    format and wrappers."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+            "cyjob.persist"):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=True,
