@@ -167,6 +167,18 @@ def test_bad_compress_is_refused_before_writing(tmp_path, compress, match):
     assert not os.listdir(tmp_path)
 
 
+
+@pytest.mark.parametrize("compress", [np.int64(3), ("zlib", np.int32(3)), ("zstd", np.uint8(19))])
+def test_numpy_integer_levels(tmp_path, compress):
+    # A level read from an array or a config parsed by numpy is an int: it
+    # was refused with 'Non valid compress level given: "3"', 3 being valid.
+    path = tmp_path / "x.pkl"
+    dump(np.arange(1000), path, compress=compress)
+    np.testing.assert_array_equal(load(path), np.arange(1000))
+    with open(path, "rb") as f:
+        assert fmt.Header(f.read(fmt.HEADER_SIZE), "x").codec is not None
+
+
 def test_zstd_levels_beyond_nine(tmp_path):
     dump(np.arange(1000), tmp_path / "x.pkl", compress=("zstd", 19))
     np.testing.assert_array_equal(load(tmp_path / "x.pkl"), np.arange(1000))

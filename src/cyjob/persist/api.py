@@ -2,6 +2,7 @@
 
 import errno
 import io
+import numbers
 import os
 import pickle
 import sys
@@ -41,6 +42,8 @@ def _compression(compress, filename):
         level = compress
     if level is False:
         level = 0
+    elif isinstance(level, numbers.Integral) and not isinstance(level, bool):
+        level = int(level)  # numpy's integers (np.bool_ is no Integral: still refused)
     if not isinstance(method, str) or method not in method_names():
         raise ValueError(f'Non valid compression method given: "{method}". Possible values '
                          f"are {method_names()}.")
