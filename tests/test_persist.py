@@ -726,6 +726,17 @@ def test_dump_keeps_a_replaced_file_s_mode_and_writes_through_symlinks(tmp_path)
     assert os.path.islink(link) and load(path) == 3
 
 
+
+def test_a_symlink_into_a_missing_directory_is_refused_naming_the_link(tmp_path):
+    # dump writes through a symlink, so the directory that must exist is its
+    # target's: the error named the temporary file it could not create there.
+    link = tmp_path / "link.pkl"
+    os.symlink(tmp_path / "missing" / "x.pkl", link)
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        dump(Unpicklable(), link)
+    assert str(link) in str(info.value) and "cyjob-tmp" not in str(info.value)
+
+
 def test_a_mapped_file_keeps_its_contents_when_dumped_over(tmp_path):
     # joblib rewrites the file in place: a reader's map of it changes under
     # it (or faults, if the new file is shorter).  A rename leaves the old

@@ -154,9 +154,14 @@ def dump(value, filename, compress=0, protocol=None):
         raise FileNotFoundError(errno.ENOENT, "dump: filename is empty", filename)
     if os.path.isdir(filename):
         raise IsADirectoryError(f"dump: filename {filename!r} is a directory")
-    directory = os.path.dirname(os.path.abspath(filename))
+    # The file is written where a symlink points (as open() would write):
+    # that is the directory that must exist.
+    target = os.path.realpath(filename) if os.path.islink(filename) else filename
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"dump: the directory of {filename!r} does not exist")
+        through = f" (a symlink to {target!r})" if target != filename else ""
+        raise FileNotFoundError(f"dump: the directory of {filename!r}{through} does not "
+                                "exist")
     # Before writing: the space that killed dumps hold comes back first.
     sweep_beside(filename)
     with atomic_write(filename) as file:
