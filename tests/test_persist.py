@@ -4,7 +4,9 @@ crash-safe writes, checksums and clear errors."""
 import io
 import os
 import pickle
+import re
 import socket
+import struct
 import sys
 import warnings
 
@@ -438,6 +440,30 @@ def test_truncated_files_raise_naming_the_file(tmp_path, compress):
         if compress == 0 and cut > fmt.HEADER_SIZE:
             with pytest.raises(CorruptFileError, match="truncated"):
                 load(path, mmap_mode="r")
+
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+@pytest.mark.parametrize("part", ["pickle", "buffer", "table"])
+def test_the_first_bytes_of_a_huge_file_raise_truncated(tmp_path, compress, part):
+    # The header and table of a file far larger than memory, cut short (a
+    # copy interrupted): the sizes they declare cannot fit in what is left
+    # of the file, which says "truncated" before allocating them (that
+    # raised MemoryError: "Unable to allocate 1.00 PiB").
+    path = tmp_path / "x.pkl"
+    dump({"a": np.arange(10.0)}, path, compress=compress)
+    raw = path.read_bytes()
+    header = fmt.Header(raw[:fmt.HEADER_SIZE], "x")
+    huge = 1 << 50
+    sizes = [huge if part == "buffer" else 80]
+    n_buffers = huge if part == "table" else 1
+    pickle_size = huge if part == "pickle" else header.pickle_size
+    table = struct.pack("<Q", sizes[0])
+    path.write_bytes(fmt.pack_header(header.codec_id, 0, header.chunk, pickle_size, n_buffers)
+                     + table + struct.pack("<Q", fmt._digest(table))
+                     + raw[fmt.HEADER_SIZE + 16:])
+    with pytest.raises(CorruptFileError, match=f"{re.escape(repr(str(path)))} is truncated"):
+        load(path)
 
 
 def _segments(raw):
