@@ -9,9 +9,11 @@ version (its code, defaults and helpers, see ``invalidation``) is checked
 once per process and per cached function, not per call.
 """
 
+import datetime
 import functools
 import inspect
 import logging
+import numbers
 import os
 import sys
 import time
@@ -792,7 +794,7 @@ class Memory:
                              f"Got {cache_validation_callback}.")
         # Checked here as Memory() checks its own: else the first call fails
         # comparing it with an int, deep in the cached call.
-        if verbose is not None and not isinstance(verbose, int):
+        if verbose is not None and not isinstance(verbose, numbers.Integral):
             raise TypeError("verbose must be an int or None, got %r" % (verbose,))
         if func is not None and not callable(func):
             # Else accepted, and the first call fails after making its folder.
@@ -874,8 +876,6 @@ def _check_reduce_limits(bytes_limit, items_limit, age_limit):
     """reduce_size's limits, checked before any entry goes: a bad value
     must not delete entries (items_limit=-1 would drop them all) nor fail
     half-way with an internal error."""
-    import datetime
-
     bytes_from_limit(bytes_limit)
     if items_limit is not None:
         if isinstance(items_limit, bool) or not hasattr(items_limit, "__index__"):
@@ -904,8 +904,6 @@ def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, 
     callable
         ``callback(metadata) -> bool``.
     """
-    import datetime
-
     delta = datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds,
                                milliseconds=milliseconds, minutes=minutes, hours=hours,
                                weeks=weeks)
