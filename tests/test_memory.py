@@ -109,6 +109,60 @@ def test_same_results_and_computations_as_joblib(tmp_path):
     assert ours == theirs
 
 
+class Counted:
+    def __init__(self, k, calls):
+        self.k = k
+        self.calls = calls
+
+    def scale(self, x, verbose=0):
+        self.calls.append(x)
+        return 10 * x
+
+
+@pytest.mark.parametrize("memory_cls", [Memory, joblib.Memory])
+def test_bound_method_with_ignore_self(tmp_path, memory_cls):
+    # joblib's pattern for methods, memory.cache(self.method, ignore=['self']):
+    # the instance is left out of the key, so two instances share entries.
+    mem = memory_cls(str(tmp_path), verbose=0)
+    calls = []
+    first = mem.cache(Counted(1, calls).scale, ignore=["self", "verbose"])
+    second = mem.cache(Counted(2, calls).scale, ignore=["verbose", "self"])
+    assert first(3) == 30 and first(3, verbose=1) == 30 and second(3) == 30
+    assert calls == [3]
+    assert second.check_call_in_cache(3)
+    with pytest.raises(ValueError, match="Ignore list"):
+        mem.cache(Counted(1, calls).scale, ignore=["this"])(3)
+
+
+class Multiplier:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return self.k * x
+
+
+def test_state_of_callable_objects_and_partial_methods_is_in_the_key(tmp_path):
+    # The object a call runs on is an argument: Multiplier(3) must not be
+    # served Multiplier(2)'s entry (their function id names only the class;
+    # joblib 1.6 serves it).
+    mem = Memory(tmp_path, verbose=0)
+    assert mem.cache(Multiplier(2))(3) == 6
+    assert mem.cache(Multiplier(3))(3) == 9
+    assert mem.cache(functools.partial(Multiplier(4), 3))() == 12
+    assert mem.cache(functools.partial(Multiplier(5), 3))() == 15
+    assert mem.cache(functools.partial(Box(6).scale, 3))() == 18
+    assert mem.cache(functools.partial(Box(7).scale, 3))() == 21
+
+
+def test_callable_object_hits_its_own_entries(tmp_path):
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Multiplier(2))
+    assert f(3) == 6 and f.check_call_in_cache(3)
+    assert mem.cache(Multiplier(2)).check_call_in_cache(3)  # equal state: a hit
+    assert not mem.cache(Multiplier(3)).check_call_in_cache(3)
+
+
 def test_location_none_calls_through():
     for mem in (Memory(None), Memory()):
         n = []
@@ -150,6 +204,33 @@ def test_bad_arguments_are_refused(tmp_path):
         mem.cache(lambda x: x, ignore=["y"])
     with pytest.raises(TypeError):
         mem.cache(lambda x: x)(1, 2)
+    with pytest.raises(TypeError, match="verbose"):
+        mem.cache(abs, verbose="2")
+    with pytest.raises(TypeError, match="verbose"):
+        mem.cache(verbose=1.5)
+    with pytest.raises(TypeError, match="verbose"):
+        Memory(None).cache(abs, verbose="2")
+    for memory in (mem, Memory(None)):
+        with pytest.raises(TypeError, match="callable"):
+            memory.cache(5)
+        with pytest.raises(TypeError, match="callable"):
+            memory.cache(ignore=[])("not a function")
+    assert not os.path.exists(tmp_path / "cyjob" / "builtins")
+    for options in ([("compress", 3)], "compress", 3):
+        with pytest.raises(TypeError, match="backend_options"):
+            Memory(tmp_path, backend_options=options)
+
+
+@pytest.mark.parametrize("limit", ["-1G", "-0.5K", "infG", "-infM"])
+def test_bad_bytes_limit_strings_are_refused_up_front(tmp_path, limit):
+    # A negative or infinite size is refused when the Memory is made (a
+    # ValueError naming the parameter), as -1 is: not an OverflowError, nor a
+    # warning at every write that the result could not be stored.
+    with pytest.raises(ValueError, match="bytes_limit|size"):
+        Memory(tmp_path, verbose=0, bytes_limit=limit)
+    mem = Memory(tmp_path, verbose=0)
+    with pytest.raises(ValueError, match="bytes_limit|size"):
+        mem.reduce_size(bytes_limit=limit)
 
 
 def test_call_and_shelve_pickles_to_another_process(tmp_path):
@@ -619,6 +700,31 @@ def test_reduce_size(tmp_path):
     with pytest.raises(ValueError):
         mem.reduce_size(age_limit=datetime.timedelta(days=-1))
     mem.reduce_size()  # no limits: nothing to do
+
+
+@pytest.mark.parametrize("limits, error", [
+    (dict(items_limit=-1), ValueError),
+    (dict(items_limit=1.5), TypeError),
+    (dict(items_limit="3"), TypeError),
+    (dict(items_limit=True), TypeError),
+    (dict(age_limit=5), TypeError),
+    (dict(bytes_limit=-1), ValueError),
+])
+def test_reduce_size_refuses_bad_limits_before_removing_anything(tmp_path, limits, error):
+    import datetime
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(Box.stat)
+    for i in range(3):
+        f(i)
+    name = next(iter(limits))
+    with pytest.raises(error, match=name):
+        mem.reduce_size(**limits)
+    assert [f.check_call_in_cache(i) for i in range(3)] == [True] * 3
+    with pytest.raises(error, match=name):
+        Memory(None).reduce_size(**limits)
+    mem.reduce_size(items_limit=np.int64(2), age_limit=datetime.timedelta(days=1))
+    assert sum(f.check_call_in_cache(i) for i in range(3)) == 2
 
 
 def _entries_for(f, *args):

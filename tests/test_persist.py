@@ -4,7 +4,9 @@ crash-safe writes, checksums and clear errors."""
 import io
 import os
 import pickle
+import re
 import socket
+import struct
 import sys
 import warnings
 
@@ -167,6 +169,18 @@ def test_bad_compress_is_refused_before_writing(tmp_path, compress, match):
     assert not os.listdir(tmp_path)
 
 
+
+@pytest.mark.parametrize("compress", [np.int64(3), ("zlib", np.int32(3)), ("zstd", np.uint8(19))])
+def test_numpy_integer_levels(tmp_path, compress):
+    # A level read from an array or a config parsed by numpy is an int: it
+    # was refused with 'Non valid compress level given: "3"', 3 being valid.
+    path = tmp_path / "x.pkl"
+    dump(np.arange(1000), path, compress=compress)
+    np.testing.assert_array_equal(load(path), np.arange(1000))
+    with open(path, "rb") as f:
+        assert fmt.Header(f.read(fmt.HEADER_SIZE), "x").codec is not None
+
+
 def test_zstd_levels_beyond_nine(tmp_path):
     dump(np.arange(1000), tmp_path / "x.pkl", compress=("zstd", 19))
     np.testing.assert_array_equal(load(tmp_path / "x.pkl"), np.arange(1000))
@@ -226,6 +240,28 @@ def test_mmap_of_a_compressed_file_warns_and_loads(tmp_path):
     assert str(record[0].message) == (f'mmap_mode "r+" is not compatible with compressed '
                                       f'file {path}. "r+" flag will be ignored.')
     assert not isinstance(loaded, np.memmap)
+
+
+
+@pytest.mark.parametrize("writer", ["cyjob", "joblib", "wrapped"])
+def test_mmap_of_a_compressed_file_warns_at_the_caller(tmp_path, writer):
+    # The warning points at the line that called load (as warnings should:
+    # filters by module and "once per location" rely on it), whatever the
+    # depth at which cyjob finds the file compressed.
+    path = tmp_path / "x.pkl"
+    if writer == "joblib":
+        joblib = pytest.importorskip("joblib")
+        joblib.dump(np.arange(10.0), path, compress=3)
+    elif writer == "wrapped":
+        import gzip
+
+        with gzip.open(path, "wb") as f:
+            dump(np.arange(10.0), f)
+    else:
+        dump(np.arange(10.0), path, compress=3)
+    with pytest.warns(UserWarning, match="is not compatible with compressed") as record:
+        load(path, mmap_mode="r")
+    assert [w.filename for w in record] == [__file__]
 
 
 def test_mmap_of_a_big_offset_and_many_arrays(tmp_path):
@@ -301,6 +337,31 @@ def test_bad_filenames(tmp_path):
     with pytest.raises(TypeError, match="filename must be"):
         load(12)
     assert not os.listdir(tmp_path)
+
+
+
+def test_an_empty_filename_is_refused_before_writing(tmp_path, monkeypatch):
+    # "" names no file: refused up front, as open("") would, not after the
+    # whole value was written to a temporary file that os.replace then fails on.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="empty") as info:
+        dump(Unpicklable(), "")
+    assert info.value.filename == ""
+    assert not os.listdir(tmp_path)
+
+
+
+def test_text_mode_files_are_refused_naming_binary_mode(tmp_path):
+    path = tmp_path / "x.pkl"
+    with open(path, "w") as text:
+        with pytest.raises(TypeError, match="binary mode"):
+            dump(Unpicklable(), text)  # refused before the value is pickled
+    with pytest.raises(TypeError, match="binary mode"):
+        dump({"a": 1}, io.StringIO())
+    dump({"a": 1}, path)
+    with open(path, encoding="latin-1") as text:
+        with pytest.raises(TypeError, match="binary mode"):
+            load(text)
 
 
 def test_neither_cyjob_nor_joblib(tmp_path):
@@ -379,6 +440,30 @@ def test_truncated_files_raise_naming_the_file(tmp_path, compress):
         if compress == 0 and cut > fmt.HEADER_SIZE:
             with pytest.raises(CorruptFileError, match="truncated"):
                 load(path, mmap_mode="r")
+
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+@pytest.mark.parametrize("part", ["pickle", "buffer", "table"])
+def test_the_first_bytes_of_a_huge_file_raise_truncated(tmp_path, compress, part):
+    # The header and table of a file far larger than memory, cut short (a
+    # copy interrupted): the sizes they declare cannot fit in what is left
+    # of the file, which says "truncated" before allocating them (that
+    # raised MemoryError: "Unable to allocate 1.00 PiB").
+    path = tmp_path / "x.pkl"
+    dump({"a": np.arange(10.0)}, path, compress=compress)
+    raw = path.read_bytes()
+    header = fmt.Header(raw[:fmt.HEADER_SIZE], "x")
+    huge = 1 << 50
+    sizes = [huge if part == "buffer" else 80]
+    n_buffers = huge if part == "table" else 1
+    pickle_size = huge if part == "pickle" else header.pickle_size
+    table = struct.pack("<Q", sizes[0])
+    path.write_bytes(fmt.pack_header(header.codec_id, 0, header.chunk, pickle_size, n_buffers)
+                     + table + struct.pack("<Q", fmt._digest(table))
+                     + raw[fmt.HEADER_SIZE + 16:])
+    with pytest.raises(CorruptFileError, match=f"{re.escape(repr(str(path)))} is truncated"):
+        load(path)
 
 
 def _segments(raw):
@@ -665,6 +750,17 @@ def test_dump_keeps_a_replaced_file_s_mode_and_writes_through_symlinks(tmp_path)
     os.symlink(path, link)
     dump(3, link)
     assert os.path.islink(link) and load(path) == 3
+
+
+
+def test_a_symlink_into_a_missing_directory_is_refused_naming_the_link(tmp_path):
+    # dump writes through a symlink, so the directory that must exist is its
+    # target's: the error named the temporary file it could not create there.
+    link = tmp_path / "link.pkl"
+    os.symlink(tmp_path / "missing" / "x.pkl", link)
+    with pytest.raises(FileNotFoundError, match="does not exist") as info:
+        dump(Unpicklable(), link)
+    assert str(link) in str(info.value) and "cyjob-tmp" not in str(info.value)
 
 
 def test_a_mapped_file_keeps_its_contents_when_dumped_over(tmp_path):

@@ -4,6 +4,7 @@ they must."""
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -180,6 +181,28 @@ def test_truncated_joblib_files_raise_naming_the_file(tmp_path):
                 load(bad)
             if isinstance(info.value, CorruptFileError):
                 assert str(bad) in str(info.value)
+
+
+
+def test_damaged_joblib_files_raise_corrupt_file_error_naming_the_file(tmp_path):
+    # joblib's files carry no checksums: the pickle stream itself is what
+    # notices the damage, and it must say so as a CorruptFileError naming the
+    # file, not as the unpickler's struct.error, KeyError or bare UnpicklingError.
+    path = tmp_path / "j.pkl"
+    joblib.dump({"a": np.arange(10000.0), "b": "x"}, path)
+    raw = path.read_bytes()
+    damaged = {"cut_in_frame_header": raw[:9], "cut_before_stop": raw[:-8],
+               "bad_opcode": raw[:-1] + b"\xff"}
+    for label, data in damaged.items():
+        bad = tmp_path / f"{label}.pkl"
+        bad.write_bytes(data)
+        with pytest.raises(CorruptFileError, match=re.escape(str(bad))):
+            load(bad)
+    # a memory map of a file cut inside an array's bytes
+    bad = tmp_path / "cut_in_array.pkl"
+    bad.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(CorruptFileError, match=re.escape(str(bad))):
+        load(bad, mmap_mode="r")
 
 
 # -- scikit-learn ---------------------------------------------------------------------

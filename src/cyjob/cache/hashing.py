@@ -13,11 +13,15 @@ serialisation would depend on chance by a canonical stand-in:
 - numpy arrays without Python objects by ``(class, dtype, shape, strides)``
   and the xxh3_128 digest of their raw memory, taken in place (no copy for
   C- or F-contiguous arrays; xxhash releases the GIL while it reads), as
-  joblib hashes them.
+  joblib hashes them; subclasses with a reduction of their own (masked
+  arrays) are pickled as they say, so that their extra state (the mask)
+  enters the hash.
 
 The equivalence classes are joblib.hash's (its test_hashing.py cases), with
-two flaws fixed: a frozenset's hash does not depend on the hash seed, and
-equal values hash equally whatever object sharing they have (joblib #1283).
+three flaws fixed: a frozenset's hash does not depend on the hash seed,
+equal values hash equally whatever object sharing they have (joblib #1283),
+and a masked array's mask counts (joblib ignores it, and fails on masked
+arrays of items wider than a byte).
 The hex values themselves differ from joblib's (another serialiser and
 another hash function).
 """
@@ -71,7 +75,7 @@ def _canonical_pid(obj, coerce_mmap=False):
     if kind is set or kind is frozenset:
         return (kind.__name__, _canonical(obj))
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+    if np is not None and isinstance(obj, np.ndarray) and _raw_memory_is_whole(obj, np):
         return _array_pid(obj, np, coerce_mmap)
     if isinstance(obj, dict):
         # OrderedDict, defaultdict, ...: as joblib, the items in canonical
@@ -84,6 +88,17 @@ def _canonical_pid(obj, coerce_mmap=False):
     if isinstance(obj, (set, frozenset)):
         return ("set-like", kind, _canonical(obj), getattr(obj, "__dict__", None))
     return None
+
+
+def _raw_memory_is_whole(obj, np):
+    """True if ``(class, dtype, shape, strides)`` and the raw memory are all
+    of the array: no Python objects in it, and a class that pickles as a
+    plain ndarray does (memmap, matrix, recarray ...).  A class with its own
+    reduction keeps more state (a masked array's mask, whose memory does
+    not even match the data's layout): it is pickled as it says."""
+    kind = type(obj)
+    return (not obj.dtype.hasobject and kind.__reduce__ is np.ndarray.__reduce__
+            and kind.__reduce_ex__ is np.ndarray.__reduce_ex__)
 
 
 def _array_pid(obj, np, coerce_mmap):
@@ -109,7 +124,7 @@ _FILTER_COERCE = PidFilter(lambda obj: _canonical_pid(obj, True))
 
 def _arrays_only_pid(obj, coerce_mmap=False):
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+    if np is not None and isinstance(obj, np.ndarray) and _raw_memory_is_whole(obj, np):
         return _array_pid(obj, np, coerce_mmap)
     return None
 

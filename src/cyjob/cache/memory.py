@@ -9,13 +9,17 @@ version (its code, defaults and helpers, see ``invalidation``) is checked
 once per process and per cached function, not per call.
 """
 
+import datetime
 import functools
 import inspect
 import logging
+import numbers
 import os
 import sys
 import time
+import types
 import warnings
+from collections.abc import Mapping
 from pprint import pformat
 
 import xxhash
@@ -86,6 +90,17 @@ def _func_id(func):
     return os.path.join(*parts, name.replace("/", "_"))
 
 
+def _is_callable_object(obj):
+    """An instance of a Python class with a ``__call__`` method, other than
+    a decorator's wrapper (``__wrapped__``: the function it wraps is what
+    the function's id and version name, and it often pickles only by that
+    function's name, which the wrapper has taken)."""
+    return (not isinstance(obj, (type, types.FunctionType, types.MethodType,
+                                 types.BuiltinFunctionType, functools.partial))
+            and isinstance(getattr(type(obj), "__call__", None), types.FunctionType)
+            and not hasattr(obj, "__wrapped__"))
+
+
 class _Binder:
     """Turns a call's (args, kwargs) into the object whose hash keys it:
     the parameter values in signature order, defaults applied, ignored
@@ -97,15 +112,33 @@ class _Binder:
         self.ignore = frozenset(ignore)
         self.prefix = ()
         target = func
+        inner = func  # what the call runs: a partial's function
         if isinstance(func, functools.partial):
             self.prefix += (func.args, sorted(func.keywords.items()))
-        if inspect.ismethod(func):
-            self.prefix += (func.__self__,)  # by value, as joblib
+            inner = func.func
+        bound_name = None  # a bound method's first parameter ('self', 'cls')
+        if inspect.ismethod(inner):
+            try:
+                bound_name = next(iter(inspect.signature(inner.__func__).parameters), None)
+            except (TypeError, ValueError):
+                pass
+            if bound_name is None or bound_name not in self.ignore:
+                self.prefix += (inner.__self__,)  # by value, as joblib
+        elif _is_callable_object(inner):
+            # Its __call__ is a method bound to it: its state is an argument
+            # (the function's id only names its class, Mul(2) and Mul(3)
+            # must not share entries).
+            self.prefix += (inner,)
         try:
             self.sig = inspect.signature(target)
         except (TypeError, ValueError):
             self.sig = None
+        # The bound instance can be ignored as joblib allows it (the pattern
+        # ``memory.cache(self.method, ignore=['self'])``): its name is not in
+        # the bound method's signature.
         names = [] if self.sig is None else list(self.sig.parameters)
+        if bound_name is not None:
+            names.append(bound_name)
         for name in self.ignore:
             if self.sig is not None and name not in names:
                 raise ValueError("Ignore list: argument '%s' is not defined for function %s"
@@ -719,6 +752,10 @@ class Memory:
         self.compress = compress
         self.bytes_limit = bytes_limit
         bytes_from_limit(bytes_limit)
+        if backend_options is not None and not isinstance(backend_options, Mapping):
+            # dict() would take a list of pairs, or fail naming no parameter.
+            raise TypeError("backend_options must be a dict or None, got %r"
+                            % (backend_options,))
         self.backend_options = dict(backend_options or {})
         if compress and mmap_mode is not None:
             warnings.warn("Compressed results cannot be memmapped", stacklevel=2)
@@ -755,6 +792,13 @@ class Memory:
         if cache_validation_callback is not None and not callable(cache_validation_callback):
             raise ValueError("cache_validation_callback needs to be callable. "
                              f"Got {cache_validation_callback}.")
+        # Checked here as Memory() checks its own: else the first call fails
+        # comparing it with an int, deep in the cached call.
+        if verbose is not None and not isinstance(verbose, numbers.Integral):
+            raise TypeError("verbose must be an int or None, got %r" % (verbose,))
+        if func is not None and not callable(func):
+            # Else accepted, and the first call fails after making its folder.
+            raise TypeError("func must be callable, got %r" % (func,))
         if func is None:
             return functools.partial(self.cache, ignore=ignore, mmap_mode=mmap_mode,
                                      verbose=verbose,
@@ -801,6 +845,7 @@ class Memory:
         """
         if bytes_limit is None:
             bytes_limit = self.bytes_limit
+        _check_reduce_limits(bytes_limit, items_limit, age_limit)
         if self.store_backend is None:
             return
         if bytes_limit is None and items_limit is None and age_limit is None:
@@ -827,6 +872,23 @@ class Memory:
         return state
 
 
+def _check_reduce_limits(bytes_limit, items_limit, age_limit):
+    """reduce_size's limits, checked before any entry goes: a bad value
+    must not delete entries (items_limit=-1 would drop them all) nor fail
+    half-way with an internal error."""
+    bytes_from_limit(bytes_limit)
+    if items_limit is not None:
+        if isinstance(items_limit, bool) or not hasattr(items_limit, "__index__"):
+            raise TypeError("items_limit must be an int or None, got %r" % (items_limit,))
+        if items_limit < 0:
+            raise ValueError("items_limit must be >= 0, got %r" % (items_limit,))
+    if age_limit is not None and not isinstance(age_limit, datetime.timedelta):
+        raise TypeError("age_limit must be a datetime.timedelta or None, got %r"
+                        % (age_limit,))
+    if age_limit is not None and age_limit.total_seconds() < 0:
+        raise ValueError("age_limit has to be a positive timedelta, got %r" % (age_limit,))
+
+
 def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, hours=0,
                   weeks=0):
     """A ``cache_validation_callback`` that recomputes results older than
@@ -842,8 +904,6 @@ def expires_after(days=0, seconds=0, microseconds=0, milliseconds=0, minutes=0, 
     callable
         ``callback(metadata) -> bool``.
     """
-    import datetime
-
     delta = datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds,
                                milliseconds=milliseconds, minutes=minutes, hours=hours,
                                weeks=weeks)

@@ -310,11 +310,15 @@ def bytes_from_limit(limit, name="bytes_limit"):
     if isinstance(limit, str):
         units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
         try:
-            return int(units[limit[-1].upper()] * float(limit[:-1]))
-        except (KeyError, ValueError, IndexError) as exc:
+            # int() refuses 'nan' and 'inf' (ValueError, OverflowError).
+            size = int(units[limit[-1].upper()] * float(limit[:-1]))
+        except (KeyError, ValueError, IndexError, OverflowError) as exc:
             raise ValueError(
                 "Invalid literal for size give: %s (type %s) should be alike "
                 "'10G', '500M', '50K'." % (limit, type(limit))) from exc
+        if size < 0:  # '-1G': refused here, as -1 is, not at the first write
+            raise ValueError("%s must be >= 0, got %r" % (name, limit))
+        return size
     raise TypeError("%s must be an int, a str like '1G' or None, got %r" % (name, limit))
 
 

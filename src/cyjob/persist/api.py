@@ -1,8 +1,11 @@
 """``cyjob.dump`` and ``cyjob.load``: joblib's API over cyjob's file format."""
 
+import errno
 import io
+import numbers
 import os
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -39,6 +42,8 @@ def _compression(compress, filename):
         level = compress
     if level is False:
         level = 0
+    elif isinstance(level, numbers.Integral) and not isinstance(level, bool):
+        level = int(level)  # numpy's integers (np.bool_ is no Integral: still refused)
     if not isinstance(method, str) or method not in method_names():
         raise ValueError(f'Non valid compression method given: "{method}". Possible values '
                          f"are {method_names()}.")
@@ -137,14 +142,26 @@ def dump(value, filename, compress=0, protocol=None):
     if not is_path and not hasattr(filename, "write"):
         raise ValueError("Second argument should be a filename or a file-like object, "
                          f"{filename} (type {type(filename)}) was given.")
+    if isinstance(filename, io.TextIOBase):
+        raise TypeError(f"dump: {filename!r} is a text-mode file: open it in binary mode "
+                        "('wb')")
     if not is_path:
         _write(filename, value, method, level)
         return None
+    if not filename:
+        # (its directory would be the current one: the temporary file would be
+        # written whole before the rename onto "" failed)
+        raise FileNotFoundError(errno.ENOENT, "dump: filename is empty", filename)
     if os.path.isdir(filename):
         raise IsADirectoryError(f"dump: filename {filename!r} is a directory")
-    directory = os.path.dirname(os.path.abspath(filename))
+    # The file is written where a symlink points (as open() would write):
+    # that is the directory that must exist.
+    target = os.path.realpath(filename) if os.path.islink(filename) else filename
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"dump: the directory of {filename!r} does not exist")
+        through = f" (a symlink to {target!r})" if target != filename else ""
+        raise FileNotFoundError(f"dump: the directory of {filename!r}{through} does not "
+                                "exist")
     # Before writing: the space that killed dumps hold comes back first.
     sweep_beside(filename)
     with atomic_write(filename) as file:
@@ -290,7 +307,22 @@ def _read(file, name, filename, mmap_mode, native, policy):
 def _warn_compressed(mmap_mode, filename):
     if mmap_mode is not None and filename:
         warnings.warn(f'mmap_mode "{mmap_mode}" is not compatible with compressed file '
-                      f'{filename}. "{mmap_mode}" flag will be ignored.', stacklevel=5)
+                      f'{filename}. "{mmap_mode}" flag will be ignored.',
+                      stacklevel=_stacklevel_outside_persist())
+
+
+def _stacklevel_outside_persist():
+    """The ``stacklevel`` that makes a warning issued by this function's
+    caller point at the first frame outside ``cyjob.persist`` (load's
+    caller): the depth at which a file is found compressed varies with its
+    format and wrappers."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+            "cyjob.persist"):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=True,
@@ -357,6 +389,10 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
         filename = os.fspath(filename)
     if isinstance(filename, bytes):
         filename = os.fsdecode(filename)
+    if isinstance(filename, io.TextIOBase):
+        # (it would fail in the middle, on str where bytes are read)
+        raise TypeError(f"load: {filename!r} is a text-mode file: open it in binary mode "
+                        "('rb')")
     if hasattr(filename, "read"):
         name = _describe(filename, "")
         policy = None if trusted else Policy(allowed, name)

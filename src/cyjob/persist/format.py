@@ -28,6 +28,7 @@ on worker threads).  A reader checks every frame before decompressing it.
 import io
 import os
 import pickle
+import stat
 import struct
 import copyreg
 
@@ -304,7 +305,12 @@ def read(file, name, mmap_mode=None, path=None, unpickler=None, warn=None):
     """
     src = _Source(file, name)
     header = Header(src.read(HEADER_SIZE, "the cyjob header"), name)
+    left = _bytes_left(file)
+    if left is not None and 8 * header.n_buffers + 8 > left:
+        raise src.truncated("the buffer table")
     sizes = _read_table(src, header)
+    if left is not None:
+        _check_fits(src, header, sizes, left - (8 * header.n_buffers + 8))
     if header.codec is None:
         data = _read_plain(src, np.empty(header.pickle_size, np.uint8), header.chunk,
                            "the pickle stream")
@@ -329,6 +335,34 @@ def read(file, name, mmap_mode=None, path=None, unpickler=None, warn=None):
     if unpickler is None:
         return pickle.loads(data, buffers=buffers)
     return unpickler(io.BytesIO(data), buffers).load()
+
+
+def _bytes_left(file):
+    """The bytes from ``file``'s position to its end if it is a regular file
+    read directly, else None (a decompressing reader's position is not one
+    in the file under it)."""
+    if not isinstance(getattr(file, "raw", file), io.FileIO):
+        return None
+    try:
+        st = os.fstat(file.fileno())
+        return st.st_size - file.tell() if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _check_fits(src, header, sizes, left):
+    """Raise "truncated" if the blocks the header and table declare cannot
+    fit in the ``left`` bytes after the table: checked before the blocks are
+    allocated, since the sizes of a huge file cut short may exceed memory."""
+    blocks = [header.pickle_size] + sizes
+    if header.codec is None:  # raw, each followed by its checksum
+        need = sum(blocks) + 8 * len(blocks)
+    else:  # at least a frame header per piece
+        need = _FRAME.size * sum(-(-size // header.chunk) for size in blocks)
+    if need + len(END) > left:
+        raise CorruptFileError(f"{src.name} is truncated: its header and buffer table "
+                               f"describe at least {need + len(END)} more bytes, "
+                               f"{left} are left")
 
 
 def _mark_writable_mapped(path, header):

@@ -13,6 +13,7 @@ import io
 import lzma
 import os
 import pickle
+import struct
 import sys
 import warnings
 import zlib
@@ -20,6 +21,7 @@ import zlib
 import numpy as np
 
 from cyjob.persist.format import CorruptFileError
+from cyjob.persist.restricted import UntrustedTypeError
 
 #: joblib's magic numbers, by compressor.
 COMPRESSED_PREFIXES = [
@@ -172,6 +174,12 @@ class NumpyArrayWrapper:
         if alignment is not None:
             offset += _read(fh, 1, unpickler)[0] + 1
         mode = "r+" if unpickler.mmap_mode == "w+" else unpickler.mmap_mode
+        count = 1
+        for n in shape:
+            count *= n
+        if offset + count * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+            # (np.memmap would say only "mmap length is greater than file size")
+            raise CorruptFileError(f"{unpickler.name} is truncated: it ends in array data")
         array = np.memmap(unpickler.filename, dtype=dtype, shape=shape, order=order,
                           mode=mode, offset=offset)
         fh.seek(offset + array.nbytes)
@@ -257,6 +265,14 @@ _WRAPPERS = {"NumpyArrayWrapper": NumpyArrayWrapper, "NDArrayWrapper": NDArrayWr
              "ZNDArrayWrapper": ZNDArrayWrapper}
 
 
+class _Opcodes(dict):
+    """The pure-Python unpickler's opcode table: a byte that is no opcode
+    raises UnpicklingError (as the C unpickler does), not a bare KeyError."""
+
+    def __missing__(self, code):
+        raise pickle.UnpicklingError(f"invalid load key, {bytes([code])!r}")
+
+
 class JoblibUnpickler(pickle._Unpickler):
     """Reads joblib's pickle stream: wrappers become arrays as they are built.
 
@@ -264,7 +280,7 @@ class JoblibUnpickler(pickle._Unpickler):
     stream right after each wrapper, and only it lets us read them there.)
     """
 
-    dispatch = pickle._Unpickler.dispatch.copy()
+    dispatch = _Opcodes(pickle._Unpickler.dispatch)
 
     def __init__(self, file, name, filename="", mmap_mode=None,
                  ensure_native_byte_order=True, policy=None):
@@ -290,7 +306,7 @@ class JoblibUnpickler(pickle._Unpickler):
         if isinstance(self.stack[-1], (NumpyArrayWrapper, NDArrayWrapper)):
             self.stack[-1] = self.stack[-1].read(self)
 
-    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _deprecated(filename):
@@ -318,6 +334,13 @@ def read(file, name, filename="", mmap_mode=None, ensure_native_byte_order=True,
     except STREAM_ERRORS as exc:
         if not is_stream_error(exc):
             raise
+        raise CorruptFileError(f"{name} is truncated or corrupt: {exc}") from exc
+    except UntrustedTypeError:
+        raise
+    except (struct.error, pickle.UnpicklingError) as exc:
+        # What the unpickler raises on a stream cut short (a frame or an
+        # argument shorter than its length says) or holding a byte that is
+        # no opcode: a joblib file carries no checksum to say it first.
         raise CorruptFileError(f"{name} is truncated or corrupt: {exc}") from exc
     if unpickler.compat_mode and method != "compat":
         _deprecated(filename)
