@@ -364,6 +364,15 @@ def test_inconsistent_hints_are_a_value_error(kwargs):
         Parallel(**kwargs)
 
 
+@pytest.mark.parametrize("backend", [3, 2.5, object(), b"threading"], ids=repr)
+def test_a_backend_of_the_wrong_type_is_a_value_error_as_in_joblib(backend):
+    # joblib: ValueError("Invalid backend: 3, expected one of [...]").
+    with pytest.raises(ValueError, match="Invalid backend"):
+        Parallel(n_jobs=2, backend=backend)
+    with pytest.raises(ValueError, match="Invalid backend"):
+        cyjob.parallel_config(backend=backend)
+
+
 # --------------------------------------------------------------------------
 # warnings
 

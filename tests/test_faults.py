@@ -477,6 +477,80 @@ def test_huge_pre_dispatch_means_all(pre_dispatch, backend):
     assert parallel(delayed(abs)(-i) for i in range(50)) == list(range(50))
 
 
+# A batch size beyond any input means "the whole input in one batch" (joblib
+# takes up to sys.maxsize): never a hang, an empty result or an OverflowError.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name, size", [
+    ("batch_size", 2**62), ("batch_size", 2**63 - 1), ("batch_size", 10**30),
+    ("max_batch_size", 2**63 - 1), ("max_batch_size", 10**30),
+])
+@pytest.mark.parametrize("lazy", [False, True], ids=["list", "generator"])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_huge_batch_size_takes_the_whole_input(name, size, lazy, n_jobs):
+    tasks = (delayed(abs)(-i) for i in range(50))
+    if not lazy:
+        tasks = list(tasks)
+    parallel = Parallel(n_jobs=n_jobs, backend="threading", **{name: size})
+    assert parallel(tasks) == list(range(50))
+
+
+# --------------------------------------------------------------------------
+# the system refuses a worker thread
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["Parallel", "lazy pool"])
+def test_a_thread_the_system_refuses_fails_the_call_and_leaks_no_worker(how):
+    """When the system refuses a new thread (limits on threads or memory),
+    starting the workers fails with threading's RuntimeError; the workers
+    already started do not stay behind unused (Parallel), or stay usable in
+    their pool (a pool that starts its threads as needed, as the default
+    backend's); later calls work once the limit is lifted, and the
+    interpreter exits cleanly (no join of a thread never started)."""
+    code = """
+        import resource, sys, threading, time
+        from cyjob import Parallel, delayed
+        from cyjob._pool import ThreadPool
+
+        def start_40_workers():
+            if sys.argv[1] == "Parallel":
+                Parallel(n_jobs=40, backend="threading")(delayed(abs)(-i) for i in range(400))
+            else:
+                pool.start_threads()
+
+        pool = ThreadPool(40, name="lazy", start=0)
+        baseline = threading.active_count()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        # 40 stacks of 256 MB never fit in 3 GB of address space.
+        threading.stack_size(256 * 2**20)
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, hard))
+        try:
+            start_40_workers()
+        except RuntimeError as exc:
+            print("refused:", exc)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        threading.stack_size(0)
+        if sys.argv[1] == "Parallel":
+            deadline = time.monotonic() + 10  # (workers told to stop take a moment)
+            while threading.active_count() > baseline and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print("idle workers left:", threading.active_count() - baseline)
+        else:
+            print("pool alive:", pool.alive(), len(pool.threads) == threading.active_count() - baseline)
+        start_40_workers()
+        print("later call:", threading.active_count() - baseline == 40)
+    """
+    proc = run_script(code, how, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: can't start new thread" in proc.stdout, proc.stdout + proc.stderr
+    if how == "Parallel":
+        assert "idle workers left: 0" in proc.stdout, proc.stdout
+    else:
+        assert "pool alive: True True" in proc.stdout, proc.stdout
+    assert "later call: True" in proc.stdout, proc.stdout
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
 # --------------------------------------------------------------------------
 # beyond joblib: /dev/shm folders of killed callers
 

@@ -233,6 +233,23 @@ def test_tiny_batches_run_inline(capsys, fresh_memo):
     assert max(names.count(name) for name in set(names)) >= 15000
 
 
+def _tasks_then_input_error(n_tasks):
+    for x in range(n_tasks):
+        yield joblib.delayed(tiny_where)(x)
+    raise RuntimeError("the input broke")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pre_dispatch", ["all", "2*n_jobs"])
+def test_an_error_of_the_input_is_raised_when_every_batch_ran_inline(fresh_memo, pre_dispatch):
+    """Batches run inline are done before joblib's retrieval loop starts; an
+    error raised by the input must still reach the caller, not an empty list."""
+    memo.put(tiny_where, ("inline", 1e3, 1e3))
+    with pytest.raises(RuntimeError, match="the input broke"):
+        joblib.Parallel(n_jobs=2, backend="cyjob", pre_dispatch=pre_dispatch)(
+            _tasks_then_input_error(50))
+
+
 @pytest.mark.parametrize("hint, where", [({"require": "sharedmem"}, "threads"),
                                          ({"prefer": "threads"}, "threads"),
                                          ({"prefer": "processes"}, "processes")])

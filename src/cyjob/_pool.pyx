@@ -268,7 +268,13 @@ cdef class ThreadPool:
         self.name = name
         self.threads = []
         self.workers = []
-        self.start_threads(n_threads if start is None else start)
+        try:
+            self.start_threads(n_threads if start is None else start)
+        except BaseException:
+            # Nobody gets this pool: stop the workers it did start, or they
+            # would wait for work forever.
+            self.shutdown(wait=False)
+            raise
 
     def start_threads(self, Py_ssize_t n=-1):
         """Start threads until ``n`` (default: ``n_threads``) have started.
@@ -291,7 +297,15 @@ cdef class ThreadPool:
         # thread must not leave a running worker the pool does not know.
         self.workers.append(w)
         self.threads.append(w.thread)
-        w.thread.start()
+        try:
+            w.thread.start()
+        except RuntimeError:
+            # The system refused the thread (a limit on threads or memory):
+            # it never ran, so the pool must not count it (alive() would stay
+            # False, and shutdown would join a thread never started).
+            self.workers.pop()
+            self.threads.pop()
+            raise
         return 0
 
     cdef int watch_abandoned(self) except -1:

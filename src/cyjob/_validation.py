@@ -44,12 +44,18 @@ def check_n_jobs(n_jobs):
     return n_jobs
 
 
+# Tasks per batch at most: no input is that long, so a larger size means
+# "the whole input", and the core's Py_ssize_t arithmetic on sizes (3 list
+# items per task) cannot overflow into a negative or empty batch.
+BATCH_SIZE_MAX = 1 << 40
+
+
 def check_batch_size(batch_size):
     if batch_size == "auto":
         return 0
     if not _is_int(batch_size) or batch_size <= 0:
         raise ValueError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return min(int(batch_size), BATCH_SIZE_MAX)
 
 
 def check_max_batch_size(max_batch_size):
@@ -57,7 +63,7 @@ def check_max_batch_size(max_batch_size):
         return None
     if not _is_int(max_batch_size) or max_batch_size <= 0:
         raise ValueError(f"max_batch_size must be None or a positive integer, got {max_batch_size!r}")
-    return int(max_batch_size)
+    return min(int(max_batch_size), BATCH_SIZE_MAX)
 
 
 def check_choice(name, value, choices):

@@ -46,6 +46,7 @@ that makes it.
 This module imports joblib; ``import cyjob`` does not.
 """
 
+import contextlib
 import threading
 import time
 import types
@@ -595,6 +596,23 @@ class CyjobBackend(ParallelBackendBase):
             raise chain_remote_traceback(error, traceback_text(error))
         result, out.result = out.result, None
         return result
+
+    @contextlib.contextmanager
+    def retrieval_context(self):
+        """Raise an error joblib already recorded before its retrieval loop.
+
+        joblib 1.6 raises a failed batch, or an error of the input iterator
+        (which it records as a failed batch of no tasks), only from inside
+        its retrieval loop, and with ``pre_dispatch="all"`` it skips that
+        loop when every dispatched task is done: the call then returned an
+        empty list, the error lost.  Batches run inline are all done by then.
+        """
+        parallel = self.parallel
+        if parallel is not None and getattr(parallel, "_aborting", False):
+            raise_recorded_error = getattr(parallel, "_raise_error_fast", None)
+            if raise_recorded_error is not None:
+                raise_recorded_error()
+        yield
 
     def start_call(self):
         """Drop tasks joblib sliced for an earlier call that failed.

@@ -99,6 +99,13 @@ def _multiprocessing_context(backend):
     return isinstance(backend, multiprocessing.context.BaseContext)
 
 
+def _not_a_backend(backend):
+    # A ValueError, as joblib raises for any backend it cannot resolve
+    # (Parallel(backend=3)): callers catch that one.
+    return ValueError(f"Invalid backend: {backend!r} (a {type(backend).__name__}), expected a "
+                      f"name, one of {sorted(BACKENDS)}, or a backend instance")
+
+
 def check_backend(backend):
     """ValueError/TypeError now for what ``get_backend`` could never resolve
     (``parallel_config`` checks its backend without building it)."""
@@ -107,7 +114,7 @@ def check_backend(backend):
     if isinstance(backend, Backend) or is_joblib_backend(backend) or _multiprocessing_context(backend):
         return
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+        raise _not_a_backend(backend)
     if backend not in BACKENDS and joblib_factory(backend) is None:
         raise ValueError(f"Invalid backend: {backend!r}, expected one of {sorted(BACKENDS)}")
 
@@ -128,7 +135,7 @@ def get_backend(backend, **backend_params):
             return JoblibAPIBackend(backend, backend_params)
         if _multiprocessing_context(backend):
             return get_backend("multiprocessing", **backend_params)
-        raise TypeError(f"backend must be a string or a cyjob Backend, got {type(backend).__name__}")
+        raise _not_a_backend(backend)
     factory = BACKENDS.get(backend)
     if factory is None:
         from cyjob.backends.joblib_api import joblib_factory
