@@ -149,6 +149,24 @@ def test_prefer_and_require_hints_run_the_tasks(backend, hints):
         delayed(ident)(i) for i in range(50)) == list(range(50))
 
 
+# (kwargs of Parallel, kwargs of parallel_config): libraries read Parallel.n_jobs.
+N_JOBS_CASES = [
+    ({}, {}), ({"n_jobs": None}, {}), ({"n_jobs": 3}, {}), ({"n_jobs": -1}, {}),
+    ({"n_jobs": "2"}, {}), ({}, {"n_jobs": 3}), ({"n_jobs": None}, {"n_jobs": 3}),
+    ({"n_jobs": 2}, {"n_jobs": 3}), ({}, {"n_jobs": None}), ({}, {"backend": "threading"}),
+    ({"backend": "sequential"}, {}), ({"backend": "loky"}, {}),
+]
+
+
+@pytest.mark.parametrize("kwargs, config", N_JOBS_CASES, ids=repr)
+def test_n_jobs_attribute_matches_joblib(kwargs, config):
+    # joblib: an n_jobs given nowhere is the backend's default_n_jobs (1).
+    with parallel_config(**config), joblib.parallel_config(**config):
+        ours, theirs = Parallel(**kwargs), joblib.Parallel(**kwargs)
+        assert ours.n_jobs == theirs.n_jobs
+        assert repr(ours) == repr(theirs)
+
+
 def test_require_sharedmem_shares_memory():
     box = []
     Parallel(n_jobs=2, require="sharedmem", batch_size=1)(delayed(box.append)(i) for i in range(20))

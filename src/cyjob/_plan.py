@@ -31,7 +31,7 @@ class Plan(NamedTuple):
     config applied, as joblib names them; the rest is derived.
     """
 
-    n_jobs: Optional[int]
+    n_jobs: int                     #: as given or configured, else the backend's default_n_jobs
     backend: Any                    #: the Backend instance
     n_workers: int                  #: the backend's workers for n_jobs
     return_as: str
@@ -137,6 +137,10 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         check.MMAP_MODES)
     explicit_backend = None if is_default(backend) else backend
     chosen = _choose_backend(explicit_backend, prefer, require, backend_kwargs, config)
+    if n_jobs is None:
+        # Given nowhere: the backend's default, as joblib resolves it (its
+        # Parallel.n_jobs is never None).
+        n_jobs = chosen.default_n_jobs
     plan = Plan(
         n_jobs=n_jobs, backend=chosen, n_workers=chosen.effective_n_jobs(n_jobs),
         return_as=return_as, verbose=verbose, timeout=timeout,

@@ -20,6 +20,9 @@ class Backend:
     name = "base"
     #: Tasks share the caller's memory (``require="sharedmem"`` is allowed).
     supports_sharedmem = False
+    #: ``Parallel.n_jobs`` when neither the call nor ``parallel_config`` gives
+    #: one (joblib's attribute of the same name: libraries read ``n_jobs``).
+    default_n_jobs = 1
 
     def __init__(self, **backend_params):
         self.backend_params = backend_params

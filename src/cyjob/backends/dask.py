@@ -275,6 +275,7 @@ class DaskBackend(Backend):
 
     name = "dask"
     supports_sharedmem = False
+    default_n_jobs = -1  # every thread of the cluster, as joblib's dask backend
 
     def __init__(self, client=None, wait_for_workers_timeout=10.0, **submit_kwargs):
         super().__init__(client=client, wait_for_workers_timeout=wait_for_workers_timeout,
