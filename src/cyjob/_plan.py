@@ -150,7 +150,8 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         # Parallel.n_jobs is never None).
         n_jobs = chosen.default_n_jobs
     plan = Plan(
-        n_jobs=n_jobs, backend=chosen, n_workers=chosen.effective_n_jobs(n_jobs),
+        n_jobs=n_jobs, backend=chosen,
+        n_workers=check.check_n_workers(chosen.effective_n_jobs(n_jobs), n_jobs),
         return_as=return_as, verbose=verbose, timeout=timeout,
         pre_dispatch=pre_dispatch, window=window,
         batch_size=batch_size, fixed_batch_size=fixed_batch_size, max_batch_size=max_batch_size,
