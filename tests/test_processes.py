@@ -445,6 +445,16 @@ def test_max_nbytes_temp_folder_and_mode(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_joblib_temp_folder_variable_is_the_default_temp_folder(tmp_path, monkeypatch):
+    # joblib's documented order for temp_folder=None: JOBLIB_TEMP_FOLDER,
+    # then /dev/shm, then the system temp dir.
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path))
+    a = np.ones(300_000)
+    out = P()(delayed(describe_array)(a) for _ in range(2))
+    assert {f.startswith(str(tmp_path) + os.sep) for _, _, f, _ in out} == {True}
+    assert os.listdir(tmp_path) == []
+
+
 def test_file_backed_memmap_is_shared_not_copied(tmp_path):
     path = str(tmp_path / "data.bin")
     m = np.memmap(path, dtype=np.float64, mode="w+", shape=(1000,))

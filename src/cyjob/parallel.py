@@ -58,8 +58,10 @@ class Parallel:
     temp_folder, max_nbytes, mmap_mode
         Large-array sharing for process backends: numpy arrays over
         ``max_nbytes`` (default "1M", None: never) are written once per call
-        to ``temp_folder`` (default /dev/shm when it has room) and reach the
-        workers as ``np.memmap`` opened with ``mmap_mode`` (default "r").
+        to ``temp_folder`` (default: the JOBLIB_TEMP_FOLDER environment
+        variable, else /dev/shm when it has room, else the system temp dir)
+        and reach the workers as ``np.memmap`` opened with ``mmap_mode``
+        (default "r").
     prefer : {"threads", "processes", None}
         Soft hint for the default backend.
     require : {"sharedmem", None}

@@ -75,8 +75,9 @@ class CallMemory:
     max_nbytes : int or None
         Arrays with more bytes than this are memory-mapped; None disables it.
     temp_folder : str or None
-        Where to create the call's folder; None means /dev/shm when it has
-        room, else the system temp dir.
+        Where to create the call's folder; None means the JOBLIB_TEMP_FOLDER
+        environment variable if set, else /dev/shm when it has room, else
+        the system temp dir (joblib's order).
     mmap_mode : {"r", "r+", "c", "w+", None}
         Mode the workers open dumped arrays with; None disables memmapping.
     """
@@ -160,6 +161,9 @@ class CallMemory:
 
     def _make_folder(self, nbytes):
         base = self.temp_folder
+        if base is None:
+            # joblib's documented first choice for temp_folder=None.
+            base = os.environ.get("JOBLIB_TEMP_FOLDER") or None
         if base is None:
             if os.path.isdir(SHM_DIR) and _free_bytes(SHM_DIR) >= nbytes + SHM_MIN_FREE:
                 base = SHM_DIR
