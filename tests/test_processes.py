@@ -455,6 +455,18 @@ def test_joblib_temp_folder_variable_is_the_default_temp_folder(tmp_path, monkey
     assert os.listdir(tmp_path) == []
 
 
+def test_temp_folder_under_home_is_expanded(tmp_path, monkeypatch):
+    # joblib expands "~" (os.path.expanduser); a literal "~" folder in the
+    # current directory is not what the user asked for.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    a = np.ones(300_000)
+    out = P(temp_folder="~/scratch")(delayed(describe_array)(a) for _ in range(2))
+    assert {os.path.dirname(os.path.dirname(f)) for _, _, f, _ in out} == {
+        str(tmp_path / "home" / "scratch")}
+    assert not os.path.exists(tmp_path / "~")
+
+
 def test_file_backed_memmap_is_shared_not_copied(tmp_path):
     path = str(tmp_path / "data.bin")
     m = np.memmap(path, dtype=np.float64, mode="w+", shape=(1000,))

@@ -169,7 +169,9 @@ class CallMemory:
                 base = SHM_DIR
             else:
                 base = tempfile.gettempdir()
-        base = os.fspath(base)
+        # "~/scratch" is under the home directory, as joblib reads it (not a
+        # folder named "~" in the current directory).
+        base = os.path.expanduser(os.fspath(base))
         os.makedirs(base, exist_ok=True)
         if base not in _swept:
             _swept.add(base)
