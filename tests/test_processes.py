@@ -467,6 +467,20 @@ def test_temp_folder_under_home_is_expanded(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "~")
 
 
+@pytest.mark.parametrize("make_folder", [
+    lambda tmp: str(tmp / "a_file"), lambda tmp: str(tmp / "a_file" / "below"),
+], ids=["a file", "below a file"])
+def test_unusable_temp_folder_is_named_not_blamed_on_the_argument(tmp_path, make_folder):
+    (tmp_path / "a_file").write_text("")
+    folder = make_folder(tmp_path)
+    a = np.ones(300_000)
+    with pytest.raises(OSError, match="temp_folder") as info:
+        P(temp_folder=folder)(delayed(describe_array)(a) for _ in range(2))
+    assert "cannot be pickled" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    assert P()(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
 def test_file_backed_memmap_is_shared_not_copied(tmp_path):
     path = str(tmp_path / "data.bin")
     m = np.memmap(path, dtype=np.float64, mode="w+", shape=(1000,))

@@ -13,7 +13,7 @@ from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
 from cyjob._cpus import cpu_count
-from cyjob.exceptions import PoolShutdownError
+from cyjob.exceptions import PoolShutdownError, TempFolderError
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -167,6 +167,8 @@ def _pickle_tasks(batch, memory, called_as=None):
     argument that cannot be pickled."""
     try:
         return dumps((called_as, batch.tasks), sharedmem.TaskPickler, memory)
+    except TempFolderError:
+        raise  # the folder's fault, which it names: no argument to blame
     except Exception as exc:
         where = _find_unpicklable(batch, memory)
         # "the task to send": joblib's (loky's) words, which code matches on.

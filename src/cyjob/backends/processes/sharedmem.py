@@ -28,6 +28,8 @@ import weakref
 
 import cloudpickle
 
+from cyjob.exceptions import TempFolderError
+
 SHM_DIR = "/dev/shm"
 # /dev/shm is used only with this much room left after the array (joblib's
 # threshold): a full tmpfs makes writes fail with SIGBUS in the workers.
@@ -146,17 +148,25 @@ class CallMemory:
         return (open_memmap, (m.filename, a.dtype, mode, offset, a.shape, order))
 
     def _dump(self, a, np):
-        if self.folder is None:
-            self.folder = self._make_folder(a.nbytes)
         if a.flags.c_contiguous:
             order, flat = "C", a.reshape(-1)
         elif a.flags.f_contiguous:
             order, flat = "F", a.T.reshape(-1)
         else:
             order, flat = "C", np.ascontiguousarray(a).reshape(-1)
-        fd, path = tempfile.mkstemp(suffix=".mmap", dir=self.folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(flat.view(np.uint8).data)
+        try:
+            if self.folder is None:
+                self.folder = self._make_folder(a.nbytes)
+            fd, path = tempfile.mkstemp(suffix=".mmap", dir=self.folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(flat.view(np.uint8).data)
+        except OSError as exc:
+            where = self.folder or self.temp_folder or "the default temp folder"
+            raise TempFolderError(
+                exc.errno, f"temp_folder: cannot write a numpy argument of {a.nbytes} bytes "
+                f"to {where!r} to memory-map it for the workers ({exc.strerror or exc}); "
+                "give a writable temp_folder, or max_nbytes=None to send arrays "
+                "pickled") from exc
         return (open_memmap, (path, a.dtype, self.mmap_mode, 0, a.shape, order))
 
     def _make_folder(self, nbytes):
