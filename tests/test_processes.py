@@ -455,6 +455,15 @@ def test_joblib_temp_folder_variable_is_the_default_temp_folder(tmp_path, monkey
     assert os.listdir(tmp_path) == []
 
 
+def test_temp_folder_given_as_bytes_or_a_path_object(tmp_path):
+    # Both pass Parallel's check of temp_folder: both must work.
+    a = np.ones(300_000)
+    for folder in (os.fsencode(tmp_path), tmp_path):
+        out = P(temp_folder=folder)(delayed(describe_array)(a) for _ in range(2))
+        assert {os.path.dirname(os.path.dirname(f)) for _, _, f, _ in out} == {str(tmp_path)}
+    assert os.listdir(tmp_path) == []
+
+
 def test_temp_folder_under_home_is_expanded(tmp_path, monkeypatch):
     # joblib expands "~" (os.path.expanduser); a literal "~" folder in the
     # current directory is not what the user asked for.

@@ -181,7 +181,9 @@ class CallMemory:
                 base = tempfile.gettempdir()
         # "~/scratch" is under the home directory, as joblib reads it (not a
         # folder named "~" in the current directory).
-        base = os.path.expanduser(os.fspath(base))
+        # (fsdecode: a bytes path, which Parallel accepts, as mkdtemp's
+        # str prefix needs.)
+        base = os.path.expanduser(os.fsdecode(base))
         os.makedirs(base, exist_ok=True)
         if base not in _swept:
             _swept.add(base)
