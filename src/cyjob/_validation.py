@@ -182,7 +182,7 @@ def check_max_nbytes(max_nbytes):
             if text and text[-1] in _UNITS:
                 return int(float(text[:-1]) * _UNITS[text[-1]])
             return int(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # "infM": int() of an infinite float
             pass
     raise ValueError(f"max_nbytes must be None, an int or a string like '1M', got {max_nbytes!r}")
 
