@@ -297,6 +297,32 @@ def test_dead_worker_raises_terminated_worker_error(func, args, expected):
     assert P()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+@pytest.mark.timeout(60)
+def test_initializer_that_fails_does_not_fork_workers_in_a_loop(tmp_path):
+    # Each worker started appends a line, then fails in its initializer.
+    starts = tmp_path / "starts"
+    out = run_script("""
+        import sys, time
+        from cyjob import Parallel, TerminatedWorkerError, delayed
+        def failing_init(path):
+            with open(path, "a") as f:
+                f.write("start\\n")
+            raise ValueError("initializer failed on purpose")
+        for _ in range(2):  # the second call, with the same initializer, fails too
+            try:
+                Parallel(n_jobs=2, backend="loky", initializer=failing_init,
+                         initargs=(sys.argv[1],))(delayed(abs)(-i) for i in range(4))
+            except TerminatedWorkerError:
+                print("failed", flush=True)
+            time.sleep(1)  # idle: workers that die as they start are not replaced forever
+        print(Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(4)))
+    """, starts)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["failed", "failed", "[0, 1, 2, 3]"]
+    n_starts = len(starts.read_text().split())
+    assert n_starts <= 20, f"{n_starts} workers started"
+
+
 def test_worker_killed_while_idle_is_replaced():
     # The next call comes at once: whether or not the pool has heard of the
     # deaths yet, a batch no dead worker received goes to a live one (a
