@@ -471,6 +471,23 @@ def test_max_nbytes_temp_folder_and_mode(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def sum_after_nap(a, seconds):
+    time.sleep(seconds)
+    return float(a.sum())
+
+
+def test_generator_of_a_with_block_still_reads_its_arrays_after_the_block(tmp_path):
+    # The block's arrays stay dumped until it ends; a generator call still
+    # running then keeps them until it finishes (it has batches in flight
+    # that refer to them), and nothing is left after.
+    a = np.ones(300_000)
+    with P(return_as="generator", temp_folder=str(tmp_path)) as parallel:
+        results = parallel(delayed(sum_after_nap)(a, 0.2) for _ in range(6))
+        assert next(results) == 300_000.0
+    assert list(results) == [300_000.0] * 5
+    assert os.listdir(tmp_path) == []
+
+
 def test_joblib_temp_folder_variable_is_the_default_temp_folder(tmp_path, monkeypatch):
     # joblib's documented order for temp_folder=None: JOBLIB_TEMP_FOLDER,
     # then /dev/shm, then the system temp dir.
