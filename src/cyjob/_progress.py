@@ -149,6 +149,19 @@ class ProgressBar:
             self.last_line, self.drawn = "", 0
         self.file.flush()
 
+    def close(self):
+        """End the bar where it stands, on a line of its own: a call that
+        fails or is closed early never sends the finished report that
+        closes it, and the traceback or the next output must not be
+        written after it on its line (nor tqdm's bar drawn again when
+        collected).  Does nothing once the bar is closed."""
+        if self.tqdm is not None:
+            self.tqdm.close()
+        elif self.drawn:
+            self.file.write("\n")
+            self.file.flush()
+            self.last_line, self.drawn = "", 0
+
     @staticmethod
     def line(done, total, elapsed, width=30):
         rate = done / elapsed if elapsed > 0 else 0.0
