@@ -270,6 +270,24 @@ def test_small_repeated_object_stays_inline(client, scatter_calls):
     assert scatter_calls == []
 
 
+def test_objects_listed_in_scatter_are_scattered_however_small(client, scatter_calls):
+    # joblib's option: parallel_config(backend="dask", scatter=[X, y]).
+    shared = list(range(10))
+    with parallel_config(backend="dask", scatter=[shared]):
+        out = Parallel(batch_size=1)(delayed(operator.getitem)(shared, i) for i in range(10))
+    assert out == shared
+    assert len(scatter_calls) == 1
+    assert scatter_calls[0][0] is shared
+    assert Parallel(backend="dask", scatter=(shared,), batch_size=1)(
+        delayed(len)(shared) for _ in range(3)) == [10] * 3
+    assert len(scatter_calls) == 2
+
+
+def test_scatter_must_be_a_list_or_a_tuple(client):
+    with pytest.raises(TypeError, match="scatter must be a list or a tuple"):
+        Parallel(backend="dask", scatter=np.ones(3))
+
+
 def test_scattered_data_is_released_after_the_call(client):
     assert wait_until(lambda: stored_keys(client) == 0)
     big = np.ones(300_000)
