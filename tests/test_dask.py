@@ -203,6 +203,20 @@ def test_timeout_raises_and_cancels_the_queued_batches(client):
     assert len(ran) < 20
 
 
+@pytest.mark.parametrize("option", ["bogus", "key", "scheduler_host"])
+def test_unknown_option_is_a_clear_error_before_any_task_runs(client, option):
+    ran = []
+    with parallel_config(backend="dask", **{option: "x"}):
+        with pytest.raises(TypeError, match=f"unexpected option.*'{option}'"):
+            Parallel()(delayed(ran.append)(x) for x in range(3))
+    assert ran == []
+
+
+def test_submit_options_reach_the_batches(client):
+    assert Parallel(backend="dask", retries=1, priority=5)(
+        delayed(square)(x) for x in range(5)) == [0, 1, 4, 9, 16]
+
+
 def test_no_client_is_a_clear_error():
     code = (
         "from cyjob import Parallel, delayed\n"

@@ -21,6 +21,7 @@ module only ships batches and brings results back:
 """
 
 import asyncio
+import inspect
 import pickle
 import traceback
 import uuid
@@ -57,6 +58,12 @@ RECENT_OBJECTS = 256
 # Types never worth scattering, however often they repeat.
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes, type)
 _NOT_LISTED = object()  # (None may be listed in scatter=[...])
+# The options of client.submit a call may set for its batches: any other
+# name would reach the batch function on the worker as a keyword argument
+# and fail there.  (cyjob sets key and pure itself; a batch is no actor.)
+SUBMIT_OPTIONS = frozenset(
+    name for name, param in inspect.signature(distributed.Client.submit).parameters.items()
+    if param.kind is param.KEYWORD_ONLY) - {"key", "pure", "actor", "actors"}
 
 
 def inside_dask_worker():
@@ -292,6 +299,14 @@ class DaskBackend(Backend):
                  **submit_kwargs):
         super().__init__(client=client, wait_for_workers_timeout=wait_for_workers_timeout,
                          scatter=scatter, **submit_kwargs)
+        unknown = sorted(set(submit_kwargs) - SUBMIT_OPTIONS)
+        if unknown:
+            hint = (" (joblib's scheduler_host: pass client=distributed.Client(address))"
+                    if "scheduler_host" in unknown else "")
+            raise TypeError(
+                f"backend='dask' got unexpected option(s) {', '.join(map(repr, unknown))}"
+                f"{hint}; it takes client, wait_for_workers_timeout, scatter and these "
+                f"options of client.submit: {', '.join(sorted(SUBMIT_OPTIONS))}")
         if scatter is not None and not isinstance(scatter, (list, tuple)):
             raise TypeError(f"backend='dask': scatter must be a list or a tuple of objects, "
                             f"got {type(scatter).__name__}")
