@@ -212,6 +212,17 @@ def test_unknown_option_is_a_clear_error_before_any_task_runs(client, option):
     assert ran == []
 
 
+def test_a_client_of_the_wrong_type_is_a_clear_error(client):
+    with pytest.raises(TypeError, match="client must be a distributed.Client, got str"):
+        Parallel(backend="dask", client=client.scheduler.address)
+
+
+@pytest.mark.parametrize("bad", ["10", -1, float("nan"), True])
+def test_a_bad_wait_for_workers_timeout_is_a_clear_error(client, bad):
+    with pytest.raises(ValueError, match="wait_for_workers_timeout"):
+        Parallel(backend="dask", wait_for_workers_timeout=bad)
+
+
 def test_submit_options_reach_the_batches(client):
     assert Parallel(backend="dask", retries=1, priority=5)(
         delayed(square)(x) for x in range(5)) == [0, 1, 4, 9, 16]

@@ -22,6 +22,7 @@ module only ships batches and brings results back:
 
 import asyncio
 import inspect
+import numbers
 import pickle
 import traceback
 import uuid
@@ -307,6 +308,17 @@ class DaskBackend(Backend):
                 f"backend='dask' got unexpected option(s) {', '.join(map(repr, unknown))}"
                 f"{hint}; it takes client, wait_for_workers_timeout, scatter and these "
                 f"options of client.submit: {', '.join(sorted(SUBMIT_OPTIONS))}")
+        if client is not None and not isinstance(client, distributed.Client):
+            # (Else an AttributeError deep in the first call.)
+            raise TypeError(f"backend='dask': client must be a distributed.Client, got "
+                            f"{type(client).__name__} (for an address: "
+                            "client=distributed.Client(address))")
+        if wait_for_workers_timeout is not None and (
+                isinstance(wait_for_workers_timeout, bool)
+                or not isinstance(wait_for_workers_timeout, numbers.Real)
+                or not wait_for_workers_timeout >= 0):
+            raise ValueError("backend='dask': wait_for_workers_timeout must be a number of "
+                             f"seconds >= 0 or None, got {wait_for_workers_timeout!r}")
         if scatter is not None and not isinstance(scatter, (list, tuple)):
             raise TypeError(f"backend='dask': scatter must be a list or a tuple of objects, "
                             f"got {type(scatter).__name__}")
