@@ -160,6 +160,16 @@ def test_n_workers_from_the_cluster_threads(client):
         backend.effective_n_jobs(0)
 
 
+def test_n_jobs_1_still_runs_on_the_cluster(client):
+    # As with joblib's dask backend: one batch at a time on a worker, where
+    # the submit options (resources=, workers=) apply, not in the caller.
+    addresses = Parallel(backend="dask", n_jobs=1)(delayed(worker_address)(x) for x in range(4))
+    assert set(addresses) <= set(client.nthreads())
+    with parallel_config(backend="dask", n_jobs=1):
+        addresses = Parallel(return_as="generator")(delayed(worker_address)(x) for x in range(4))
+        assert set(addresses) <= set(client.nthreads())
+
+
 def test_tiny_tasks_are_batched(client, monkeypatch):
     submitted = []
     real = client.submit

@@ -144,7 +144,7 @@ class Parallel:
                     below = "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
                     if _warn_nested(plan.backend_name, below):
                         n_workers = 1  # joblib's rule, which the warning announced
-        if n_workers == 1:
+        if n_workers == 1 and not backend.runs_elsewhere:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, plan)
 

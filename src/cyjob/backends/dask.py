@@ -295,6 +295,9 @@ class DaskBackend(Backend):
 
     name = "dask"
     supports_sharedmem = False
+    # n_jobs=1 means one batch at a time on the cluster, as in joblib: the
+    # tasks may need what only the workers have (resources=, data, memory).
+    runs_elsewhere = True
 
     def __init__(self, client=None, wait_for_workers_timeout=10.0, scatter=None,
                  **submit_kwargs):
