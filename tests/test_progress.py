@@ -66,3 +66,13 @@ def test_bar_is_closed_when_the_generator_is_closed_early(bar_kind, capfd):
     results.close()
     err = capfd.readouterr().err
     assert err and err.endswith("\n"), repr(err)
+
+
+@pytest.mark.parametrize("return_as", ["list", "generator"])
+def test_no_stderr_means_no_bar_not_a_failed_call(bar_kind, return_as, monkeypatch):
+    # sys.stderr is None under pythonw and some services: the bar has
+    # nowhere to go, and the results must still come back.
+    monkeypatch.setattr(sys, "stderr", None)
+    out = Parallel(n_jobs=2, progress=True, return_as=return_as)(
+        delayed(square)(x) for x in range(50))
+    assert list(out) == [x * x for x in range(50)]
