@@ -351,6 +351,18 @@ def test_numpy_results_and_mmap(tmp_path):
         r2[0, 0] = 1.0
 
 
+@pytest.mark.parametrize("mode", ["r", "c"])
+def test_mmap_of_empty_array_results_gives_memmaps(tmp_path, mode):
+    # As joblib: an empty array comes back as an np.memmap too, at the
+    # first call (mapped after writing) and at a hit.
+    mem = Memory(tmp_path, mmap_mode=mode, verbose=0)
+    f = mem.cache(lambda n: (np.empty(0), np.zeros((n, 0), "f4"), np.arange(n)))
+    for result in (f(3), f(3)):
+        assert all(isinstance(r, np.memmap) for r in result), [type(r) for r in result]
+        assert result[1].shape == (3, 0) and result[1].dtype == np.float32
+        np.testing.assert_array_equal(result[2], np.arange(3))
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)

@@ -278,6 +278,24 @@ def test_mmap_of_a_big_offset_and_many_arrays(tmp_path):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_mmap_of_empty_arrays_gives_memmaps(tmp_path, mode):
+    # joblib returns an np.memmap for an empty array too (and the README
+    # promises one for every non-object array); numpy turns an empty slice
+    # of a map into a plain ndarray, and a zero-length mmap maps the file.
+    import mmap
+
+    value = [np.empty(0), np.zeros((0, 3), "f4"), np.zeros((2, 0), order="F"),
+             np.zeros(mmap.ALLOCATIONGRANULARITY, "uint8")]
+    dump(value, tmp_path / "x.pkl")
+    loaded = load(tmp_path / "x.pkl", mmap_mode=mode)
+    for got, expected in zip(loaded, value):
+        assert isinstance(got, np.memmap), (expected.shape, type(got))
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert got.filename == str((tmp_path / "x.pkl").resolve())
+    assert load(tmp_path / "x.pkl", mmap_mode=mode)[3].sum() == 0
+
+
 # -- files, paths, streams -------------------------------------------------------
 
 class CustomPath(os.PathLike):

@@ -68,6 +68,11 @@ def _rebuild_array(buf, dtype, shape, order):
     np = sys.modules["numpy"]
     if not isinstance(buf, np.ndarray):
         buf = np.frombuffer(buf, dtype=np.uint8)
+    if isinstance(buf, np.memmap) and not buf.size:
+        # (a view of an empty map would forget its file: see empty_memmap)
+        from cyjob.persist.format import empty_memmap
+
+        return empty_memmap(buf.filename, buf.mode, buf.offset, dtype, shape, order)
     # .view keeps np.memmap (mmap_mode) a memmap, as joblib returns.
     return buf.view(dtype).reshape(shape, order=order)
 
@@ -291,9 +296,11 @@ def _map(path, offset, length, mmap_mode):
     np = sys.modules.get("numpy")
     if np is None:
         import numpy as np
-    if length == 0:
-        return np.empty(0, dtype=np.uint8)
     mode = "r+" if mmap_mode == "w+" else mmap_mode  # w+ would truncate the file
+    if length == 0:  # (np.memmap cannot map zero bytes)
+        from cyjob.persist.format import empty_memmap
+
+        return empty_memmap(path, mode, offset)
     return np.memmap(path, dtype=np.uint8, mode=mode, offset=offset, shape=(length,))
 
 

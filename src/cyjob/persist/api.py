@@ -192,6 +192,10 @@ class _Unpickler(pickle.Unpickler):
         # of our buffer: joblib returns writable arrays, so take the buffer.
         if isinstance(buffer, memoryview) and isinstance(buffer.obj, np.ndarray):
             buffer = buffer.obj
+        if isinstance(buffer, np.memmap) and not buffer.size:
+            # (a view of an empty map would forget its file: see empty_memmap)
+            return _format.empty_memmap(buffer.filename, buffer.mode, buffer.offset, dtype,
+                                        shape, order)
         if isinstance(buffer, np.ndarray):
             array = buffer.view(dtype).reshape(shape, order=order)
         else:

@@ -414,13 +414,32 @@ def _map_buffers(src, sizes, path, mode):
     whole = np.memmap(path, dtype=np.uint8, mode=mode)
     buffers = []
     for offset, size in zip(offsets, sizes):
-        if not size:  # nothing to map (numpy makes it an ndarray anyway)
-            buffers.append(np.empty(0, np.uint8))
+        if not size:  # (whole[offset:offset] would be a plain ndarray)
+            buffers.append(empty_memmap(path, mode, offset))
             continue
         segment = whole[offset:offset + size]
         segment.offset = offset  # what np.memmap reports for a map of its own
         buffers.append(segment)
     return buffers
+
+
+def empty_memmap(path, mode, offset, dtype=np.uint8, shape=(0,), order="C"):
+    """An ``np.memmap`` of no bytes, at ``offset`` in the file ``path``.
+
+    numpy makes none itself: an empty slice or view of a map shares no memory
+    with it, so it comes back a plain ndarray (or a memmap that has forgotten
+    its file), and ``np.memmap`` of zero bytes asks mmap for length 0, which
+    maps the whole rest of the file or fails at its end.  There is nothing
+    to map: an array of the subclass with the attributes a map has is all
+    that joblib's loads return for an empty array.
+    """
+    empty = np.ndarray.__new__(np.memmap, shape, dtype, order=order)
+    empty.filename = os.path.abspath(path)
+    empty.offset = offset
+    empty.mode = mode
+    if mode == "r":
+        empty.flags.writeable = False
+    return empty
 
 
 def _check_decode(codec, stored, digest, out, name, what):
