@@ -359,6 +359,7 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
     allowed : iterable of type, function or "module.qualname", optional
         What an untrusted load lets through besides those; "package.*" lets
         through every name of a package and its modules (e.g. "sklearn.*").
+        None, as (), lets nothing more through.
 
     Returns
     -------
