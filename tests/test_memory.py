@@ -134,6 +134,28 @@ def test_bound_method_with_ignore_self(tmp_path, memory_cls):
         mem.cache(Counted(1, calls).scale, ignore=["this"])(3)
 
 
+def test_ignore_names_an_argument_a_partial_binds(tmp_path):
+    # joblib accepts ignore=["x"] for functools.partial(g, 1) (x bound by the
+    # partial): the bound value then stays out of the key, as an ignored
+    # argument's does.
+    calls = []
+
+    def add(x, y, z=0):
+        calls.append((x, y, z))
+        return x + y + z
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(functools.partial(add, 1), ignore=["x"])
+    assert f(2) == 3 and f(2) == 3 and calls == [(1, 2, 0)]
+    assert mem.cache(functools.partial(add, 5), ignore=["x"])(2) == 3  # x is ignored
+    g = mem.cache(functools.partial(add, 1, z=4), ignore=["z"])
+    assert g(2) == 7 and g(2, z=4) == 7 and len(calls) == 2
+    assert mem.cache(functools.partial(add, 1), ignore=["y"])(2) == 3  # y: a call argument
+    assert mem.cache(functools.partial(add, 1), ignore=["y"])(3) == 3
+    with pytest.raises(ValueError, match="Ignore list"):
+        mem.cache(functools.partial(add, 1), ignore=["w"])(2)
+
+
 class Multiplier:
     def __init__(self, k):
         self.k = k

@@ -113,9 +113,23 @@ class _Binder:
         self.prefix = ()
         target = func
         inner = func  # what the call runs: a partial's function
+        bound_by_partial = {}  # {name: value} of the arguments a partial binds
         if isinstance(func, functools.partial):
-            self.prefix += (func.args, sorted(func.keywords.items()))
             inner = func.func
+            if self.ignore:
+                try:
+                    bound_by_partial = inspect.signature(inner).bind_partial(
+                        *func.args, **func.keywords).arguments
+                except (TypeError, ValueError):
+                    pass
+            if self.ignore.intersection(bound_by_partial):
+                # An ignored argument stays out of the key also when the
+                # partial binds it (joblib accepts the name).
+                self.prefix += (tuple((name, value) for name, value
+                                      in bound_by_partial.items()
+                                      if name not in self.ignore),)
+            else:
+                self.prefix += (func.args, sorted(func.keywords.items()))
         bound_name = None  # a bound method's first parameter ('self', 'cls')
         if inspect.ismethod(inner):
             try:
@@ -139,6 +153,7 @@ class _Binder:
         names = [] if self.sig is None else list(self.sig.parameters)
         if bound_name is not None:
             names.append(bound_name)
+        names.extend(bound_by_partial)
         for name in self.ignore:
             if self.sig is not None and name not in names:
                 raise ValueError("Ignore list: argument '%s' is not defined for function %s"
