@@ -156,6 +156,25 @@ def test_ignore_names_an_argument_a_partial_binds(tmp_path):
         mem.cache(functools.partial(add, 1), ignore=["w"])(2)
 
 
+def test_unpicklable_argument_is_a_pickling_error_naming_the_function(tmp_path):
+    # As cyjob.hash says of the same object: a PicklingError that says what
+    # could not be hashed (not pickle's bare TypeError), raised before the
+    # function runs.
+    calls = []
+
+    def takes_lock(lock):
+        calls.append(lock)
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(takes_lock)
+    for method in (f, f.call_and_shelve, f.check_call_in_cache, f.call):
+        with pytest.raises(pickle.PicklingError,
+                           match=r"arguments of \S*takes_lock could not be hashed") as info:
+            method(threading.Lock())
+        assert "_thread.lock" in str(info.value)
+    assert calls == []
+
+
 class Multiplier:
     def __init__(self, k):
         self.k = k

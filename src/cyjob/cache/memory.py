@@ -15,6 +15,7 @@ import inspect
 import logging
 import numbers
 import os
+import pickle
 import sys
 import time
 import types
@@ -233,9 +234,16 @@ def _bad_call(func, sig, args, kwargs, exc):
                         % (what, name, sig, name, called, text))
 
 
-def _args_id(key_object, coerce_mmap):
+def _args_id(key_object, coerce_mmap, func):
     state = xxhash.xxh3_128()
-    _dump(key_object, state, coerce_mmap)
+    try:
+        _dump(key_object, state, coerce_mmap)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        # What cyjob.hash says of such an object, and whose arguments they are
+        # (pickle's own error names only the type it met).
+        name = _func_name_parts(func)[1]
+        raise pickle.PicklingError("cyjob.Memory: the arguments of %s could not be hashed "
+                                   "(they must be picklable): %r" % (name, exc)) from exc
     return state.hexdigest()
 
 
@@ -435,7 +443,7 @@ class MemorizedFunc:
 
     # -- lookup -----------------------------------------------------------------
     def _args_id(self, args, kwargs):
-        return _args_id(self._binder.key_object(args, kwargs), self._coerce)
+        return _args_id(self._binder.key_object(args, kwargs), self._coerce, self.func)
 
     def _lookup(self, version, args_id, args, kwargs):
         """(True, value) on a valid hit, else (False, None)."""
@@ -471,7 +479,7 @@ class MemorizedFunc:
         version = self._version
         if version is None or getattr(self.func, "__code__", None) is not self._code:
             version = self._check_version()
-        args_id = _args_id(self._binder.key_object(args, kwargs), self._coerce)
+        args_id = _args_id(self._binder.key_object(args, kwargs), self._coerce, self.func)
         if self._verbose >= 20:
             self._log_query(args_id, args, kwargs)
         hit, value = self._lookup(version, args_id, args, kwargs)
