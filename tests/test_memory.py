@@ -331,6 +331,11 @@ def test_verbose_lines(tmp_path, capsys):
     g = Memory(tmp_path, verbose=11).cache(Box.stat)
     g(3)
     assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
+    # The function's verbosity decides, as in joblib (not its Memory's).
+    Memory(tmp_path, verbose=0).cache(Box.stat, verbose=11)(4)
+    assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
+    Memory(tmp_path, verbose=11).cache(Box.stat, verbose=0)(5)
+    assert capsys.readouterr().out == ""
 
 
 class _ClockAhead:

@@ -532,9 +532,18 @@ class MemorizedFunc:
         store = self.store_backend
         if path is None and version == self._version and hasattr(store, "write_at"):
             path = self._dir + args_id
+        if self._verbose > 10:
+            # The function's verbosity, as joblib's (the store is the Memory's).
+            print("Persisting in %s" % (path or self._entry_name(version, args_id)))
         if path is not None:
             return store.write_at(path, value, meta, duration)
         return store.write(self.func_id, version, args_id, value, meta, duration)
+
+    def _entry_name(self, version, args_id):
+        try:
+            return self.store_backend.entry_path(self.func_id, version, args_id)
+        except NotImplementedError:  # a registered backend need not have paths
+            return "/".join([self.func_id, version, args_id])
 
     def _finish(self, version, args_id, value, stored, shelving):
         if shelving:

@@ -449,8 +449,6 @@ class LocalStoreBackend(StoreBackendBase):
                 raise
             self.warn_unwritable(exc)
             return False
-        if self.verbose > 10:
-            print("Persisting in %s" % path)
         if self.bytes_limit is not None:
             self._after_write(size)
         return True
