@@ -409,6 +409,32 @@ def test_mmap_of_empty_array_results_gives_memmaps(tmp_path, mode):
         np.testing.assert_array_equal(result[2], np.arange(3))
 
 
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_datetime_and_timedelta_arrays_are_cached(tmp_path, mmap_mode):
+    # numpy cannot export datetime64/timedelta64 memory as a buffer: such a
+    # result must still be stored (it was not: a warning, and a recomputation
+    # at every call).
+    values = (np.arange(6).astype("M8[s]"), np.zeros((3, 4), "m8[ns]", order="F"),
+              np.array([(1, 2)], dtype=[("t", "M8[D]"), ("n", "i4")]),
+              np.array(np.datetime64("2020-01-02")), np.arange(4).astype("M8[s]")[::2])
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return values
+
+    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again = f(1), f(1)
+    assert calls == [1]
+    for result in (first, again):
+        for got, expected in zip(result, values):
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+    assert again[1].flags.f_contiguous
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)

@@ -90,7 +90,13 @@ class _EntryPickler(pickle.Pickler):
             order, data = "F", obj
         else:
             order, data = "C", np.ascontiguousarray(obj)
-        return _rebuild_array, (pickle.PickleBuffer(data), obj.dtype, obj.shape, order)
+        try:
+            buffer = pickle.PickleBuffer(data)
+        except ValueError:
+            # numpy exports no buffer of datetime64/timedelta64 items: their
+            # raw bytes, in the same order (_rebuild_array views them back).
+            buffer = pickle.PickleBuffer(data.ravel(order=order).view(np.uint8))
+        return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
 
 
 # Values that hold no other object (so no numpy array).
