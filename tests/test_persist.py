@@ -296,6 +296,27 @@ def test_mmap_of_empty_arrays_gives_memmaps(tmp_path, mode):
     assert load(tmp_path / "x.pkl", mmap_mode=mode)[3].sum() == 0
 
 
+@pytest.mark.parametrize("compress", [0, 3])
+def test_datetime_and_timedelta_arrays_map_like_any_other(tmp_path, compress):
+    # numpy pickles these in band (it exports no buffer of them): they too
+    # must go out of band, so that mmap_mode maps them (joblib maps them).
+    value = [np.arange(6).astype("M8[s]"), np.zeros((3, 4), "m8[ns]", order="F"),
+             np.array([(1, 2)], dtype=[("t", "M8[D]"), ("n", "i4")]),
+             np.arange(8).astype("M8[ms]")[::3], np.array(np.datetime64("2020-01-02"))]
+    path = tmp_path / "x.pkl"
+    dump(value, path, compress=compress)
+    for loaded in (load(path), load(io.BytesIO(path.read_bytes()))):
+        for got, expected in zip(loaded, value):
+            assert type(got) is np.ndarray and got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+    if not compress:
+        mapped = load(path, mmap_mode="r")
+        for got, expected in zip(mapped, value):
+            assert isinstance(got, np.memmap), expected.dtype
+            np.testing.assert_array_equal(got, expected)
+        assert mapped[1].flags.f_contiguous
+
+
 # -- files, paths, streams -------------------------------------------------------
 
 class CustomPath(os.PathLike):

@@ -122,12 +122,28 @@ class _DispatchTable(dict):
         return copyreg.dispatch_table[cls]
 
 
+#: numpy's own rebuilder of an out-of-band array (``numpy._core.numeric``
+#: or, numpy < 2, ``numpy.core.numeric``): what its reductions name.
+_NUMPY_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+
+
 def _reduce_ndarray(array):
     # numpy writes a non-contiguous array in band (a bytes copy inside the
     # pickle); a contiguous copy goes out of band, so it can be memory-mapped.
     if (not array.flags.c_contiguous and not array.flags.f_contiguous
             and not array.dtype.hasobject and array.dtype.itemsize):
         array = np.ascontiguousarray(array)
+    if not array.dtype.hasobject and array.dtype.itemsize:
+        try:
+            memoryview(array)
+        except ValueError:
+            # numpy exports no buffer of datetime64/timedelta64 items, so it
+            # pickles them in band: their raw bytes go out of band instead,
+            # rebuilt by numpy's own function (plain pickle.loads reads them).
+            order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+            raw = array.ravel(order=order).view(np.uint8)
+            return _NUMPY_FROMBUFFER, (pickle.PickleBuffer(raw), array.dtype, array.shape,
+                                       order)
     return array.__reduce_ex__(5)
 
 
