@@ -435,6 +435,27 @@ def test_datetime_and_timedelta_arrays_are_cached(tmp_path, mmap_mode):
     assert again[1].flags.f_contiguous
 
 
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_arrays_of_zero_size_items_are_cached(tmp_path, mmap_mode):
+    # An item of no bytes (a structured dtype without fields): its empty
+    # buffer cannot be viewed as the dtype, and the entry was reported
+    # unreadable and recomputed at every call.
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return np.zeros(n, dtype=np.dtype([])), np.zeros((n, 0))
+
+    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again = f(3), f(3)
+    assert calls == [3]
+    for result in (first, again):
+        assert result[0].shape == (3,) and result[0].dtype == np.dtype([])
+        assert result[1].shape == (3, 0)
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)

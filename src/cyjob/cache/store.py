@@ -73,6 +73,8 @@ def _rebuild_array(buf, dtype, shape, order):
         from cyjob.persist.format import empty_memmap
 
         return empty_memmap(buf.filename, buf.mode, buf.offset, dtype, shape, order)
+    if not dtype.itemsize:  # no bytes to view as items of no bytes (numpy refuses)
+        return np.empty(shape, dtype, order=order)
     # .view keeps np.memmap (mmap_mode) a memmap, as joblib returns.
     return buf.view(dtype).reshape(shape, order=order)
 
