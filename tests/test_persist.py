@@ -503,6 +503,9 @@ def test_the_first_bytes_of_a_huge_file_raise_truncated(tmp_path, compress, part
                      + raw[fmt.HEADER_SIZE + 16:])
     with pytest.raises(CorruptFileError, match=f"{re.escape(repr(str(path)))} is truncated"):
         load(path)
+    # The same bytes in memory (a download cut short, read into a BytesIO).
+    with pytest.raises(CorruptFileError, match="is truncated"):
+        load(io.BytesIO(path.read_bytes()))
 
 
 def _segments(raw):

@@ -355,8 +355,12 @@ def read(file, name, mmap_mode=None, path=None, unpickler=None, warn=None):
 
 def _bytes_left(file):
     """The bytes from ``file``'s position to its end if it is a regular file
-    read directly, else None (a decompressing reader's position is not one
-    in the file under it)."""
+    read directly or a BytesIO, else None (a decompressing reader's position
+    is not one in the file under it)."""
+    if type(file) is io.BytesIO:
+        # (bytes in memory: a download cut short is as truncated as a file)
+        with file.getbuffer() as view:
+            return view.nbytes - file.tell()
     if not isinstance(getattr(file, "raw", file), io.FileIO):
         return None
     try:
