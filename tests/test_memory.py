@@ -456,6 +456,26 @@ def test_arrays_of_zero_size_items_are_cached(tmp_path, mmap_mode):
         assert result[1].shape == (3, 0)
 
 
+def test_results_changed_through_r_plus_maps_are_read_back_not_recomputed(tmp_path):
+    # mmap_mode="r+" writes reach the entry (joblib's rule): a later reader
+    # without a map must read those bytes, not call them corrupt (their
+    # checksums predate the writes), warn and recompute.
+    calls = []
+
+    def zeros(n):
+        calls.append(n)
+        return np.zeros(n)
+
+    shared = Memory(tmp_path, mmap_mode="r+", verbose=0).cache(zeros)(1000)
+    shared[:5] = 7.0
+    shared.flush()
+    del shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = Memory(tmp_path, verbose=0).cache(zeros)(1000)
+    assert plain[:6].tolist() == [7.0] * 5 + [0.0] and calls == [1000]
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)

@@ -13,6 +13,7 @@ An entry is one file, written to a temporary name and renamed into place
 
     header   magic "CYJE", format version, flags, buffer count, lengths,
              creation time, duration, xxh3_64 of the pickle and metadata
+             (flag 1: the buffers were mapped "r+", their checksums are stale)
     table    per out-of-band buffer: offset, length, xxh3_64
     pickle   the result, pickled with protocol 5; numpy arrays go out of
              band (their memory is written as is, aligned to 64 bytes)
@@ -50,6 +51,10 @@ _DUMP_MAGIC = b"\x89CYJOB"  # cyjob.dump's files (compressed entries)
 _DUMPED_ENTRY = "cyjob.Memory entry 1"
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
+# Header flag: the buffers were mapped writable ("r+"), so they may have
+# changed in place and their checksums no longer say anything.
+_WRITABLE_MAPPED = 1
+_FLAGS_OFFSET = 5  # of the flags byte in _HEADER
 _ALIGN = 64
 # Entries up to this size are read into bytes (their arrays copied out, a
 # few KB); larger ones into one writable buffer the arrays are views of.
@@ -245,6 +250,10 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
     state = xxhash.xxh3_64(view[start:end])
     if state.intdigest() != checksum:
         raise CorruptEntry("checksum mismatch")
+    if nbuf and mmap_mode in ("r+", "w+") and not flag & _WRITABLE_MAPPED:
+        # Writes through the map reach the file, behind the checksums:
+        # later plain reads must take the bytes as they are, as joblib's do.
+        _mark_writable_mapped(path, flag)
     buffers = []
     for i in range(nbuf):
         offset, length, buf_sum = _ROW.unpack_from(view, _HEADER.size + _ROW.size * i)
@@ -252,7 +261,8 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             raise CorruptEntry("truncated buffer %d" % i)
         if mmap_mode is None:
             buf = view[offset:offset + length]
-            if xxhash.xxh3_64_intdigest(buf) != buf_sum:
+            if (not flag & _WRITABLE_MAPPED
+                    and xxhash.xxh3_64_intdigest(buf) != buf_sum):
                 raise CorruptEntry("checksum mismatch in buffer %d" % i)
             if buf.readonly:  # a small entry read as bytes: the caller's arrays are writable
                 buf = bytearray(buf)
@@ -269,6 +279,14 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
     meta = pickle.loads(view[start + plen:end])
     meta.update(duration=duration, time=created)
     return value, meta
+
+
+def _mark_writable_mapped(path, flag):
+    fd = os.open(path, os.O_WRONLY | _O_CLOEXEC)
+    try:
+        os.pwrite(fd, bytes([flag | _WRITABLE_MAPPED]), _FLAGS_OFFSET)
+    finally:
+        os.close(fd)
 
 
 def _read_into(fd, data):
