@@ -204,6 +204,34 @@ def test_callable_object_hits_its_own_entries(tmp_path):
     assert not mem.cache(Multiplier(3)).check_call_in_cache(3)
 
 
+class _NoEquality:
+    def __eq__(self, other):
+        raise RuntimeError("compared")
+
+    __hash__ = object.__hash__
+
+
+def test_defaults_that_do_not_compare_as_bools(tmp_path):
+    # A numpy array default (== gives an array, whose truth is ambiguous) or
+    # one whose == raises: joblib caches such functions; the key was built by
+    # testing `empty in defaults`, which compares each default.
+    calls = []
+
+    def with_array(x, weights=np.arange(3)):
+        calls.append(x)
+        return x * weights.sum()
+
+    def with_object(x, option=_NoEquality()):
+        calls.append(x)
+        return x
+
+    mem = Memory(tmp_path, verbose=0)
+    f, g = mem.cache(with_array), mem.cache(with_object)
+    assert f(2) == 6 and f(2) == 6 and f(2, np.arange(3)) == 6
+    assert g(1) == 1 and g(1) == 1
+    assert calls == [2, 1]
+
+
 def test_location_none_calls_through():
     for mem in (Memory(None), Memory()):
         n = []

@@ -165,6 +165,11 @@ class _Binder:
         self.n = len(params)
         self.names = tuple(p.name for p in params)
         self.defaults = tuple(p.default for p in params)
+        # The parameters up to the last one without a default must be given
+        # (counted by identity: `empty in defaults` would compare each
+        # default with ==, which a numpy array default cannot answer).
+        self.n_required = max((i + 1 for i, p in enumerate(params)
+                               if p.default is inspect.Parameter.empty), default=0)
 
     def __eq__(self, other):
         # Rebuilt from the same function and ignore list, it binds the same.
@@ -178,10 +183,8 @@ class _Binder:
             n = len(args)
             if n == self.n:
                 return self.prefix + args
-            if n < self.n:
-                tail = self.defaults[n:]
-                if inspect.Parameter.empty not in tail:
-                    return self.prefix + args + tail
+            if self.n_required <= n < self.n:
+                return self.prefix + args + self.defaults[n:]
         if self.sig is None:
             return self.prefix + (args, sorted(kwargs.items()))
         try:
