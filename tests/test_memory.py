@@ -504,6 +504,22 @@ def test_results_changed_through_r_plus_maps_are_read_back_not_recomputed(tmp_pa
     assert plain[:6].tolist() == [7.0] * 5 + [0.0] and calls == [1000]
 
 
+def test_call_maps_its_output_under_mmap_mode(tmp_path):
+    # joblib's MemorizedFunc.call returns the stored output mapped, as the
+    # next cached call will (async call too).
+    mem = Memory(tmp_path, mmap_mode="r", verbose=0)
+    f = mem.cache(lambda n: np.arange(n))
+    value, meta = f.call(4)
+    assert isinstance(value, np.memmap) and value.tolist() == [0, 1, 2, 3]
+    assert meta["input_args"] == {"n": "4"}
+
+    async def coro(n):
+        return np.arange(n)
+
+    value, _ = asyncio.run(mem.cache(coro).call(3))
+    assert isinstance(value, np.memmap) and value.tolist() == [0, 1, 2]
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)

@@ -663,8 +663,9 @@ class MemorizedFunc:
         """
         version = self._current_version()
         args_id = self._args_id(args, kwargs)
-        value, _, meta = self._compute(version, args_id, args, kwargs, self.func)
-        return value, meta
+        value, stored, meta = self._compute(version, args_id, args, kwargs, self.func)
+        # (mapped under mmap_mode, as joblib's call and the next hit return it)
+        return self._finish(version, args_id, value, stored, False), meta
 
     def clear(self, warn=True):
         """Empty the function's cache."""
@@ -709,8 +710,8 @@ class AsyncMemorizedFunc(MemorizedFunc):
         self._before_call(args, kwargs)
         start = time.time()
         value = await self.func(*args, **kwargs)
-        value, _, meta = self._store(version, args_id, args, kwargs, value, start)
-        return value, meta
+        value, stored, meta = self._store(version, args_id, args, kwargs, value, start)
+        return self._finish(version, args_id, value, stored, False), meta
 
     async def _async_cached(self, args, kwargs, shelving):
         version = self._current_version()
