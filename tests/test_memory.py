@@ -319,6 +319,16 @@ def test_call_and_shelve_pickles_to_another_process(tmp_path):
     assert "args_id" in repr(ref)
 
 
+def test_get_of_a_cleared_result_says_it_may_have_been_cleared(tmp_path):
+    # joblib: "Non-existing item (may have been cleared)"; a missing entry is
+    # not a corrupted folder.
+    ref = Memory(tmp_path, verbose=0).cache(Box.stat).call_and_shelve(6)
+    ref.clear()
+    with pytest.raises(KeyError, match=r"Non-existing item \(may have been cleared\)") as info:
+        ref.get()
+    assert "corrupted" not in str(info.value)
+
+
 def test_async_functions(tmp_path):
     calls = []
 

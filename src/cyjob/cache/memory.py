@@ -355,11 +355,15 @@ class MemorizedResult:
         try:
             return self.store_backend.read(self.func_id, self.version, self.args_id,
                                            mmap_mode=self.mmap_mode)
-        except (OSError, CorruptEntry) as exc:
+        except (OSError, CorruptEntry, KeyError) as exc:
+            path = self.store_backend.entry_path(self.func_id, self.version, self.args_id)
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError, KeyError)):
+                # (joblib's words: the usual cause is clear(), not damage)
+                raise KeyError("Non-existing item (may have been cleared).\nFile %s does "
+                               "not exist" % (path,)) from exc
             raise KeyError(
                 "Error while trying to load a MemorizedResult's value. It seems that "
-                "this folder is corrupted : {}".format(self.store_backend.entry_path(
-                    self.func_id, self.version, self.args_id))) from exc
+                "this folder is corrupted : {}".format(path)) from exc
 
     def clear(self):
         """Clear the value from the cache."""
