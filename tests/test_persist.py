@@ -379,6 +379,16 @@ def test_bad_filenames(tmp_path):
 
 
 
+def test_a_filename_ending_in_a_separator_is_refused_naming_it(tmp_path):
+    # open(name + "/", "wb") says "Is a directory" (joblib's error): the name
+    # cannot be a file, whether or not the directory exists; it raised a
+    # FileNotFoundError naming the dump's temporary file instead.
+    for name in (str(tmp_path / "absent") + os.sep, str(tmp_path / "x.pkl") + os.sep):
+        with pytest.raises(IsADirectoryError, match=re.escape(repr(name))):
+            dump("foo", name)
+    assert not os.listdir(tmp_path)
+
+
 def test_an_empty_filename_is_refused_before_writing(tmp_path, monkeypatch):
     # "" names no file: refused up front, as open("") would, not after the
     # whole value was written to a temporary file that os.replace then fails on.

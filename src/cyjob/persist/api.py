@@ -154,6 +154,11 @@ def dump(value, filename, compress=0, protocol=None):
         raise FileNotFoundError(errno.ENOENT, "dump: filename is empty", filename)
     if os.path.isdir(filename):
         raise IsADirectoryError(f"dump: filename {filename!r} is a directory")
+    if filename.endswith((os.sep, os.altsep or os.sep)):
+        # (as open(filename, "wb") refuses it; the temporary file would be
+        # made inside it, and its name would be the one in the error)
+        raise IsADirectoryError(f"dump: filename {filename!r} ends in a path separator: "
+                                "it names a directory, not a file")
     # The file is written where a symlink points (as open() would write):
     # that is the directory that must exist.
     target = os.path.realpath(filename) if os.path.islink(filename) else filename
