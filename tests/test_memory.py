@@ -577,6 +577,27 @@ def test_keys_are_the_same_across_hash_seeds(tmp_path):
         assert "COMPUTED" not in _run(code, tmp_path, PYTHONHASHSEED=seed)
 
 
+def test_defaults_whose_repr_has_an_address_keep_entries_across_processes(tmp_path):
+    # A sentinel default (object()), a function or an instance without a
+    # repr of its own print their address, which changes in each process:
+    # the version (made from the defaults' reprs) changed with it and every
+    # new process wiped the function's cache.  joblib keeps the entries.
+    code = """
+        import cyjob
+        _MISSING = object()
+        class Options:
+            pass
+        def helper(v):
+            return v
+        def f(x, y=_MISSING, fn=helper, options=Options()):
+            print("COMPUTED")
+            return x
+        cyjob.Memory(%r, verbose=0).cache(f)(1)
+    """ % str(tmp_path)
+    assert "COMPUTED" in _run(code, tmp_path)
+    assert "COMPUTED" not in _run(code, tmp_path)
+
+
 _MODULE = '''
 def helper(x):
     return x + {helper_const}
