@@ -20,6 +20,9 @@ class Backend:
     name = "base"
     #: Tasks share the caller's memory (``require="sharedmem"`` is allowed).
     supports_sharedmem = False
+    #: Batches run outside this process (a cluster's workers): with one
+    #: worker they still go there, one at a time, not to the caller's thread.
+    runs_elsewhere = False
 
     def __init__(self, **backend_params):
         self.backend_params = backend_params
