@@ -160,6 +160,16 @@ def test_n_workers_from_the_cluster_threads(client):
         backend.effective_n_jobs(0)
 
 
+def test_n_jobs_1_still_runs_on_the_cluster(client):
+    # As with joblib's dask backend: one batch at a time on a worker, where
+    # the submit options (resources=, workers=) apply, not in the caller.
+    addresses = Parallel(backend="dask", n_jobs=1)(delayed(worker_address)(x) for x in range(4))
+    assert set(addresses) <= set(client.nthreads())
+    with parallel_config(backend="dask", n_jobs=1):
+        addresses = Parallel(return_as="generator")(delayed(worker_address)(x) for x in range(4))
+        assert set(addresses) <= set(client.nthreads())
+
+
 def test_tiny_tasks_are_batched(client, monkeypatch):
     submitted = []
     real = client.submit
@@ -201,6 +211,31 @@ def test_timeout_raises_and_cancels_the_queued_batches(client):
             delayed(slow)(x) for x in range(20))
     assert wait_until(lambda: not any(client.processing().values()))
     assert len(ran) < 20
+
+
+@pytest.mark.parametrize("option", ["bogus", "key", "scheduler_host"])
+def test_unknown_option_is_a_clear_error_before_any_task_runs(client, option):
+    ran = []
+    with parallel_config(backend="dask", **{option: "x"}):
+        with pytest.raises(TypeError, match=f"unexpected option.*'{option}'"):
+            Parallel()(delayed(ran.append)(x) for x in range(3))
+    assert ran == []
+
+
+def test_a_client_of_the_wrong_type_is_a_clear_error(client):
+    with pytest.raises(TypeError, match="client must be a distributed.Client, got str"):
+        Parallel(backend="dask", client=client.scheduler.address)
+
+
+@pytest.mark.parametrize("bad", ["10", -1, float("nan"), True])
+def test_a_bad_wait_for_workers_timeout_is_a_clear_error(client, bad):
+    with pytest.raises(ValueError, match="wait_for_workers_timeout"):
+        Parallel(backend="dask", wait_for_workers_timeout=bad)
+
+
+def test_submit_options_reach_the_batches(client):
+    assert Parallel(backend="dask", retries=1, priority=5)(
+        delayed(square)(x) for x in range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_no_client_is_a_clear_error():
@@ -268,6 +303,24 @@ def test_small_repeated_object_stays_inline(client, scatter_calls):
         delayed(operator.getitem)(shared, i) for i in range(10))
     assert out == shared
     assert scatter_calls == []
+
+
+def test_objects_listed_in_scatter_are_scattered_however_small(client, scatter_calls):
+    # joblib's option: parallel_config(backend="dask", scatter=[X, y]).
+    shared = list(range(10))
+    with parallel_config(backend="dask", scatter=[shared]):
+        out = Parallel(batch_size=1)(delayed(operator.getitem)(shared, i) for i in range(10))
+    assert out == shared
+    assert len(scatter_calls) == 1
+    assert scatter_calls[0][0] is shared
+    assert Parallel(backend="dask", scatter=(shared,), batch_size=1)(
+        delayed(len)(shared) for _ in range(3)) == [10] * 3
+    assert len(scatter_calls) == 2
+
+
+def test_scatter_must_be_a_list_or_a_tuple(client):
+    with pytest.raises(TypeError, match="scatter must be a list or a tuple"):
+        Parallel(backend="dask", scatter=np.ones(3))
 
 
 def test_scattered_data_is_released_after_the_call(client):

@@ -335,6 +335,15 @@ def test_openmp_is_capped_per_worker_thread_and_restored():
     assert {n for n, _ in after} == {before}
 
 
+@pytest.mark.parametrize("bad", ["x", 0, -2, 2.5, True])
+def test_a_bad_inner_max_num_threads_is_a_clear_error_before_any_task_runs(bad):
+    ran = []
+    with joblib.parallel_config(backend="cyjob", n_jobs=2, inner_max_num_threads=bad):
+        with pytest.raises(ValueError, match="inner_max_num_threads must be None or a positive"):
+            joblib.Parallel()(joblib.delayed(ran.append)(x) for x in range(4))
+    assert ran == []
+
+
 def test_inner_max_num_threads_sets_the_openmp_cap_on_threads():
     pytest.importorskip("threadpoolctl")
     pytest.importorskip("sklearn")

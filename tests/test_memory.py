@@ -134,6 +134,47 @@ def test_bound_method_with_ignore_self(tmp_path, memory_cls):
         mem.cache(Counted(1, calls).scale, ignore=["this"])(3)
 
 
+def test_ignore_names_an_argument_a_partial_binds(tmp_path):
+    # joblib accepts ignore=["x"] for functools.partial(g, 1) (x bound by the
+    # partial): the bound value then stays out of the key, as an ignored
+    # argument's does.
+    calls = []
+
+    def add(x, y, z=0):
+        calls.append((x, y, z))
+        return x + y + z
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(functools.partial(add, 1), ignore=["x"])
+    assert f(2) == 3 and f(2) == 3 and calls == [(1, 2, 0)]
+    assert mem.cache(functools.partial(add, 5), ignore=["x"])(2) == 3  # x is ignored
+    g = mem.cache(functools.partial(add, 1, z=4), ignore=["z"])
+    assert g(2) == 7 and g(2, z=4) == 7 and len(calls) == 2
+    assert mem.cache(functools.partial(add, 1), ignore=["y"])(2) == 3  # y: a call argument
+    assert mem.cache(functools.partial(add, 1), ignore=["y"])(3) == 3
+    with pytest.raises(ValueError, match="Ignore list"):
+        mem.cache(functools.partial(add, 1), ignore=["w"])(2)
+
+
+def test_unpicklable_argument_is_a_pickling_error_naming_the_function(tmp_path):
+    # As cyjob.hash says of the same object: a PicklingError that says what
+    # could not be hashed (not pickle's bare TypeError), raised before the
+    # function runs.
+    calls = []
+
+    def takes_lock(lock):
+        calls.append(lock)
+
+    mem = Memory(tmp_path, verbose=0)
+    f = mem.cache(takes_lock)
+    for method in (f, f.call_and_shelve, f.check_call_in_cache, f.call):
+        with pytest.raises(pickle.PicklingError,
+                           match=r"arguments of \S*takes_lock could not be hashed") as info:
+            method(threading.Lock())
+        assert "_thread.lock" in str(info.value)
+    assert calls == []
+
+
 class Multiplier:
     def __init__(self, k):
         self.k = k
@@ -161,6 +202,34 @@ def test_callable_object_hits_its_own_entries(tmp_path):
     assert f(3) == 6 and f.check_call_in_cache(3)
     assert mem.cache(Multiplier(2)).check_call_in_cache(3)  # equal state: a hit
     assert not mem.cache(Multiplier(3)).check_call_in_cache(3)
+
+
+class _NoEquality:
+    def __eq__(self, other):
+        raise RuntimeError("compared")
+
+    __hash__ = object.__hash__
+
+
+def test_defaults_that_do_not_compare_as_bools(tmp_path):
+    # A numpy array default (== gives an array, whose truth is ambiguous) or
+    # one whose == raises: joblib caches such functions; the key was built by
+    # testing `empty in defaults`, which compares each default.
+    calls = []
+
+    def with_array(x, weights=np.arange(3)):
+        calls.append(x)
+        return x * weights.sum()
+
+    def with_object(x, option=_NoEquality()):
+        calls.append(x)
+        return x
+
+    mem = Memory(tmp_path, verbose=0)
+    f, g = mem.cache(with_array), mem.cache(with_object)
+    assert f(2) == 6 and f(2) == 6 and f(2, np.arange(3)) == 6
+    assert g(1) == 1 and g(1) == 1
+    assert calls == [2, 1]
 
 
 def test_location_none_calls_through():
@@ -250,6 +319,16 @@ def test_call_and_shelve_pickles_to_another_process(tmp_path):
     assert "args_id" in repr(ref)
 
 
+def test_get_of_a_cleared_result_says_it_may_have_been_cleared(tmp_path):
+    # joblib: "Non-existing item (may have been cleared)"; a missing entry is
+    # not a corrupted folder.
+    ref = Memory(tmp_path, verbose=0).cache(Box.stat).call_and_shelve(6)
+    ref.clear()
+    with pytest.raises(KeyError, match=r"Non-existing item \(may have been cleared\)") as info:
+        ref.get()
+    assert "corrupted" not in str(info.value)
+
+
 def test_async_functions(tmp_path):
     calls = []
 
@@ -290,6 +369,11 @@ def test_verbose_lines(tmp_path, capsys):
     g = Memory(tmp_path, verbose=11).cache(Box.stat)
     g(3)
     assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
+    # The function's verbosity decides, as in joblib (not its Memory's).
+    Memory(tmp_path, verbose=0).cache(Box.stat, verbose=11)(4)
+    assert "Persisting in " + str(tmp_path) in capsys.readouterr().out
+    Memory(tmp_path, verbose=11).cache(Box.stat, verbose=0)(5)
+    assert capsys.readouterr().out == ""
 
 
 class _ClockAhead:
@@ -351,6 +435,101 @@ def test_numpy_results_and_mmap(tmp_path):
         r2[0, 0] = 1.0
 
 
+@pytest.mark.parametrize("mode", ["r", "c"])
+def test_mmap_of_empty_array_results_gives_memmaps(tmp_path, mode):
+    # As joblib: an empty array comes back as an np.memmap too, at the
+    # first call (mapped after writing) and at a hit.
+    mem = Memory(tmp_path, mmap_mode=mode, verbose=0)
+    f = mem.cache(lambda n: (np.empty(0), np.zeros((n, 0), "f4"), np.arange(n)))
+    for result in (f(3), f(3)):
+        assert all(isinstance(r, np.memmap) for r in result), [type(r) for r in result]
+        assert result[1].shape == (3, 0) and result[1].dtype == np.float32
+        np.testing.assert_array_equal(result[2], np.arange(3))
+
+
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_datetime_and_timedelta_arrays_are_cached(tmp_path, mmap_mode):
+    # numpy cannot export datetime64/timedelta64 memory as a buffer: such a
+    # result must still be stored (it was not: a warning, and a recomputation
+    # at every call).
+    values = (np.arange(6).astype("M8[s]"), np.zeros((3, 4), "m8[ns]", order="F"),
+              np.array([(1, 2)], dtype=[("t", "M8[D]"), ("n", "i4")]),
+              np.array(np.datetime64("2020-01-02")), np.arange(4).astype("M8[s]")[::2])
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return values
+
+    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again = f(1), f(1)
+    assert calls == [1]
+    for result in (first, again):
+        for got, expected in zip(result, values):
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+    assert again[1].flags.f_contiguous
+
+
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_arrays_of_zero_size_items_are_cached(tmp_path, mmap_mode):
+    # An item of no bytes (a structured dtype without fields): its empty
+    # buffer cannot be viewed as the dtype, and the entry was reported
+    # unreadable and recomputed at every call.
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return np.zeros(n, dtype=np.dtype([])), np.zeros((n, 0))
+
+    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again = f(3), f(3)
+    assert calls == [3]
+    for result in (first, again):
+        assert result[0].shape == (3,) and result[0].dtype == np.dtype([])
+        assert result[1].shape == (3, 0)
+
+
+def test_results_changed_through_r_plus_maps_are_read_back_not_recomputed(tmp_path):
+    # mmap_mode="r+" writes reach the entry (joblib's rule): a later reader
+    # without a map must read those bytes, not call them corrupt (their
+    # checksums predate the writes), warn and recompute.
+    calls = []
+
+    def zeros(n):
+        calls.append(n)
+        return np.zeros(n)
+
+    shared = Memory(tmp_path, mmap_mode="r+", verbose=0).cache(zeros)(1000)
+    shared[:5] = 7.0
+    shared.flush()
+    del shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = Memory(tmp_path, verbose=0).cache(zeros)(1000)
+    assert plain[:6].tolist() == [7.0] * 5 + [0.0] and calls == [1000]
+
+
+def test_call_maps_its_output_under_mmap_mode(tmp_path):
+    # joblib's MemorizedFunc.call returns the stored output mapped, as the
+    # next cached call will (async call too).
+    mem = Memory(tmp_path, mmap_mode="r", verbose=0)
+    f = mem.cache(lambda n: np.arange(n))
+    value, meta = f.call(4)
+    assert isinstance(value, np.memmap) and value.tolist() == [0, 1, 2, 3]
+    assert meta["input_args"] == {"n": "4"}
+
+    async def coro(n):
+        return np.arange(n)
+
+    value, _ = asyncio.run(mem.cache(coro).call(3))
+    assert isinstance(value, np.memmap) and value.tolist() == [0, 1, 2]
+
+
 def test_compress(tmp_path):
     with pytest.warns(UserWarning, match="memmapped"):
         Memory(tmp_path, compress=True, mmap_mode="r", verbose=0)
@@ -396,6 +575,27 @@ def test_keys_are_the_same_across_hash_seeds(tmp_path):
     assert "COMPUTED" in _run(code, tmp_path, PYTHONHASHSEED="1")
     for seed in ("2", "3", "4242"):
         assert "COMPUTED" not in _run(code, tmp_path, PYTHONHASHSEED=seed)
+
+
+def test_defaults_whose_repr_has_an_address_keep_entries_across_processes(tmp_path):
+    # A sentinel default (object()), a function or an instance without a
+    # repr of its own print their address, which changes in each process:
+    # the version (made from the defaults' reprs) changed with it and every
+    # new process wiped the function's cache.  joblib keeps the entries.
+    code = """
+        import cyjob
+        _MISSING = object()
+        class Options:
+            pass
+        def helper(v):
+            return v
+        def f(x, y=_MISSING, fn=helper, options=Options()):
+            print("COMPUTED")
+            return x
+        cyjob.Memory(%r, verbose=0).cache(f)(1)
+    """ % str(tmp_path)
+    assert "COMPUTED" in _run(code, tmp_path)
+    assert "COMPUTED" not in _run(code, tmp_path)
 
 
 _MODULE = '''

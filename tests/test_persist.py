@@ -278,6 +278,45 @@ def test_mmap_of_a_big_offset_and_many_arrays(tmp_path):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_mmap_of_empty_arrays_gives_memmaps(tmp_path, mode):
+    # joblib returns an np.memmap for an empty array too (and the README
+    # promises one for every non-object array); numpy turns an empty slice
+    # of a map into a plain ndarray, and a zero-length mmap maps the file.
+    import mmap
+
+    value = [np.empty(0), np.zeros((0, 3), "f4"), np.zeros((2, 0), order="F"),
+             np.zeros(mmap.ALLOCATIONGRANULARITY, "uint8")]
+    dump(value, tmp_path / "x.pkl")
+    loaded = load(tmp_path / "x.pkl", mmap_mode=mode)
+    for got, expected in zip(loaded, value):
+        assert isinstance(got, np.memmap), (expected.shape, type(got))
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert got.filename == str((tmp_path / "x.pkl").resolve())
+    assert load(tmp_path / "x.pkl", mmap_mode=mode)[3].sum() == 0
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+def test_datetime_and_timedelta_arrays_map_like_any_other(tmp_path, compress):
+    # numpy pickles these in band (it exports no buffer of them): they too
+    # must go out of band, so that mmap_mode maps them (joblib maps them).
+    value = [np.arange(6).astype("M8[s]"), np.zeros((3, 4), "m8[ns]", order="F"),
+             np.array([(1, 2)], dtype=[("t", "M8[D]"), ("n", "i4")]),
+             np.arange(8).astype("M8[ms]")[::3], np.array(np.datetime64("2020-01-02"))]
+    path = tmp_path / "x.pkl"
+    dump(value, path, compress=compress)
+    for loaded in (load(path), load(io.BytesIO(path.read_bytes()))):
+        for got, expected in zip(loaded, value):
+            assert type(got) is np.ndarray and got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+    if not compress:
+        mapped = load(path, mmap_mode="r")
+        for got, expected in zip(mapped, value):
+            assert isinstance(got, np.memmap), expected.dtype
+            np.testing.assert_array_equal(got, expected)
+        assert mapped[1].flags.f_contiguous
+
+
 # -- files, paths, streams -------------------------------------------------------
 
 class CustomPath(os.PathLike):
@@ -338,6 +377,16 @@ def test_bad_filenames(tmp_path):
         load(12)
     assert not os.listdir(tmp_path)
 
+
+
+def test_a_filename_ending_in_a_separator_is_refused_naming_it(tmp_path):
+    # open(name + "/", "wb") says "Is a directory" (joblib's error): the name
+    # cannot be a file, whether or not the directory exists; it raised a
+    # FileNotFoundError naming the dump's temporary file instead.
+    for name in (str(tmp_path / "absent") + os.sep, str(tmp_path / "x.pkl") + os.sep):
+        with pytest.raises(IsADirectoryError, match=re.escape(repr(name))):
+            dump("foo", name)
+    assert not os.listdir(tmp_path)
 
 
 def test_an_empty_filename_is_refused_before_writing(tmp_path, monkeypatch):
@@ -464,6 +513,9 @@ def test_the_first_bytes_of_a_huge_file_raise_truncated(tmp_path, compress, part
                      + raw[fmt.HEADER_SIZE + 16:])
     with pytest.raises(CorruptFileError, match=f"{re.escape(repr(str(path)))} is truncated"):
         load(path)
+    # The same bytes in memory (a download cut short, read into a BytesIO).
+    with pytest.raises(CorruptFileError, match="is truncated"):
+        load(io.BytesIO(path.read_bytes()))
 
 
 def _segments(raw):

@@ -297,6 +297,23 @@ def test_untrusted_load_lets_listed_types_through(tmp_path):
         load(path, trusted=False, allowed=["Point"])
 
 
+def test_untrusted_allowed_none_means_nothing_more_and_bad_values_name_it(tmp_path):
+    # allowed= lists what an untrusted load lets through besides data: None
+    # (a common spelling of "nothing") lets nothing more through, and a value
+    # that is no list says so naming the parameter, before the file is read.
+    path = tmp_path / "x.pkl"
+    dump([1, np.arange(3)], path)
+    assert load(path, trusted=False, allowed=None)[0] == 1
+    assert load(path, allowed=None)[0] == 1
+    dump(Point(1, 2), path)
+    with pytest.raises(UntrustedTypeError, match="Point"):
+        load(path, trusted=False, allowed=None)
+    assert load(path, trusted=False, allowed=Point).x == 1  # one class: a list of it
+    for bad in (5, 2.5):
+        with pytest.raises(TypeError, match="allowed"):
+            load(tmp_path / "missing.pkl", trusted=False, allowed=bad)
+
+
 def test_untrusted_refuses_subclasses_and_sklearn_unless_listed(tmp_path):
     path = tmp_path / "x.pkl"
     with warnings.catch_warnings():

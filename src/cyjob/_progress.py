@@ -88,12 +88,26 @@ class VerboseReporter:
             self._print(f"Done {done:{width}d} tasks {pad}{fmt_time}")
 
 
+class _Nowhere:
+    """A stream that drops what is written: stands for a missing
+    ``sys.stderr`` (None under pythonw and some services), where a bar has
+    nowhere to go and must not fail the call it reports on."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
 class ProgressBar:
     """A progress bar on stderr, updated once per finished batch: tqdm when it
     is installed, else a small built-in bar (count, rate, ETA)."""
 
     def __init__(self, file=None, min_interval=0.1, use_tqdm=True):
-        self.file = file if file is not None else sys.stderr
+        if file is None:
+            file = sys.stderr if sys.stderr is not None else _Nowhere()
+        self.file = file
         self.min_interval = min_interval
         self.start = time.monotonic()
         self.last_draw = 0.0
@@ -148,6 +162,19 @@ class ProgressBar:
             self.file.write("\n")
             self.last_line, self.drawn = "", 0
         self.file.flush()
+
+    def close(self):
+        """End the bar where it stands, on a line of its own: a call that
+        fails or is closed early never sends the finished report that
+        closes it, and the traceback or the next output must not be
+        written after it on its line (nor tqdm's bar drawn again when
+        collected).  Does nothing once the bar is closed."""
+        if self.tqdm is not None:
+            self.tqdm.close()
+        elif self.drawn:
+            self.file.write("\n")
+            self.file.flush()
+            self.last_line, self.drawn = "", 0
 
     @staticmethod
     def line(done, total, elapsed, width=30):

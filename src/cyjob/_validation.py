@@ -23,6 +23,13 @@ def _is_int(value):
         isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
+def check_inner_max_num_threads(value):
+    """None or a positive int: the threads each worker's BLAS/OpenMP may start."""
+    if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"inner_max_num_threads must be None or a positive int, got {value!r}")
+    return value
+
+
 def check_n_jobs(n_jobs):
     """None (use the configured value) or a non-zero int.
 

@@ -112,10 +112,7 @@ class parallel_config:
         check.check_temp_folder(new["temp_folder"])
         if new["backend"] is not None:
             check_backend(new["backend"])  # unknown names fail here, not later
-        if inner_max_num_threads is not None:
-            if not check._is_int(inner_max_num_threads) or inner_max_num_threads < 1:
-                raise ValueError("inner_max_num_threads must be None or a positive int, "
-                                 f"got {inner_max_num_threads!r}")
+        if check.check_inner_max_num_threads(inner_max_num_threads) is not None:
             new["inner_max_num_threads"] = inner_max_num_threads
         if backend_params:
             new["backend_params"] = {**new["backend_params"], **backend_params}

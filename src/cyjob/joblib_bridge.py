@@ -58,6 +58,7 @@ from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, PROCESS_MIN_BATCH_SECONDS, BatchSizer
 from cyjob._cpus import n_workers
+from cyjob._validation import check_inner_max_num_threads
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
@@ -411,6 +412,10 @@ class CyjobBackend(ParallelBackendBase):
         require = require if require is not None else config["require"]
         if self.inner_max_num_threads is None:
             self.inner_max_num_threads = config["inner_max_num_threads"]
+        # joblib.parallel_config sets it on the backend unchecked: a bad one
+        # failed later with an internal TypeError ("x") or was silently
+        # misread (0 as the default, -2 or 2.5 passed on to the workers).
+        check_inner_max_num_threads(self.inner_max_num_threads)
         chosen = config["backend"]
         n_jobs = self.effective_n_jobs(n_jobs)
         if n_jobs == 1 or chosen == "sequential":

@@ -147,7 +147,7 @@ class Parallel:
                     below = "multiprocessing" if worker.CALLED_AS == "multiprocessing" else "processes"
                     if _warn_nested(plan.backend_name, below):
                         n_workers = 1  # joblib's rule, which the warning announced
-        if n_workers == 1:
+        if n_workers == 1 and not backend.runs_elsewhere:
             backend = _SEQUENTIAL
         return backend.executor(n_workers, plan)
 
@@ -209,7 +209,7 @@ class Parallel:
         # says how long a batch must at least be to amortise it.
         min_batch = getattr(executor, "min_batch_seconds", DEFAULT_MIN_BATCH_SECONDS)
         sizer = BatchSizer(n_workers, fixed, plan.max_batch_size, target, min_batch)
-        progress = reporter = None
+        progress = reporter = bar = None
         if verbose or plan.progress:
             bar = ProgressBar() if plan.progress else None
             reporter = VerboseReporter(self._print, verbose, above=bar) if verbose else None
@@ -223,11 +223,13 @@ class Parallel:
                 return call.collect()
             finally:
                 self._running = None
+                if bar is not None:
+                    bar.close()  # (after an error: a finished call closed it)
         if not inline:
             # Results start computing before the first next(), as with joblib;
             # in the caller's thread, each is computed when asked for.
             call.start()
-        results = _results(call)
+        results = _results(call, bar)
         next(results)  # enter the try block, so that closing it early aborts the call
         return results
 
@@ -270,7 +272,7 @@ def _warn_nested(backend_name, below):
     return True
 
 
-def _results(call):
+def _results(call, bar=None):
     try:
         yield  # primed by Parallel.__call__ (as joblib does)
         while True:
@@ -282,3 +284,5 @@ def _results(call):
         # Closed or garbage-collected halfway: cancel what is left.
         if not call.finished:
             call.abort()
+        if bar is not None:
+            bar.close()  # (after an error or an early close: a finished call closed it)

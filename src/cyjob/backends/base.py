@@ -23,6 +23,9 @@ class Backend:
     #: ``Parallel.n_jobs`` when neither the call nor ``parallel_config`` gives
     #: one (joblib's attribute of the same name: libraries read ``n_jobs``).
     default_n_jobs = 1
+    #: Batches run outside this process (a cluster's workers): with one
+    #: worker they still go there, one at a time, not to the caller's thread.
+    runs_elsewhere = False
 
     def __init__(self, **backend_params):
         self.backend_params = backend_params

@@ -9,8 +9,10 @@ module only ships batches and brings results back:
   which measures the batch there, so the batch sizer sees run times, not
   network round trips;
 * large arguments are scattered once per call and the tasks refer to them:
-  numpy arrays over ``max_nbytes``, and any object passed to several tasks
-  (the same object, by ``id``) whose pickle is over ``REPEATED_MIN_BYTES``;
+  numpy arrays over ``max_nbytes``, any object passed to several tasks
+  (the same object, by ``id``) whose pickle is over ``REPEATED_MIN_BYTES``,
+  and the objects listed in ``scatter=[...]`` (joblib's option), whatever
+  their size;
 * a ``Parallel`` running inside a dask task runs sequentially in that task's
   thread: waiting there for more tasks of the same cluster could deadlock
   it once every worker thread waits;
@@ -19,6 +21,8 @@ module only ships batches and brings results back:
 """
 
 import asyncio
+import inspect
+import numbers
 import pickle
 import traceback
 import uuid
@@ -54,6 +58,13 @@ REPEATED_MIN_BYTES = 64 * 1024
 RECENT_OBJECTS = 256
 # Types never worth scattering, however often they repeat.
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes, type)
+_NOT_LISTED = object()  # (None may be listed in scatter=[...])
+# The options of client.submit a call may set for its batches: any other
+# name would reach the batch function on the worker as a keyword argument
+# and fail there.  (cyjob sets key and pure itself; a batch is no actor.)
+SUBMIT_OPTIONS = frozenset(
+    name for name, param in inspect.signature(distributed.Client.submit).parameters.items()
+    if param.kind is param.KEYWORD_ONLY) - {"key", "pure", "actor", "actors"}
 
 
 def inside_dask_worker():
@@ -134,11 +145,15 @@ class DaskExecutor(Executor):
     # A dask task costs ~10 ms of scheduling here: batches of at least 50 ms.
     min_batch_seconds = 0.050
 
-    def __init__(self, n_workers, client, max_nbytes=1 << 20, submit_kwargs=None):
+    def __init__(self, n_workers, client, max_nbytes=1 << 20, submit_kwargs=None,
+                 scatter=()):
         super().__init__(n_workers)
         self.client = client
         self.max_nbytes = max_nbytes
         self.submit_kwargs = dict(submit_kwargs or {})
+        # The objects the caller asked to scatter (by id; kept alive here so
+        # that no other object takes one of their ids meanwhile).
+        self.always_scattered = {id(obj): obj for obj in scatter}
         self._calls = {}
 
     # -- scattering (caller's thread) ------------------------------------------
@@ -150,6 +165,8 @@ class DaskExecutor(Executor):
 
     def _worth_scattering(self, state, obj):
         """Decide for one argument; True means scatter it now."""
+        if self.always_scattered.get(id(obj), _NOT_LISTED) is obj:
+            return True  # listed in scatter=[...]
         if isinstance(obj, _ATOMIC) or callable(obj):
             return False  # functions travel by reference: small
         if isinstance(obj, np.ndarray):
@@ -268,6 +285,9 @@ class DaskBackend(Backend):
         The client to use; default: the active one (``distributed.get_client()``).
     wait_for_workers_timeout : float, default=10
         Seconds to wait for a first worker when the cluster has none yet.
+    scatter : list or tuple, optional
+        Objects to scatter to the cluster once per call wherever a task
+        receives them, however small (joblib's option of the same name).
     **submit_kwargs
         Passed to ``client.submit`` for every batch (``resources``,
         ``priority``, ``retries``...).
@@ -276,12 +296,39 @@ class DaskBackend(Backend):
     name = "dask"
     supports_sharedmem = False
     default_n_jobs = -1  # every thread of the cluster, as joblib's dask backend
+    # n_jobs=1 means one batch at a time on the cluster, as in joblib: the
+    # tasks may need what only the workers have (resources=, data, memory).
+    runs_elsewhere = True
 
-    def __init__(self, client=None, wait_for_workers_timeout=10.0, **submit_kwargs):
+    def __init__(self, client=None, wait_for_workers_timeout=10.0, scatter=None,
+                 **submit_kwargs):
         super().__init__(client=client, wait_for_workers_timeout=wait_for_workers_timeout,
-                         **submit_kwargs)
+                         scatter=scatter, **submit_kwargs)
+        unknown = sorted(set(submit_kwargs) - SUBMIT_OPTIONS)
+        if unknown:
+            hint = (" (joblib's scheduler_host: pass client=distributed.Client(address))"
+                    if "scheduler_host" in unknown else "")
+            raise TypeError(
+                f"backend='dask' got unexpected option(s) {', '.join(map(repr, unknown))}"
+                f"{hint}; it takes client, wait_for_workers_timeout, scatter and these "
+                f"options of client.submit: {', '.join(sorted(SUBMIT_OPTIONS))}")
+        if client is not None and not isinstance(client, distributed.Client):
+            # (Else an AttributeError deep in the first call.)
+            raise TypeError(f"backend='dask': client must be a distributed.Client, got "
+                            f"{type(client).__name__} (for an address: "
+                            "client=distributed.Client(address))")
+        if wait_for_workers_timeout is not None and (
+                isinstance(wait_for_workers_timeout, bool)
+                or not isinstance(wait_for_workers_timeout, numbers.Real)
+                or not wait_for_workers_timeout >= 0):
+            raise ValueError("backend='dask': wait_for_workers_timeout must be a number of "
+                             f"seconds >= 0 or None, got {wait_for_workers_timeout!r}")
+        if scatter is not None and not isinstance(scatter, (list, tuple)):
+            raise TypeError(f"backend='dask': scatter must be a list or a tuple of objects, "
+                            f"got {type(scatter).__name__}")
         self._client = client
         self.wait_for_workers_timeout = wait_for_workers_timeout
+        self.scatter = list(scatter or ())
         self.submit_kwargs = submit_kwargs
 
     def get_client(self):
@@ -338,7 +385,8 @@ class DaskBackend(Backend):
         if inside_dask_worker():
             return SequentialBackend().executor(1, plan)
         max_nbytes = plan.max_nbytes if plan is not None else 1 << 20
-        return DaskExecutor(n_workers, self.get_client(), max_nbytes, self.submit_kwargs)
+        return DaskExecutor(n_workers, self.get_client(), max_nbytes, self.submit_kwargs,
+                            self.scatter)
 
     def __repr__(self):
         return f"DaskBackend(client={self._client!r})"

@@ -21,6 +21,7 @@ upgrade would otherwise wipe every cache.
 """
 
 import inspect
+import re
 import sys
 import types
 
@@ -36,7 +37,7 @@ def _code_text(func):
     except (OSError, TypeError):
         pass
     if code is None:
-        return repr(func)
+        return _safe_repr(func)
     return _code_fingerprint(code)
 
 
@@ -93,9 +94,14 @@ def helpers_of(func):
     return found
 
 
+# What object.__repr__ and the reprs of functions and builtin methods add:
+# the address changes in every process, the version must not.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _safe_repr(value):
     try:
-        return repr(value)
+        return _ADDRESS.sub("", repr(value))
     except Exception:
         return "<%s>" % type(value).__qualname__
 

@@ -15,6 +15,7 @@ import inspect
 import logging
 import numbers
 import os
+import pickle
 import sys
 import time
 import types
@@ -113,9 +114,23 @@ class _Binder:
         self.prefix = ()
         target = func
         inner = func  # what the call runs: a partial's function
+        bound_by_partial = {}  # {name: value} of the arguments a partial binds
         if isinstance(func, functools.partial):
-            self.prefix += (func.args, sorted(func.keywords.items()))
             inner = func.func
+            if self.ignore:
+                try:
+                    bound_by_partial = inspect.signature(inner).bind_partial(
+                        *func.args, **func.keywords).arguments
+                except (TypeError, ValueError):
+                    pass
+            if self.ignore.intersection(bound_by_partial):
+                # An ignored argument stays out of the key also when the
+                # partial binds it (joblib accepts the name).
+                self.prefix += (tuple((name, value) for name, value
+                                      in bound_by_partial.items()
+                                      if name not in self.ignore),)
+            else:
+                self.prefix += (func.args, sorted(func.keywords.items()))
         bound_name = None  # a bound method's first parameter ('self', 'cls')
         if inspect.ismethod(inner):
             try:
@@ -139,6 +154,7 @@ class _Binder:
         names = [] if self.sig is None else list(self.sig.parameters)
         if bound_name is not None:
             names.append(bound_name)
+        names.extend(bound_by_partial)
         for name in self.ignore:
             if self.sig is not None and name not in names:
                 raise ValueError("Ignore list: argument '%s' is not defined for function %s"
@@ -149,6 +165,11 @@ class _Binder:
         self.n = len(params)
         self.names = tuple(p.name for p in params)
         self.defaults = tuple(p.default for p in params)
+        # The parameters up to the last one without a default must be given
+        # (counted by identity: `empty in defaults` would compare each
+        # default with ==, which a numpy array default cannot answer).
+        self.n_required = max((i + 1 for i, p in enumerate(params)
+                               if p.default is inspect.Parameter.empty), default=0)
 
     def __eq__(self, other):
         # Rebuilt from the same function and ignore list, it binds the same.
@@ -162,10 +183,8 @@ class _Binder:
             n = len(args)
             if n == self.n:
                 return self.prefix + args
-            if n < self.n:
-                tail = self.defaults[n:]
-                if inspect.Parameter.empty not in tail:
-                    return self.prefix + args + tail
+            if self.n_required <= n < self.n:
+                return self.prefix + args + self.defaults[n:]
         if self.sig is None:
             return self.prefix + (args, sorted(kwargs.items()))
         try:
@@ -218,9 +237,16 @@ def _bad_call(func, sig, args, kwargs, exc):
                         % (what, name, sig, name, called, text))
 
 
-def _args_id(key_object, coerce_mmap):
+def _args_id(key_object, coerce_mmap, func):
     state = xxhash.xxh3_128()
-    _dump(key_object, state, coerce_mmap)
+    try:
+        _dump(key_object, state, coerce_mmap)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        # What cyjob.hash says of such an object, and whose arguments they are
+        # (pickle's own error names only the type it met).
+        name = _func_name_parts(func)[1]
+        raise pickle.PicklingError("cyjob.Memory: the arguments of %s could not be hashed "
+                                   "(they must be picklable): %r" % (name, exc)) from exc
     return state.hexdigest()
 
 
@@ -329,11 +355,15 @@ class MemorizedResult:
         try:
             return self.store_backend.read(self.func_id, self.version, self.args_id,
                                            mmap_mode=self.mmap_mode)
-        except (OSError, CorruptEntry) as exc:
+        except (OSError, CorruptEntry, KeyError) as exc:
+            path = self.store_backend.entry_path(self.func_id, self.version, self.args_id)
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError, KeyError)):
+                # (joblib's words: the usual cause is clear(), not damage)
+                raise KeyError("Non-existing item (may have been cleared).\nFile %s does "
+                               "not exist" % (path,)) from exc
             raise KeyError(
                 "Error while trying to load a MemorizedResult's value. It seems that "
-                "this folder is corrupted : {}".format(self.store_backend.entry_path(
-                    self.func_id, self.version, self.args_id))) from exc
+                "this folder is corrupted : {}".format(path)) from exc
 
     def clear(self):
         """Clear the value from the cache."""
@@ -420,7 +450,7 @@ class MemorizedFunc:
 
     # -- lookup -----------------------------------------------------------------
     def _args_id(self, args, kwargs):
-        return _args_id(self._binder.key_object(args, kwargs), self._coerce)
+        return _args_id(self._binder.key_object(args, kwargs), self._coerce, self.func)
 
     def _lookup(self, version, args_id, args, kwargs):
         """(True, value) on a valid hit, else (False, None)."""
@@ -456,7 +486,7 @@ class MemorizedFunc:
         version = self._version
         if version is None or getattr(self.func, "__code__", None) is not self._code:
             version = self._check_version()
-        args_id = _args_id(self._binder.key_object(args, kwargs), self._coerce)
+        args_id = _args_id(self._binder.key_object(args, kwargs), self._coerce, self.func)
         if self._verbose >= 20:
             self._log_query(args_id, args, kwargs)
         hit, value = self._lookup(version, args_id, args, kwargs)
@@ -509,9 +539,18 @@ class MemorizedFunc:
         store = self.store_backend
         if path is None and version == self._version and hasattr(store, "write_at"):
             path = self._dir + args_id
+        if self._verbose > 10:
+            # The function's verbosity, as joblib's (the store is the Memory's).
+            print("Persisting in %s" % (path or self._entry_name(version, args_id)))
         if path is not None:
             return store.write_at(path, value, meta, duration)
         return store.write(self.func_id, version, args_id, value, meta, duration)
+
+    def _entry_name(self, version, args_id):
+        try:
+            return self.store_backend.entry_path(self.func_id, version, args_id)
+        except NotImplementedError:  # a registered backend need not have paths
+            return "/".join([self.func_id, version, args_id])
 
     def _finish(self, version, args_id, value, stored, shelving):
         if shelving:
@@ -628,8 +667,9 @@ class MemorizedFunc:
         """
         version = self._current_version()
         args_id = self._args_id(args, kwargs)
-        value, _, meta = self._compute(version, args_id, args, kwargs, self.func)
-        return value, meta
+        value, stored, meta = self._compute(version, args_id, args, kwargs, self.func)
+        # (mapped under mmap_mode, as joblib's call and the next hit return it)
+        return self._finish(version, args_id, value, stored, False), meta
 
     def clear(self, warn=True):
         """Empty the function's cache."""
@@ -674,8 +714,8 @@ class AsyncMemorizedFunc(MemorizedFunc):
         self._before_call(args, kwargs)
         start = time.time()
         value = await self.func(*args, **kwargs)
-        value, _, meta = self._store(version, args_id, args, kwargs, value, start)
-        return value, meta
+        value, stored, meta = self._store(version, args_id, args, kwargs, value, start)
+        return self._finish(version, args_id, value, stored, False), meta
 
     async def _async_cached(self, args, kwargs, shelving):
         version = self._current_version()

@@ -13,6 +13,7 @@ An entry is one file, written to a temporary name and renamed into place
 
     header   magic "CYJE", format version, flags, buffer count, lengths,
              creation time, duration, xxh3_64 of the pickle and metadata
+             (flag 1: the buffers were mapped "r+", their checksums are stale)
     table    per out-of-band buffer: offset, length, xxh3_64
     pickle   the result, pickled with protocol 5; numpy arrays go out of
              band (their memory is written as is, aligned to 64 bytes)
@@ -50,6 +51,10 @@ _DUMP_MAGIC = b"\x89CYJOB"  # cyjob.dump's files (compressed entries)
 _DUMPED_ENTRY = "cyjob.Memory entry 1"
 _HEADER = struct.Struct("<4sBBHIQQddQ")  # magic ver flags pad nbuf plen mlen time dur sum
 _ROW = struct.Struct("<QQQ")  # offset, length, xxh3_64
+# Header flag: the buffers were mapped writable ("r+"), so they may have
+# changed in place and their checksums no longer say anything.
+_WRITABLE_MAPPED = 1
+_FLAGS_OFFSET = 5  # of the flags byte in _HEADER
 _ALIGN = 64
 # Entries up to this size are read into bytes (their arrays copied out, a
 # few KB); larger ones into one writable buffer the arrays are views of.
@@ -68,6 +73,13 @@ def _rebuild_array(buf, dtype, shape, order):
     np = sys.modules["numpy"]
     if not isinstance(buf, np.ndarray):
         buf = np.frombuffer(buf, dtype=np.uint8)
+    if isinstance(buf, np.memmap) and not buf.size:
+        # (a view of an empty map would forget its file: see empty_memmap)
+        from cyjob.persist.format import empty_memmap
+
+        return empty_memmap(buf.filename, buf.mode, buf.offset, dtype, shape, order)
+    if not dtype.itemsize:  # no bytes to view as items of no bytes (numpy refuses)
+        return np.empty(shape, dtype, order=order)
     # .view keeps np.memmap (mmap_mode) a memmap, as joblib returns.
     return buf.view(dtype).reshape(shape, order=order)
 
@@ -85,7 +97,13 @@ class _EntryPickler(pickle.Pickler):
             order, data = "F", obj
         else:
             order, data = "C", np.ascontiguousarray(obj)
-        return _rebuild_array, (pickle.PickleBuffer(data), obj.dtype, obj.shape, order)
+        try:
+            buffer = pickle.PickleBuffer(data)
+        except ValueError:
+            # numpy exports no buffer of datetime64/timedelta64 items: their
+            # raw bytes, in the same order (_rebuild_array views them back).
+            buffer = pickle.PickleBuffer(data.ravel(order=order).view(np.uint8))
+        return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
 
 
 # Values that hold no other object (so no numpy array).
@@ -232,6 +250,10 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
     state = xxhash.xxh3_64(view[start:end])
     if state.intdigest() != checksum:
         raise CorruptEntry("checksum mismatch")
+    if nbuf and mmap_mode in ("r+", "w+") and not flag & _WRITABLE_MAPPED:
+        # Writes through the map reach the file, behind the checksums:
+        # later plain reads must take the bytes as they are, as joblib's do.
+        _mark_writable_mapped(path, flag)
     buffers = []
     for i in range(nbuf):
         offset, length, buf_sum = _ROW.unpack_from(view, _HEADER.size + _ROW.size * i)
@@ -239,7 +261,8 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
             raise CorruptEntry("truncated buffer %d" % i)
         if mmap_mode is None:
             buf = view[offset:offset + length]
-            if xxhash.xxh3_64_intdigest(buf) != buf_sum:
+            if (not flag & _WRITABLE_MAPPED
+                    and xxhash.xxh3_64_intdigest(buf) != buf_sum):
                 raise CorruptEntry("checksum mismatch in buffer %d" % i)
             if buf.readonly:  # a small entry read as bytes: the caller's arrays are writable
                 buf = bytearray(buf)
@@ -256,6 +279,14 @@ def read_entry(path, mmap_mode=None, with_meta=False, touch=False):
     meta = pickle.loads(view[start + plen:end])
     meta.update(duration=duration, time=created)
     return value, meta
+
+
+def _mark_writable_mapped(path, flag):
+    fd = os.open(path, os.O_WRONLY | _O_CLOEXEC)
+    try:
+        os.pwrite(fd, bytes([flag | _WRITABLE_MAPPED]), _FLAGS_OFFSET)
+    finally:
+        os.close(fd)
 
 
 def _read_into(fd, data):
@@ -291,9 +322,11 @@ def _map(path, offset, length, mmap_mode):
     np = sys.modules.get("numpy")
     if np is None:
         import numpy as np
-    if length == 0:
-        return np.empty(0, dtype=np.uint8)
     mode = "r+" if mmap_mode == "w+" else mmap_mode  # w+ would truncate the file
+    if length == 0:  # (np.memmap cannot map zero bytes)
+        from cyjob.persist.format import empty_memmap
+
+        return empty_memmap(path, mode, offset)
     return np.memmap(path, dtype=np.uint8, mode=mode, offset=offset, shape=(length,))
 
 
@@ -442,8 +475,6 @@ class LocalStoreBackend(StoreBackendBase):
                 raise
             self.warn_unwritable(exc)
             return False
-        if self.verbose > 10:
-            print("Persisting in %s" % path)
         if self.bytes_limit is not None:
             self._after_write(size)
         return True

@@ -22,7 +22,7 @@ def load(
     ensure_native_byte_order: bool | Literal["auto"] = ...,
     *,
     trusted: bool = ...,
-    allowed: Iterable[type | Callable[..., Any] | str] = ...,
+    allowed: Iterable[type | Callable[..., Any] | str] | None = ...,
 ) -> Any: ...
 
 class CompressorWrapper:

@@ -154,6 +154,11 @@ def dump(value, filename, compress=0, protocol=None):
         raise FileNotFoundError(errno.ENOENT, "dump: filename is empty", filename)
     if os.path.isdir(filename):
         raise IsADirectoryError(f"dump: filename {filename!r} is a directory")
+    if filename.endswith((os.sep, os.altsep or os.sep)):
+        # (as open(filename, "wb") refuses it; the temporary file would be
+        # made inside it, and its name would be the one in the error)
+        raise IsADirectoryError(f"dump: filename {filename!r} ends in a path separator: "
+                                "it names a directory, not a file")
     # The file is written where a symlink points (as open() would write):
     # that is the directory that must exist.
     target = os.path.realpath(filename) if os.path.islink(filename) else filename
@@ -192,6 +197,10 @@ class _Unpickler(pickle.Unpickler):
         # of our buffer: joblib returns writable arrays, so take the buffer.
         if isinstance(buffer, memoryview) and isinstance(buffer.obj, np.ndarray):
             buffer = buffer.obj
+        if isinstance(buffer, np.memmap) and not buffer.size:
+            # (a view of an empty map would forget its file: see empty_memmap)
+            return _format.empty_memmap(buffer.filename, buffer.mode, buffer.offset, dtype,
+                                        shape, order)
         if isinstance(buffer, np.ndarray):
             array = buffer.view(dtype).reshape(shape, order=order)
         else:
@@ -355,6 +364,7 @@ def load(filename, mmap_mode=None, ensure_native_byte_order="auto", *, trusted=T
     allowed : iterable of type, function or "module.qualname", optional
         What an untrusted load lets through besides those; "package.*" lets
         through every name of a package and its modules (e.g. "sklearn.*").
+        None, as (), lets nothing more through.
 
     Returns
     -------

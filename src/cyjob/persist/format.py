@@ -122,12 +122,28 @@ class _DispatchTable(dict):
         return copyreg.dispatch_table[cls]
 
 
+#: numpy's own rebuilder of an out-of-band array (``numpy._core.numeric``
+#: or, numpy < 2, ``numpy.core.numeric``): what its reductions name.
+_NUMPY_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+
+
 def _reduce_ndarray(array):
     # numpy writes a non-contiguous array in band (a bytes copy inside the
     # pickle); a contiguous copy goes out of band, so it can be memory-mapped.
     if (not array.flags.c_contiguous and not array.flags.f_contiguous
             and not array.dtype.hasobject and array.dtype.itemsize):
         array = np.ascontiguousarray(array)
+    if not array.dtype.hasobject and array.dtype.itemsize:
+        try:
+            memoryview(array)
+        except ValueError:
+            # numpy exports no buffer of datetime64/timedelta64 items, so it
+            # pickles them in band: their raw bytes go out of band instead,
+            # rebuilt by numpy's own function (plain pickle.loads reads them).
+            order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+            raw = array.ravel(order=order).view(np.uint8)
+            return _NUMPY_FROMBUFFER, (pickle.PickleBuffer(raw), array.dtype, array.shape,
+                                       order)
     return array.__reduce_ex__(5)
 
 
@@ -339,8 +355,12 @@ def read(file, name, mmap_mode=None, path=None, unpickler=None, warn=None):
 
 def _bytes_left(file):
     """The bytes from ``file``'s position to its end if it is a regular file
-    read directly, else None (a decompressing reader's position is not one
-    in the file under it)."""
+    read directly or a BytesIO, else None (a decompressing reader's position
+    is not one in the file under it)."""
+    if type(file) is io.BytesIO:
+        # (bytes in memory: a download cut short is as truncated as a file)
+        with file.getbuffer() as view:
+            return view.nbytes - file.tell()
     if not isinstance(getattr(file, "raw", file), io.FileIO):
         return None
     try:
@@ -414,13 +434,32 @@ def _map_buffers(src, sizes, path, mode):
     whole = np.memmap(path, dtype=np.uint8, mode=mode)
     buffers = []
     for offset, size in zip(offsets, sizes):
-        if not size:  # nothing to map (numpy makes it an ndarray anyway)
-            buffers.append(np.empty(0, np.uint8))
+        if not size:  # (whole[offset:offset] would be a plain ndarray)
+            buffers.append(empty_memmap(path, mode, offset))
             continue
         segment = whole[offset:offset + size]
         segment.offset = offset  # what np.memmap reports for a map of its own
         buffers.append(segment)
     return buffers
+
+
+def empty_memmap(path, mode, offset, dtype=np.uint8, shape=(0,), order="C"):
+    """An ``np.memmap`` of no bytes, at ``offset`` in the file ``path``.
+
+    numpy makes none itself: an empty slice or view of a map shares no memory
+    with it, so it comes back a plain ndarray (or a memmap that has forgotten
+    its file), and ``np.memmap`` of zero bytes asks mmap for length 0, which
+    maps the whole rest of the file or fails at its end.  There is nothing
+    to map: an array of the subclass with the attributes a map has is all
+    that joblib's loads return for an empty array.
+    """
+    empty = np.ndarray.__new__(np.memmap, shape, dtype, order=order)
+    empty.filename = os.path.abspath(path)
+    empty.offset = offset
+    empty.mode = mode
+    if mode == "r":
+        empty.flags.writeable = False
+    return empty
 
 
 def _check_decode(codec, stored, digest, out, name, what):

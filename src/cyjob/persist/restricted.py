@@ -50,7 +50,7 @@ class Policy:
 
     Parameters
     ----------
-    allowed : iterable of type, function or str
+    allowed : iterable of type, function or str, or None
         Further classes or functions, or their ``"module.qualname"``;
         ``"package.*"`` lets through every name of a package and its modules.
     name : str
@@ -58,9 +58,16 @@ class Policy:
     """
 
     def __init__(self, allowed=(), name="the file"):
-        if isinstance(allowed, (str, type)):
+        if allowed is None:  # nothing beyond the safe names, as ()
+            allowed = ()
+        elif isinstance(allowed, (str, type)):
             allowed = [allowed]
-        pairs = [_dotted(a) for a in allowed]
+        try:
+            entries = list(allowed)
+        except TypeError:
+            raise TypeError("allowed must be an iterable of classes, functions or "
+                            f"'module.name' strings, or None, got {allowed!r}") from None
+        pairs = [_dotted(a) for a in entries]
         self.extra = frozenset(p for p in pairs if p[1] != "*")
         self.packages = tuple(m for m, n in pairs if n == "*")
         self.name = name
