@@ -1,6 +1,7 @@
 """parallel_config / parallel_backend, register_parallel_backend, cpu_count and
 effective_n_jobs, with joblib 1.6 as the oracle where it applies."""
 
+import os
 import threading
 import time
 
@@ -147,6 +148,35 @@ def test_parallel_backend_defaults_to_every_cpu():
 def test_prefer_and_require_hints_run_the_tasks(backend, hints):
     assert Parallel(n_jobs=2, backend=backend, **hints)(
         delayed(ident)(i) for i in range(50)) == list(range(50))
+
+
+# (kwargs of Parallel, kwargs of parallel_config): libraries read Parallel.n_jobs.
+N_JOBS_CASES = [
+    ({}, {}), ({"n_jobs": None}, {}), ({"n_jobs": 3}, {}), ({"n_jobs": -1}, {}),
+    ({"n_jobs": "2"}, {}), ({}, {"n_jobs": 3}), ({"n_jobs": None}, {"n_jobs": 3}),
+    ({"n_jobs": 2}, {"n_jobs": 3}), ({}, {"n_jobs": None}), ({}, {"backend": "threading"}),
+    ({"backend": "sequential"}, {}), ({"backend": "loky"}, {}),
+]
+
+
+@pytest.mark.parametrize("kwargs, config", N_JOBS_CASES, ids=repr)
+def test_n_jobs_attribute_matches_joblib(kwargs, config):
+    # joblib: an n_jobs given nowhere is the backend's default_n_jobs (1).
+    with parallel_config(**config), joblib.parallel_config(**config):
+        ours, theirs = Parallel(**kwargs), joblib.Parallel(**kwargs)
+        assert ours.n_jobs == theirs.n_jobs
+        assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_an_explicit_process_backend_runs_inside_a_sharedmem_config(backend):
+    # joblib applies parallel_config's require="sharedmem" to the backend it
+    # picks, not to one the call names: it runs on that backend's processes.
+    with parallel_config(require="sharedmem"):
+        pids = Parallel(n_jobs=2, backend=backend)(delayed(os.getpid)() for _ in range(4))
+    assert os.getpid() not in pids
+    with pytest.raises(ValueError, match="shared memory"):
+        Parallel(n_jobs=2, backend=backend, require="sharedmem")
 
 
 def test_require_sharedmem_shares_memory():

@@ -354,6 +354,20 @@ def test_bad_n_jobs_messages_are_joblibs(n_jobs, message):
         Parallel(n_jobs=n_jobs)
 
 
+@pytest.mark.parametrize("backend", ["threading", "loky", "multiprocessing", None])
+@pytest.mark.parametrize("n_jobs", [10**30, 2**63, 2**31])
+def test_an_n_jobs_no_machine_can_run_is_a_value_error_at_construction(backend, n_jobs):
+    # joblib fails at call time with an OverflowError of loky's ("Python int
+    # too large to convert to C int") or a pre_dispatch error of its own.
+    with pytest.raises(ValueError, match="n_jobs"):
+        Parallel(n_jobs=n_jobs, backend=backend)
+    with parallel_config(n_jobs=n_jobs), pytest.raises(ValueError, match="n_jobs"):
+        Parallel(backend=backend)
+    # The sequential backend ignores n_jobs, as joblib's does.
+    assert Parallel(n_jobs=n_jobs, backend="sequential")(
+        delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(prefer="processes", require="sharedmem"),
     dict(backend="loky", require="sharedmem"),

@@ -465,6 +465,22 @@ def test_default_backend_stays_on_threads_for_unpicklable_tasks(capsys):
     memo.forget(gil_bound_with)
 
 
+def sum_of(a):
+    return float(a.sum())
+
+
+@pytest.mark.timeout(60)
+def test_default_backend_stays_on_threads_when_the_temp_folder_is_unusable(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    big = np.ones(300_000)  # over max_nbytes: processes would need the folder
+    marked = cyjob.gil_bound(sum_of)
+    out = Parallel(n_jobs=2, verbose=10, temp_folder=str(tmp_path / "a_file"))(
+        delayed(marked)(big) for _ in range(4))
+    assert out == [300_000.0] * 4
+    err = capsys.readouterr().err
+    assert "temp_folder" in err and "Using threading" in err, err
+
+
 # --------------------------------------------------------------------------
 # pre_dispatch far beyond any count
 

@@ -297,6 +297,32 @@ def test_dead_worker_raises_terminated_worker_error(func, args, expected):
     assert P()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+@pytest.mark.timeout(60)
+def test_initializer_that_fails_does_not_fork_workers_in_a_loop(tmp_path):
+    # Each worker started appends a line, then fails in its initializer.
+    starts = tmp_path / "starts"
+    out = run_script("""
+        import sys, time
+        from cyjob import Parallel, TerminatedWorkerError, delayed
+        def failing_init(path):
+            with open(path, "a") as f:
+                f.write("start\\n")
+            raise ValueError("initializer failed on purpose")
+        for _ in range(2):  # the second call, with the same initializer, fails too
+            try:
+                Parallel(n_jobs=2, backend="loky", initializer=failing_init,
+                         initargs=(sys.argv[1],))(delayed(abs)(-i) for i in range(4))
+            except TerminatedWorkerError:
+                print("failed", flush=True)
+            time.sleep(1)  # idle: workers that die as they start are not replaced forever
+        print(Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(4)))
+    """, starts)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["failed", "failed", "[0, 1, 2, 3]"]
+    n_starts = len(starts.read_text().split())
+    assert n_starts <= 20, f"{n_starts} workers started"
+
+
 def test_worker_killed_while_idle_is_replaced():
     # The next call comes at once: whether or not the pool has heard of the
     # deaths yet, a batch no dead worker received goes to a live one (a
@@ -443,6 +469,68 @@ def test_max_nbytes_temp_folder_and_mode(tmp_path):
         assert (kind, writeable, total) == ("memmap", True, 60000.0)
         assert filename.startswith(str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def sum_after_nap(a, seconds):
+    time.sleep(seconds)
+    return float(a.sum())
+
+
+def test_generator_of_a_with_block_still_reads_its_arrays_after_the_block(tmp_path):
+    # The block's arrays stay dumped until it ends; a generator call still
+    # running then keeps them until it finishes (it has batches in flight
+    # that refer to them), and nothing is left after.
+    a = np.ones(300_000)
+    with P(return_as="generator", temp_folder=str(tmp_path)) as parallel:
+        results = parallel(delayed(sum_after_nap)(a, 0.2) for _ in range(6))
+        assert next(results) == 300_000.0
+    assert list(results) == [300_000.0] * 5
+    assert os.listdir(tmp_path) == []
+
+
+def test_joblib_temp_folder_variable_is_the_default_temp_folder(tmp_path, monkeypatch):
+    # joblib's documented order for temp_folder=None: JOBLIB_TEMP_FOLDER,
+    # then /dev/shm, then the system temp dir.
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path))
+    a = np.ones(300_000)
+    out = P()(delayed(describe_array)(a) for _ in range(2))
+    assert {f.startswith(str(tmp_path) + os.sep) for _, _, f, _ in out} == {True}
+    assert os.listdir(tmp_path) == []
+
+
+def test_temp_folder_given_as_bytes_or_a_path_object(tmp_path):
+    # Both pass Parallel's check of temp_folder: both must work.
+    a = np.ones(300_000)
+    for folder in (os.fsencode(tmp_path), tmp_path):
+        out = P(temp_folder=folder)(delayed(describe_array)(a) for _ in range(2))
+        assert {os.path.dirname(os.path.dirname(f)) for _, _, f, _ in out} == {str(tmp_path)}
+    assert os.listdir(tmp_path) == []
+
+
+def test_temp_folder_under_home_is_expanded(tmp_path, monkeypatch):
+    # joblib expands "~" (os.path.expanduser); a literal "~" folder in the
+    # current directory is not what the user asked for.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    a = np.ones(300_000)
+    out = P(temp_folder="~/scratch")(delayed(describe_array)(a) for _ in range(2))
+    assert {os.path.dirname(os.path.dirname(f)) for _, _, f, _ in out} == {
+        str(tmp_path / "home" / "scratch")}
+    assert not os.path.exists(tmp_path / "~")
+
+
+@pytest.mark.parametrize("make_folder", [
+    lambda tmp: str(tmp / "a_file"), lambda tmp: str(tmp / "a_file" / "below"),
+], ids=["a file", "below a file"])
+def test_unusable_temp_folder_is_named_not_blamed_on_the_argument(tmp_path, make_folder):
+    (tmp_path / "a_file").write_text("")
+    folder = make_folder(tmp_path)
+    a = np.ones(300_000)
+    with pytest.raises(OSError, match="temp_folder") as info:
+        P(temp_folder=folder)(delayed(describe_array)(a) for _ in range(2))
+    assert "cannot be pickled" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+    assert P()(delayed(square)(i) for i in range(3)) == [0, 1, 4]
 
 
 def test_file_backed_memmap_is_shared_not_copied(tmp_path):

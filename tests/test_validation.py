@@ -48,6 +48,7 @@ BAD_PARAMETERS = [
     _bad("timeout", -1),
     _bad("timeout", "1"),
     _bad("max_nbytes", "1Q"),
+    _bad("max_nbytes", "infM"),  # joblib: an OverflowError of int()
 ]
 
 

@@ -31,7 +31,7 @@ class Plan(NamedTuple):
     config applied, as joblib names them; the rest is derived.
     """
 
-    n_jobs: Optional[int]
+    n_jobs: int                     #: as given or configured, else the backend's default_n_jobs
     backend: Any                    #: the Backend instance
     n_workers: int                  #: the backend's workers for n_jobs
     return_as: str
@@ -59,15 +59,21 @@ class Plan(NamedTuple):
     one_thread_batch_size: int
 
 
-def _choose_backend(backend, prefer, require, backend_params, config):
+def _choose_backend(backend, prefer, require, backend_params, config, require_given):
     """joblib's precedence: explicit backend, then parallel_config's, then the
-    default; require="sharedmem" forces a backend that shares memory."""
+    default; require="sharedmem" forces a backend that shares memory.
+
+    ``require`` is the call's or else the config's; ``require_given`` the
+    call's own.  As in joblib, a backend the call names is checked against
+    the call's own ``require`` only: a config's require="sharedmem" steers
+    the backend it picks, it does not refuse ``backend="loky"``.
+    """
     if prefer == "processes" and require == "sharedmem":
         raise ValueError("prefer='processes' contradicts require='sharedmem': worker "
                          "processes do not share the caller's memory")
     if backend is not None:
         chosen = get_backend(backend, **backend_params)
-        if require == "sharedmem" and not chosen.supports_sharedmem:
+        if require_given == "sharedmem" and not chosen.supports_sharedmem:
             raise ValueError(f"Backend {chosen.name!r} does not support shared memory "
                              "(require='sharedmem')")
         return chosen
@@ -126,6 +132,7 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
     pick = config.get
     prefer = check.check_choice(
         "prefer", pick("prefer") if is_default(prefer) else prefer, check.PREFER)
+    require_given = None if is_default(require) else require
     require = check.check_choice(
         "require", pick("require") if is_default(require) else require, check.REQUIRE)
     temp_folder = check.check_temp_folder(
@@ -136,9 +143,15 @@ def resolve(label, n_jobs, backend, return_as, verbose, timeout, pre_dispatch, b
         "mmap_mode", pick("mmap_mode") if is_default(mmap_mode) else mmap_mode,
         check.MMAP_MODES)
     explicit_backend = None if is_default(backend) else backend
-    chosen = _choose_backend(explicit_backend, prefer, require, backend_kwargs, config)
+    chosen = _choose_backend(explicit_backend, prefer, require, backend_kwargs, config,
+                             require_given)
+    if n_jobs is None:
+        # Given nowhere: the backend's default, as joblib resolves it (its
+        # Parallel.n_jobs is never None).
+        n_jobs = chosen.default_n_jobs
     plan = Plan(
-        n_jobs=n_jobs, backend=chosen, n_workers=chosen.effective_n_jobs(n_jobs),
+        n_jobs=n_jobs, backend=chosen,
+        n_workers=check.check_n_workers(chosen.effective_n_jobs(n_jobs), n_jobs),
         return_as=return_as, verbose=verbose, timeout=timeout,
         pre_dispatch=pre_dispatch, window=window,
         batch_size=batch_size, fixed_batch_size=fixed_batch_size, max_batch_size=max_batch_size,

@@ -51,6 +51,22 @@ def check_n_jobs(n_jobs):
     return n_jobs
 
 
+# Workers a backend may be asked for, at most: the largest C int, past which
+# joblib's own process backends fail with an OverflowError at call time (and
+# no machine runs that many threads or processes anyway).
+N_WORKERS_MAX = (1 << 31) - 1
+
+
+def check_n_workers(n_workers, n_jobs):
+    """ValueError now for an ``n_jobs`` that asks a backend for more workers
+    than ``N_WORKERS_MAX``, rather than an OverflowError of the core's when
+    the call starts them."""
+    if n_workers > N_WORKERS_MAX:
+        raise ValueError(f"n_jobs={n_jobs!r} asks for more workers than any machine runs: "
+                         f"use at most {N_WORKERS_MAX}, or -1 for every CPU")
+    return n_workers
+
+
 # Tasks per batch at most: no input is that long, so a larger size means
 # "the whole input", and the core's Py_ssize_t arithmetic on sizes (3 list
 # items per task) cannot overflow into a negative or empty batch.
@@ -173,7 +189,7 @@ def check_max_nbytes(max_nbytes):
             if text and text[-1] in _UNITS:
                 return int(float(text[:-1]) * _UNITS[text[-1]])
             return int(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # "infM": int() of an infinite float
             pass
     raise ValueError(f"max_nbytes must be None, an int or a string like '1M', got {max_nbytes!r}")
 

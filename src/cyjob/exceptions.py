@@ -25,6 +25,12 @@ class PoolShutdownError(WorkerError):
     """The pool was shut down (interpreter exit) while tasks were pending."""
 
 
+class TempFolderError(OSError):
+    """A process call's temp folder cannot be made or written for its large
+    numpy arguments: the arguments are fine (not a pickling error), the
+    folder is not."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of a task that failed in a worker (a thread, a process
     or a dask worker), chained as the ``__cause__`` of the error re-raised in

@@ -34,8 +34,9 @@ class Parallel:
     Parameters
     ----------
     n_jobs : int or None, default=None
-        Workers.  None takes ``parallel_config``'s value, else 1 (run in the
-        caller's thread).  Negative values count from the CPUs: -1 is all of
+        Workers.  None takes ``parallel_config``'s value, else the backend's
+        default (1, run in the caller's thread; -1 for dask), which the
+        ``n_jobs`` attribute then holds, as in joblib.  Negative values count from the CPUs: -1 is all of
         them, -2 all but one.  0 is an error.
     backend : str or Backend, default=None
         "threading" (cyjob's default: Cython worker threads), "sequential",
@@ -57,8 +58,10 @@ class Parallel:
     temp_folder, max_nbytes, mmap_mode
         Large-array sharing for process backends: numpy arrays over
         ``max_nbytes`` (default "1M", None: never) are written once per call
-        to ``temp_folder`` (default /dev/shm when it has room) and reach the
-        workers as ``np.memmap`` opened with ``mmap_mode`` (default "r").
+        to ``temp_folder`` (default: the JOBLIB_TEMP_FOLDER environment
+        variable, else /dev/shm when it has room, else the system temp dir)
+        and reach the workers as ``np.memmap`` opened with ``mmap_mode``
+        (default "r").
     prefer : {"threads", "processes", None}
         Soft hint for the default backend.
     require : {"sharedmem", None}

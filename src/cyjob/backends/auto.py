@@ -44,6 +44,7 @@ from cyjob.backends._probe import (INLINE, PROCESSES, THREADS, TINY_TASK_NS, Bat
 from cyjob.backends.base import Backend
 from cyjob.backends.sequential import SequentialBackend
 from cyjob.backends.threads import ThreadingBackend, get_pool, grow_pool, pool_complete
+from cyjob.exceptions import TempFolderError
 
 # What the probe's figures mean is decided in _probe.decide (a pure function,
 # tested on recorded figures).
@@ -709,11 +710,12 @@ class _PicklableOrThreads(Executor):
             try:
                 self.processes.submit(batch)
                 return
-            except pickle.PicklingError as exc:
+            except (pickle.PicklingError, TempFolderError) as exc:
+                # (Threads need no temp folder for large arrays either.)
                 router.route_to(self, False)  # the router no longer claims batches
-                router.choice = (THREADS, 0.0, "tasks cannot be pickled")
+                router.choice = (THREADS, 0.0, "tasks cannot be sent to processes")
                 router._stop_checking()  # threads it is, whatever they measure
-                router._say(f"Using {THREADS}: tasks cannot be pickled for worker "
+                router._say(f"Using {THREADS}: tasks cannot be sent to worker "
                             f"processes ({exc})")
             batch.claimed = False  # claimed by the router for the processes
         router.first.submit(batch)

@@ -20,6 +20,9 @@ class Backend:
     name = "base"
     #: Tasks share the caller's memory (``require="sharedmem"`` is allowed).
     supports_sharedmem = False
+    #: ``Parallel.n_jobs`` when neither the call nor ``parallel_config`` gives
+    #: one (joblib's attribute of the same name: libraries read ``n_jobs``).
+    default_n_jobs = 1
     #: Batches run outside this process (a cluster's workers): with one
     #: worker they still go there, one at a time, not to the caller's thread.
     runs_elsewhere = False

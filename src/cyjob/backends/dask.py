@@ -295,6 +295,7 @@ class DaskBackend(Backend):
 
     name = "dask"
     supports_sharedmem = False
+    default_n_jobs = -1  # every thread of the cluster, as joblib's dask backend
     # n_jobs=1 means one batch at a time on the cluster, as in joblib: the
     # tasks may need what only the workers have (resources=, data, memory).
     runs_elsewhere = True

@@ -56,6 +56,7 @@ class JoblibAPIBackend(Backend):
         self.call_kwargs = call_kwargs or {}
         self.name = type(backend).__name__
         self.supports_sharedmem = bool(getattr(backend, "supports_sharedmem", False))
+        self.default_n_jobs = getattr(backend, "default_n_jobs", 1)
 
     def effective_n_jobs(self, n_jobs):
         # joblib asks the backend at call time; here only n_jobs == 0 fails

@@ -13,7 +13,7 @@ from cyjob.backends.processes.wire import dumps
 from cyjob.backends.base import Backend
 from cyjob.backends.threads import ThreadingBackend
 from cyjob._cpus import cpu_count
-from cyjob.exceptions import PoolShutdownError
+from cyjob.exceptions import PoolShutdownError, TempFolderError
 
 __all__ = ["ProcessBackend", "ProcessExecutor", "shutdown_pool", "THREAD_LIMIT_VARS"]
 
@@ -79,6 +79,11 @@ class ProcessExecutor(Executor):
         self.key = (self.limits, self.init)
         self._calls = {}  # id(call) -> CallMemory
         self._shared_memory = None  # while kept for a `with` block: every call's
+        # Calls that sent batches referring to the block's arrays and have not
+        # finished (a generator's may outlive the block), and the block's
+        # memory once the block ended before them: removed when they finish.
+        self._shared_users = {}  # id(call) -> call
+        self._ended_memory = None
         self.pool = get_pool()
         self._ensure()
         # Imported after the workers are asked for: cloudpickle loads in this
@@ -103,12 +108,22 @@ class ProcessExecutor(Executor):
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
 
     def close(self):
-        """Remove the arrays kept for a ``with`` block."""
+        """Remove the arrays kept for a ``with`` block (once the calls still
+        running with them, a generator's, have finished)."""
         memory, self._shared_memory = self._shared_memory, None
-        if memory is not None:
-            memory.cleanup()
-            if memory.watched is not None:
-                self.pool.watch_folder(memory.watched, False)
+        if memory is None:
+            return
+        if self._shared_users:
+            # Batches in flight refer to its files: a worker that opened
+            # them after they are gone would fail the call.
+            self._ended_memory = memory
+        else:
+            self._remove(memory)
+
+    def _remove(self, memory):
+        memory.cleanup()
+        if memory.watched is not None:
+            self.pool.watch_folder(memory.watched, False)
 
     def ready(self):
         """True once the fork server has started a worker: batches sent now
@@ -124,7 +139,13 @@ class ProcessExecutor(Executor):
             _INLINE.submit(batch)
             return
         self._ensure()
-        memory = self._shared_memory or self._calls.get(id(batch.call))
+        memory = self._shared_memory
+        if memory is not None:
+            self._shared_users[id(batch.call)] = batch.call
+        else:
+            memory = self._ended_memory if id(batch.call) in self._shared_users else None
+        if memory is None:
+            memory = self._calls.get(id(batch.call))
         if memory is None:
             memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
                 self.max_nbytes, self.temp_folder, self.mmap_mode)
@@ -140,9 +161,11 @@ class ProcessExecutor(Executor):
         self.pool.call_finished(call)
         memory = self._calls.pop(id(call), None)
         if memory is not None:
-            memory.cleanup()
-            if memory.watched is not None:
-                self.pool.watch_folder(memory.watched, False)
+            self._remove(memory)
+        if self._shared_users.pop(id(call), None) is not None and not self._shared_users:
+            memory, self._ended_memory = self._ended_memory, None
+            if memory is not None:
+                self._remove(memory)
 
 
 def _pickle_initializer(initializer, initargs):
@@ -167,6 +190,8 @@ def _pickle_tasks(batch, memory, called_as=None):
     argument that cannot be pickled."""
     try:
         return dumps((called_as, batch.tasks), sharedmem.TaskPickler, memory)
+    except TempFolderError:
+        raise  # the folder's fault, which it names: no argument to blame
     except Exception as exc:
         where = _find_unpicklable(batch, memory)
         # "the task to send": joblib's (loky's) words, which code matches on.

@@ -65,6 +65,12 @@ PIPELINE_DEPTH = 2
 # Only jobs this small are pipelined: they fit in the socket's buffer, so
 # writing one never blocks on a worker that is busy.
 PIPELINE_MAX_BYTES = 64 * 1024
+# Workers that died in a row before sending back any result: past this many,
+# workers die as they start (an initializer that raises, a broken
+# environment) and replacing each at once would fork them in a tight loop
+# for as long as the pool is idle.  The pool stops replacing them until a
+# job is submitted again.
+MAX_FAILED_STARTS = 4
 
 
 def _worker_sys_path(path):
@@ -134,7 +140,7 @@ class Job:
 
 class _Worker:
     __slots__ = ("wid", "sock", "fd", "pid", "key", "jobs", "outbox", "sending", "eof",
-                 "code", "exited", "deadline", "doomed", "retired", "closed", "path")
+                 "code", "exited", "deadline", "doomed", "retired", "closed", "path", "served")
 
     def __init__(self, wid, sock, key, path):
         self.wid = wid
@@ -153,6 +159,7 @@ class _Worker:
         self.doomed = False     # killed on purpose (its call was aborted)
         self.retired = False    # leaves once idle (the pool was resized)
         self.closed = False
+        self.served = False     # it has sent back a result: it started fine
 
 
 class _Pool:
@@ -169,6 +176,7 @@ class _Pool:
         self.target = (0, None)  # (n_workers, key: thread limits, initializer) of the last call
         self.env = None
         self.init = None         # the pickled (initializer, initargs) new workers run
+        self.failed_starts = 0   # workers dead in a row before any result (MAX_FAILED_STARTS)
         self.closed = False
         self.at_exit = False     # shut down by the interpreter's exit
         self._wids = itertools.count(1)
@@ -221,9 +229,24 @@ class _Pool:
         self.active.append(w)
 
     def _replenish(self):
-        if not self.closed:
-            while len(self.active) < self.target[0]:
-                self._spawn()
+        if self.closed:
+            return
+        if self.failed_starts >= MAX_FAILED_STARTS:
+            if not self.active:
+                # No worker will ever take the queued jobs: fail them now.
+                self._fail_queue(TerminatedWorkerError(
+                    f"{self.failed_starts} worker processes in a row died before they "
+                    "sent back any result: workers die as they start (an initializer "
+                    "that raises or exits? see their output on stderr)"))
+            return
+        while len(self.active) < self.target[0]:
+            self._spawn()
+
+    def _lost(self, w):
+        """``w`` died (not killed by us): it takes no more jobs.  Count the
+        deaths in a row of workers that never sent back a result."""
+        self.active.remove(w)
+        self.failed_starts = 0 if w.served else self.failed_starts + 1
 
     def _close(self, w):
         """Close our end of ``w``'s socket (no thread is writing to it)."""
@@ -344,6 +367,7 @@ class _Pool:
                 raise PoolShutdownError("the cyjob process pool has been shut down")
             if self.target == (n_workers, limits) and len(self.active) == n_workers:
                 return
+            self.failed_starts = 0  # a new call: let workers try to start again
             self.target = (n_workers, limits)
             self.env = env
             self.init = init
@@ -362,6 +386,11 @@ class _Pool:
                 if exiting:
                     return  # a daemon thread at exit: see shutdown_pool
                 raise PoolShutdownError("the cyjob process pool has been shut down")
+            if self.failed_starts >= MAX_FAILED_STARTS:
+                # Replacements stopped after workers died as they started:
+                # a new job gives them another chance (bounded again).
+                self.failed_starts = 0
+                self._replenish()
             self._place(job)
         self._drain()
 
@@ -494,7 +523,7 @@ class _Pool:
                     self._close(w)
                 if w in self.active:
                     # It hung up (it is dying): no new job goes to it.
-                    self.active.remove(w)
+                    self._lost(w)
                     self._replenish()
                 if w.exited:
                     self._gone(w)
@@ -503,6 +532,8 @@ class _Pool:
             return
         token, payload, buffers = msg
         with self.lock:
+            w.served = True
+            self.failed_starts = 0
             if not w.jobs or w.jobs[0].token != token:
                 raise RuntimeError(f"worker {w.pid} answered an unknown job {token}")
             job = w.jobs.popleft()
@@ -555,7 +586,7 @@ class _Pool:
         if not w.sending:
             self._close(w)
         if w in self.active:
-            self.active.remove(w)
+            self._lost(w)
         jobs = list(w.jobs)
         w.jobs.clear()
         w.outbox.clear()

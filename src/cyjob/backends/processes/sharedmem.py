@@ -28,6 +28,8 @@ import weakref
 
 import cloudpickle
 
+from cyjob.exceptions import TempFolderError
+
 SHM_DIR = "/dev/shm"
 # /dev/shm is used only with this much room left after the array (joblib's
 # threshold): a full tmpfs makes writes fail with SIGBUS in the workers.
@@ -75,8 +77,9 @@ class CallMemory:
     max_nbytes : int or None
         Arrays with more bytes than this are memory-mapped; None disables it.
     temp_folder : str or None
-        Where to create the call's folder; None means /dev/shm when it has
-        room, else the system temp dir.
+        Where to create the call's folder; None means the JOBLIB_TEMP_FOLDER
+        environment variable if set, else /dev/shm when it has room, else
+        the system temp dir (joblib's order).
     mmap_mode : {"r", "r+", "c", "w+", None}
         Mode the workers open dumped arrays with; None disables memmapping.
     """
@@ -145,27 +148,42 @@ class CallMemory:
         return (open_memmap, (m.filename, a.dtype, mode, offset, a.shape, order))
 
     def _dump(self, a, np):
-        if self.folder is None:
-            self.folder = self._make_folder(a.nbytes)
         if a.flags.c_contiguous:
             order, flat = "C", a.reshape(-1)
         elif a.flags.f_contiguous:
             order, flat = "F", a.T.reshape(-1)
         else:
             order, flat = "C", np.ascontiguousarray(a).reshape(-1)
-        fd, path = tempfile.mkstemp(suffix=".mmap", dir=self.folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(flat.view(np.uint8).data)
+        try:
+            if self.folder is None:
+                self.folder = self._make_folder(a.nbytes)
+            fd, path = tempfile.mkstemp(suffix=".mmap", dir=self.folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(flat.view(np.uint8).data)
+        except OSError as exc:
+            where = self.folder or self.temp_folder or "the default temp folder"
+            raise TempFolderError(
+                exc.errno, f"temp_folder: cannot write a numpy argument of {a.nbytes} bytes "
+                f"to {where!r} to memory-map it for the workers ({exc.strerror or exc}); "
+                "give a writable temp_folder, or max_nbytes=None to send arrays "
+                "pickled") from exc
         return (open_memmap, (path, a.dtype, self.mmap_mode, 0, a.shape, order))
 
     def _make_folder(self, nbytes):
         base = self.temp_folder
         if base is None:
+            # joblib's documented first choice for temp_folder=None.
+            base = os.environ.get("JOBLIB_TEMP_FOLDER") or None
+        if base is None:
             if os.path.isdir(SHM_DIR) and _free_bytes(SHM_DIR) >= nbytes + SHM_MIN_FREE:
                 base = SHM_DIR
             else:
                 base = tempfile.gettempdir()
-        base = os.fspath(base)
+        # "~/scratch" is under the home directory, as joblib reads it (not a
+        # folder named "~" in the current directory).
+        # (fsdecode: a bytes path, which Parallel accepts, as mkdtemp's
+        # str prefix needs.)
+        base = os.path.expanduser(os.fsdecode(base))
         os.makedirs(base, exist_ok=True)
         if base not in _swept:
             _swept.add(base)
