@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -72,9 +72,10 @@ def same(got, want, native=True):
         if not isinstance(got, np.ndarray) or got.shape != want.shape:
             return False
         expected = want.dtype
-        if want.dtype.kind in "mM" or (native and not want.dtype.isnative):
-            # numpy itself pickles big-endian datetimes as native ones (same
-            # values); and a native load converts to the host's byte order.
+        if native and not want.dtype.isnative:
+            # A native load converts to the host's byte order.  (Datetimes
+            # too: they go out of band like any array, numpy's own pickling,
+            # which made big-endian ones native, is no longer in the way.)
             expected = want.dtype.newbyteorder("=") if not want.dtype.fields else got.dtype
         if got.dtype != expected:
             return False
@@ -96,6 +97,9 @@ def same(got, want, native=True):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=values(), compress=st.sampled_from([0, 0, ("zlib", 1), ("zstd", 1), ("lz4", 1)]),
        mmap_mode=st.sampled_from([None, None, "r", "c"]))
+# Found by CI: a big-endian datetime keeps its byte order unless loaded native.
+@example(value=np.array("NaT", dtype=">M8[Y]"), compress=0, mmap_mode="r")
+@example(value=np.array("NaT", dtype=">M8[Y]"), compress=0, mmap_mode=None)
 def test_round_trip(value, compress, mmap_mode):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "v.pkl")
