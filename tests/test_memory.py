@@ -447,6 +447,24 @@ def test_mmap_of_empty_array_results_gives_memmaps(tmp_path, mode):
         np.testing.assert_array_equal(result[2], np.arange(3))
 
 
+def _computed_once(tmp_path, mmap_mode, make, arg):
+    """``make(arg)`` cached and called twice, warnings as errors (a result
+    that cannot be stored or read back warns): its first result and the
+    hit's, after asserting that ``make`` ran once."""
+    calls = []
+
+    def counted(n):
+        calls.append(n)
+        return make(n)
+
+    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first, again = f(arg), f(arg)
+    assert calls == [arg]
+    return first, again
+
+
 @pytest.mark.parametrize("mmap_mode", [None, "r"])
 def test_datetime_and_timedelta_arrays_are_cached(tmp_path, mmap_mode):
     # numpy cannot export datetime64/timedelta64 memory as a buffer: such a
@@ -455,17 +473,7 @@ def test_datetime_and_timedelta_arrays_are_cached(tmp_path, mmap_mode):
     values = (np.arange(6).astype("M8[s]"), np.zeros((3, 4), "m8[ns]", order="F"),
               np.array([(1, 2)], dtype=[("t", "M8[D]"), ("n", "i4")]),
               np.array(np.datetime64("2020-01-02")), np.arange(4).astype("M8[s]")[::2])
-    calls = []
-
-    def make(n):
-        calls.append(n)
-        return values
-
-    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        first, again = f(1), f(1)
-    assert calls == [1]
+    first, again = _computed_once(tmp_path, mmap_mode, lambda n: values, 1)
     for result in (first, again):
         for got, expected in zip(result, values):
             assert got.dtype == expected.dtype and got.shape == expected.shape
@@ -478,17 +486,8 @@ def test_arrays_of_zero_size_items_are_cached(tmp_path, mmap_mode):
     # An item of no bytes (a structured dtype without fields): its empty
     # buffer cannot be viewed as the dtype, and the entry was reported
     # unreadable and recomputed at every call.
-    calls = []
-
-    def make(n):
-        calls.append(n)
-        return np.zeros(n, dtype=np.dtype([])), np.zeros((n, 0))
-
-    f = Memory(tmp_path, mmap_mode=mmap_mode, verbose=0).cache(make)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        first, again = f(3), f(3)
-    assert calls == [3]
+    first, again = _computed_once(
+        tmp_path, mmap_mode, lambda n: (np.zeros(n, dtype=np.dtype([])), np.zeros((n, 0))), 3)
     for result in (first, again):
         assert result[0].shape == (3,) and result[0].dtype == np.dtype([])
         assert result[1].shape == (3, 0)

@@ -58,10 +58,10 @@ from joblib._parallel_backends import FallbackToBackend, SequentialBackend
 
 from cyjob._batching import DEFAULT_MAX_BATCH_SIZE, PROCESS_MIN_BATCH_SECONDS, BatchSizer
 from cyjob._cpus import n_workers
-from cyjob._validation import check_inner_max_num_threads
 from cyjob._dispatch import Call
 from cyjob._pool import Job, in_worker_thread
 from cyjob._threadcaps import capped, runtimes as openmp_runtimes
+from cyjob._validation import check_inner_max_num_threads
 from cyjob.backends._probe import (CONTENDED_SWITCHES, INLINE, MIN_OVERLAP_NS,
                                    PROCESS_MIN_TASK_NS, PROCESSES, THREADS, BatchFigures,
                                    Verdict, decide, running_ns)

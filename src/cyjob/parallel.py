@@ -36,8 +36,9 @@ class Parallel:
     n_jobs : int or None, default=None
         Workers.  None takes ``parallel_config``'s value, else the backend's
         default (1, run in the caller's thread; -1 for dask), which the
-        ``n_jobs`` attribute then holds, as in joblib.  Negative values count from the CPUs: -1 is all of
-        them, -2 all but one.  0 is an error.
+        ``n_jobs`` attribute then holds, as in joblib.  Negative values
+        count from the CPUs: -1 is all of them, -2 all but one.  0 is an
+        error.
     backend : str or Backend, default=None
         "threading" (cyjob's default: Cython worker threads), "sequential",
         "processes" (alias "loky", "multiprocessing": worker processes for

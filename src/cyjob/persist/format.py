@@ -302,8 +302,13 @@ class Header:
             raise CorruptFileError(f"{name} is corrupt: chunk size {self.chunk}")
 
 
+def _table_size(header):
+    # A u64 length per buffer, then the table's own u64 checksum.
+    return 8 * header.n_buffers + 8
+
+
 def _read_table(src, header):
-    table = src.read(8 * header.n_buffers + 8, "the buffer table")
+    table = src.read(_table_size(header), "the buffer table")
     (digest,) = _U64.unpack_from(table, 8 * header.n_buffers)
     if _digest(table[:-8]) != digest:
         raise CorruptFileError(f"{src.name} is corrupt: the checksum of its buffer table "
@@ -322,11 +327,11 @@ def read(file, name, mmap_mode=None, path=None, unpickler=None, warn=None):
     src = _Source(file, name)
     header = Header(src.read(HEADER_SIZE, "the cyjob header"), name)
     left = _bytes_left(file)
-    if left is not None and 8 * header.n_buffers + 8 > left:
+    if left is not None and _table_size(header) > left:
         raise src.truncated("the buffer table")
     sizes = _read_table(src, header)
     if left is not None:
-        _check_fits(src, header, sizes, left - (8 * header.n_buffers + 8))
+        _check_fits(src, header, sizes, left - _table_size(header))
     if header.codec is None:
         data = _read_plain(src, np.empty(header.pickle_size, np.uint8), header.chunk,
                            "the pickle stream")

@@ -11,6 +11,7 @@ classes resolve to readers of our own, so joblib need not be installed.
 
 import io
 import lzma
+import math
 import os
 import pickle
 import struct
@@ -174,10 +175,7 @@ class NumpyArrayWrapper:
         if alignment is not None:
             offset += _read(fh, 1, unpickler)[0] + 1
         mode = "r+" if unpickler.mmap_mode == "w+" else unpickler.mmap_mode
-        count = 1
-        for n in shape:
-            count *= n
-        if offset + count * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+        if offset + math.prod(shape) * dtype.itemsize > os.fstat(fh.fileno()).st_size:
             # (np.memmap would say only "mmap length is greater than file size")
             raise CorruptFileError(f"{unpickler.name} is truncated: it ends in array data")
         array = np.memmap(unpickler.filename, dtype=dtype, shape=shape, order=order,

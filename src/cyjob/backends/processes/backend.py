@@ -139,16 +139,17 @@ class ProcessExecutor(Executor):
             _INLINE.submit(batch)
             return
         self._ensure()
+        call = batch.call
         memory = self._shared_memory
-        if memory is not None:
-            self._shared_users[id(batch.call)] = batch.call
+        if memory is not None:  # a with-block's: every call shares its arrays
+            self._shared_users[id(call)] = call
+        elif id(call) in self._shared_users:  # the block ended while this call runs
+            memory = self._ended_memory
         else:
-            memory = self._ended_memory if id(batch.call) in self._shared_users else None
-        if memory is None:
-            memory = self._calls.get(id(batch.call))
-        if memory is None:
-            memory = self._calls[id(batch.call)] = sharedmem.CallMemory(
-                self.max_nbytes, self.temp_folder, self.mmap_mode)
+            memory = self._calls.get(id(call))
+            if memory is None:
+                memory = self._calls[id(call)] = sharedmem.CallMemory(
+                    self.max_nbytes, self.temp_folder, self.mmap_mode)
         payload, buffers = _pickle_tasks(batch, memory, self.called_as)
         if memory.folder is not None and memory.watched is None:
             # The fork server outlives a caller killed with SIGKILL: it
